@@ -1,0 +1,407 @@
+"""Typed configuration for every stage, in one place.
+
+A config is a tree of frozen dataclasses. It is built from defaults, then a YAML file,
+then ``--set dotted.key=value`` overrides, and validated before any cluster work starts:
+an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming
+the dotted field. The defaults are the reference hyper-parameters of jiwoon-ahn/irn and
+jiwoon-ahn/psa unless a comment says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where the images and their image-level labels come from."""
+
+    format: Literal["voc", "coco", "manifest"] = "voc"
+    root: str = ""
+    """VOC: the folder holding JPEGImages. COCO: the folder holding the image folders. Manifest: base for relative URIs."""
+    train_split: str = "train"
+    infer_split: str = "train"
+    eval_split: str = ""
+    """Split with ground truth for `evaluate`; empty means the infer split."""
+    segmentation_class_dir: str = "SegmentationClass"
+    """VOC only; SBD users set `SegmentationClassAug`."""
+    coco_annotations: str = ""
+    """COCO: instances JSON per split, with `{split}` in the name, e.g. annotations/instances_{split}.json."""
+    coco_image_dir: str = "{split}"
+    """COCO: folder of a split's images under root, with `{split}` in the name."""
+    manifest: str = ""
+    """Manifest: a .parquet, .csv or .jsonl file with image_uri, labels and optional split."""
+    class_names_file: str = ""
+    """Manifest: one class name a line (background excluded)."""
+    max_long_side: int = 2048
+    """Larger images are processed at this long side and their labels resized back."""
+    limit: int = 0
+    """Use only the first N images of a split (0: all); for smoke runs."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object storage. Credentials come from the environment, never from this file."""
+
+    endpoint_url: str = ""
+    """S3-compatible endpoint (e.g. http://127.0.0.1:9000); empty uses AWS_ENDPOINT_URL or AWS."""
+    region: str = "us-east-1"
+    connect_timeout_s: float = 5.0
+    request_timeout_s: float = 60.0
+    retries: int = 5
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""
+    """Empty: connect to RAY_ADDRESS when set, else start a local Ray."""
+    num_workers: int = 1
+    """Ray Train workers."""
+    use_gpu: bool = False
+    num_cpus: int = 0
+    """Logical CPUs for a local Ray (0: the machine's cores)."""
+    inference_actors: int = 1
+    """Actors in each Ray Data inference pool (one GPU each when use_gpu)."""
+    cpus_per_actor: float = 1.0
+    cpus_per_worker: float = 1.0
+    inference_batch_size: int = 4
+    rows_per_file: int = 1000
+    """Rows per Parquet shard: files of tens of MB for VOC-sized images."""
+    max_failures: int = 2
+    """Ray Train restarts after a worker failure."""
+    actor_max_restarts: int = 3
+    """Ray Data inference actor restarts (with task retries) after a crash."""
+    progress_bars: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    weights: str = ""
+    """Empty: train from scratch. A local path to a state dict, or a torchvision enum such as
+    ResNet50_Weights.IMAGENET1K_V1 (downloaded by torchvision on first use)."""
+    batch_norm: Literal["auto", "frozen", "train"] = "auto"
+    """auto: frozen statistics with pretrained weights (as IRN), trained statistics from scratch."""
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Classifier training and multi-scale CAM inference (irn step/train_cam.py, make_cam.py)."""
+
+    crop_size: int = 512
+    resize_long: tuple[int, int] = (320, 640)
+    batch_size: int = 16
+    epochs: int = 5
+    learning_rate: float = 0.1
+    """Backbone lr; the new classifier head gets 10x (irn)."""
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    """irn passes weight_decay into SGD's momentum slot by mistake, so its effective momentum is
+    1e-4 (plain SGD). 0.0 reproduces that; from scratch 0.9 trains better (README, measured)."""
+    frozen_stages: tuple[str, ...] = ("conv1", "layer1", "layer2")
+    """irn's classifier trains layer3, layer4 and the head only. From scratch: ()."""
+    color_jitter: float = 0.0
+    """psa uses ColorJitter(0.3, 0.3, 0.3, 0.1); irn none."""
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    eval_threshold: float = 0.15
+    """Constant background score for CAM mIoU (irn cam_eval_thres)."""
+
+
+@dataclass(frozen=True)
+class IRLabelConfig:
+    """Inter-pixel relation labels from CAMs (irn step/cam_to_ir_label.py)."""
+
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+    threshold_mode: Literal["fixed", "quantile"] = "fixed"
+    """fixed: the thresholds above (irn). quantile: per image, fg/bg thresholds are these
+    quantiles of the CAM's max over classes (adapts to from-scratch CAMs; README, measured)."""
+    fg_quantile: float = 0.85
+    bg_quantile: float = 0.5
+    crf: bool = True
+    crf_iterations: int = 10
+    crf_gt_prob: float = 0.7
+    crf_gaussian_sxy: float = 3.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 50.0
+    crf_bilateral_srgb: float = 5.0
+    crf_bilateral_compat: float = 10.0
+
+
+@dataclass(frozen=True)
+class IRNConfig:
+    """IRNet training (irn step/train_irn.py)."""
+
+    crop_size: int = 512
+    rescale: tuple[float, float] = (0.5, 1.5)
+    batch_size: int = 32
+    epochs: int = 3
+    learning_rate: float = 0.1
+    """Boundary branch lr; the displacement branch gets 10x (irn)."""
+    weight_decay: float = 1e-4
+    momentum: float = 0.0
+    radius: int = 10
+    backbone_init: Literal["weights", "classifier"] = "weights"
+    """weights: model.weights (ImageNet in irn, random from scratch). classifier: the trained CAM backbone."""
+    train_backbone: bool = False
+    """irn freezes the whole backbone; from scratch it must train (README, measured)."""
+    backbone_lr_scale: float = 0.1
+    """lr of the backbone relative to the boundary branch when train_backbone is set."""
+
+
+@dataclass(frozen=True)
+class AffinityConfig:
+    """AffinityNet (psa train_aff.py / infer_aff.py)."""
+
+    crop_size: int = 448
+    batch_size: int = 8
+    epochs: int = 8
+    learning_rate: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.0
+    radius: int = 5
+    beta: float = 8.0
+    exp_times: int = 8
+    bg_alpha: float = 16.0
+    """Background score (1 - max CAM)^alpha in the walk (psa infer_aff alpha)."""
+
+
+@dataclass(frozen=True)
+class WalkConfig:
+    """Random walk and label assembly (irn make_sem_seg_labels.py, make_ins_seg_labels.py)."""
+
+    radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    """The walk runs 2**exp_times steps (t = 256), as the reference's 8 matrix squarings."""
+    sem_bg_threshold: float = 0.25
+    ins_bg_threshold: float = 0.25
+    centroid_iterations: int = 300
+    cluster_threshold: float = 2.5
+    min_fragment_fraction: float = 0.01
+    flip: bool = True
+    """Average boundary logits over the image and its mirror (irn)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: data, storage, Ray layout and every stage's hyper-parameters."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    output: str = "./ray_wsis_output"
+    run_name: str = "ray-wsis"
+    method: Literal["irnet", "affinitynet"] = "irnet"
+    seed: int = 0
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    ir_label: IRLabelConfig = field(default_factory=IRLabelConfig)
+    irn: IRNConfig = field(default_factory=IRNConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    walk: WalkConfig = field(default_factory=WalkConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def hash(self) -> str:
+        """A short stable hash of the settings that change the labels (not of Ray layout)."""
+        plain = self.to_dict()
+        for key in ("ray", "output", "run_name", "storage"):
+            plain.pop(key, None)
+        blob = json.dumps(plain, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------
+# Loading, overrides and validation
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file <- `dotted.key=value` overrides, then validated."""
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    config = _build(Config, tree, prefix="")
+    validate(config)
+    return config
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a config from :meth:`Config.to_dict` output (used to ship it to Ray workers)."""
+    config = _build(Config, tree, prefix="")
+    validate(config)
+    return config
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(tree).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in tree:
+        if key not in names:
+            close = [n for n in names if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(prefix + c for c in sorted(close))}?)" if close else ""
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    values = {}
+    for name in names:
+        if name not in tree:
+            continue
+        values[name] = _coerce(hints[name], tree[name], prefix + name)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, name + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{name} must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{name}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{name}: unsupported type {tp}")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def validate(config: Config) -> None:
+    """Range checks that types cannot express; each error names its field."""
+
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+    def non_negative(name: str, value: float) -> None:
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
+
+    def unit(name: str, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must lie in [0, 1], got {value}")
+
+    c = config
+    if not c.output:
+        raise ConfigError("output must name a folder or URI")
+    for section, names in {
+        "cam": ("crop_size", "batch_size", "epochs", "learning_rate"),
+        "irn": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "backbone_lr_scale"),
+        "affinity": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "beta"),
+        "walk": ("radius", "beta", "centroid_iterations", "cluster_threshold"),
+        "ray": ("num_workers", "inference_actors", "cpus_per_actor", "cpus_per_worker",
+                "inference_batch_size", "rows_per_file"),
+        "dataset": ("max_long_side",),
+        "storage": ("connect_timeout_s", "request_timeout_s"),
+    }.items():
+        for name in names:
+            positive(f"{section}.{name}", getattr(getattr(c, section), name))
+    for name in ("cam.weight_decay", "cam.momentum", "cam.color_jitter", "irn.weight_decay", "irn.momentum",
+                 "affinity.weight_decay", "affinity.momentum", "walk.exp_times", "ray.num_cpus",
+                 "ray.max_failures", "ray.actor_max_restarts", "storage.retries", "dataset.limit",
+                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations", "seed"):
+        section, attr = name.split(".")
+        non_negative(name, getattr(getattr(c, section), attr))
+    for name in ("cam.eval_threshold", "ir_label.fg_threshold", "ir_label.bg_threshold",
+                 "ir_label.fg_quantile", "ir_label.bg_quantile", "ir_label.crf_gt_prob",
+                 "walk.sem_bg_threshold", "walk.ins_bg_threshold", "walk.min_fragment_fraction",
+                 "cam.momentum", "irn.momentum", "affinity.momentum"):
+        section, attr = name.split(".")
+        unit(name, getattr(getattr(c, section), attr))
+    if c.ir_label.bg_threshold > c.ir_label.fg_threshold:
+        raise ConfigError("ir_label.bg_threshold must not exceed ir_label.fg_threshold")
+    if c.ir_label.bg_quantile > c.ir_label.fg_quantile:
+        raise ConfigError("ir_label.bg_quantile must not exceed ir_label.fg_quantile")
+    lo, hi = c.cam.resize_long
+    if not 0 < lo <= hi:
+        raise ConfigError(f"cam.resize_long must be 0 < low <= high, got {c.cam.resize_long}")
+    lo_s, hi_s = c.irn.rescale
+    if not 0 < lo_s <= hi_s:
+        raise ConfigError(f"irn.rescale must be 0 < low <= high, got {c.irn.rescale}")
+    if not c.cam.scales or any(s <= 0 for s in c.cam.scales):
+        raise ConfigError(f"cam.scales must be positive numbers, got {c.cam.scales}")
+    valid_stages = {"conv1", "layer1", "layer2", "layer3", "layer4"}
+    for stage in c.cam.frozen_stages:
+        if stage not in valid_stages:
+            raise ConfigError(f"cam.frozen_stages: unknown stage {stage!r} (one of {sorted(valid_stages)})")
+    if c.cam.crop_size % 16 or c.irn.crop_size % 16 or c.affinity.crop_size % 16:
+        raise ConfigError("cam.crop_size, irn.crop_size and affinity.crop_size must be multiples of 16")

@@ -1,0 +1,1 @@
+"""Datasets: image lists with image-level labels, ground truth, decoding and augmentation."""

@@ -1,0 +1,1 @@
+"""The method: CAMs, relation labels, affinities, random walk, instances."""

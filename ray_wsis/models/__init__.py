@@ -1,0 +1,1 @@
+"""Networks: ResNet backbone, CAM classifier, IRNet and AffinityNet."""
