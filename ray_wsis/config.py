@@ -95,6 +95,8 @@ class ModelConfig:
     ResNet50_Weights.IMAGENET1K_V1 (downloaded by torchvision on first use)."""
     batch_norm: Literal["auto", "frozen", "train"] = "auto"
     """auto: frozen statistics with pretrained weights (as IRN), trained statistics from scratch."""
+    amp: bool = True
+    """bf16 autocast for training forward passes on CUDA; CPU always runs float32."""
 
 
 @dataclass(frozen=True)
@@ -378,9 +380,10 @@ def validate(config: Config) -> None:
     for name in ("cam.weight_decay", "cam.momentum", "cam.color_jitter", "irn.weight_decay", "irn.momentum",
                  "affinity.weight_decay", "affinity.momentum", "walk.exp_times", "ray.num_cpus",
                  "ray.max_failures", "ray.actor_max_restarts", "storage.retries", "dataset.limit",
-                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations", "seed"):
+                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations"):
         section, attr = name.split(".")
         non_negative(name, getattr(getattr(c, section), attr))
+    non_negative("seed", c.seed)
     for name in ("cam.eval_threshold", "ir_label.fg_threshold", "ir_label.bg_threshold",
                  "ir_label.fg_quantile", "ir_label.bg_quantile", "ir_label.crf_gt_prob",
                  "walk.sem_bg_threshold", "walk.ins_bg_threshold", "walk.min_fragment_fraction",

@@ -112,17 +112,23 @@ def decode_image(data: bytes, *, source: str = "") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def resize_long_side(image: np.ndarray, max_long_side: int) -> np.ndarray:
-    """Shrink (bicubic) so that max(H, W) <= max_long_side; smaller images come back as is."""
+def inference_size(height: int, width: int, max_long_side: int) -> tuple[int, int]:
+    """(height, width) after shrinking so that the long side is at most max_long_side."""
     if max_long_side <= 0:
         raise ValueError(f"max_long_side must be positive, got {max_long_side}")
-    height, width = image.shape[:2]
     long_side = max(height, width)
     if long_side <= max_long_side:
-        return image
+        return height, width
     scale = max_long_side / long_side
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_long_side(image: np.ndarray, max_long_side: int) -> np.ndarray:
+    """Shrink (bicubic) so that max(H, W) <= max_long_side; smaller images come back as is."""
+    height, width = inference_size(image.shape[0], image.shape[1], max_long_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
 def _palette_lookup() -> dict[int, int]:

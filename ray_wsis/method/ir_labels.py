@@ -32,7 +32,7 @@ def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, conf
     crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=config.crf_gt_prob, zero_unsure=False))
     crf.addPairwiseGaussian(sxy=config.crf_gaussian_sxy, compat=config.crf_gaussian_compat)
     crf.addPairwiseBilateral(sxy=config.crf_bilateral_sxy, srgb=config.crf_bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image), compat=config.crf_bilateral_compat)
+                             rgbim=np.array(image, dtype=np.uint8, order="C", copy=True), compat=config.crf_bilateral_compat)
     q = crf.inference(config.crf_iterations)
     return np.argmax(np.asarray(q).reshape(n_labels, h, w), axis=0)
 

@@ -1,0 +1,1 @@
+"""Per-image inference: CAMs, boundary/displacement, walk and label assembly."""

@@ -1,0 +1,141 @@
+"""Per-image predictors shared by the Ray Data actors and the plain loops of the benchmarks.
+
+Each one holds a model on a device and turns one decoded image (plus its CAMs) into arrays;
+encoding and storage are the pipeline's job.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ray_wsis.config import AffinityConfig, WalkConfig
+from ray_wsis.method.cam import multiscale_cams, to_tensor
+from ray_wsis.method.instances import Instances, detections_from_label, instances_from_cams
+from ray_wsis.method.labels import argmax_with_background, boundary_walk, semantic_from_walk
+from ray_wsis.method.path_index import path_index
+from ray_wsis.method.random_walk import WalkOperator
+from ray_wsis.method.relations import feature_affinity
+from ray_wsis.models.affinitynet import AffinityNet
+from ray_wsis.models.cam_net import CAMNet
+from ray_wsis.models.irnet import IRNet
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Zero-pad (B, 3, H, W) on the right and bottom (irn pads to 512; any multiple of 16 works)."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
+
+
+class CamPredictor:
+    def __init__(self, model: CAMNet, scales: Sequence[float], device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.scales = tuple(scales)
+        self.device = torch.device(device)
+
+    def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+        """(K, ceil(H/4), ceil(W/4)) float32 CAMs of the image's classes."""
+        cams = multiscale_cams(self.model, to_tensor(image, self.device), class_ids, self.scales)
+        return cams.float().cpu().numpy()
+
+
+@dataclass
+class PseudoLabel:
+    """One image's outputs at inference resolution, with the stride-4 maps that made them."""
+
+    semantic: np.ndarray
+    instances: Instances
+    boundary: np.ndarray
+    displacement: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0), np.float32))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class IRNetPredictor:
+    def __init__(self, model: IRNet, walk: WalkConfig, device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.walk = walk
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def boundary_displacement(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, w) boundary probability and (2, h, w) displacement at stride 4 (irn EdgeDisplacement)."""
+        h, w = math.ceil(image.shape[0] / 4), math.ceil(image.shape[1] / 4)
+        x = to_tensor(image, self.device)[None]
+        batch = pad_to_multiple(torch.cat([x, x.flip(-1)]) if self.walk.flip else x)
+        edge, dp = self.model(batch)
+        edge, dp = edge[:, 0, :h, :w], dp[:, :, :h, :w]  # crop first: the flipped copy's image is top-left too
+        edge_logit = edge[0] / 2 + edge[1].flip(-1) / 2 if self.walk.flip else edge[0]
+        return torch.sigmoid(edge_logit), dp[0]
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        boundary, displacement = self.boundary_displacement(image)
+        seconds["model"] = time.perf_counter() - start
+        cam = torch.from_numpy(np.asarray(cams, np.float32)).to(self.device)
+        if cam.shape[1:] != boundary.shape:
+            raise ValueError(f"cams {tuple(cam.shape)} do not match the image's stride-4 size {tuple(boundary.shape)}")
+        height, width = image.shape[:2]
+        c = self.walk
+        start = time.perf_counter()
+        walk = boundary_walk(boundary, c.radius, c.beta)
+        walked = walk(cam * (1.0 - boundary), 2 ** c.exp_times)
+        semantic = semantic_from_walk(walked, class_ids, height, width, c.sem_bg_threshold)
+        seconds["walk"] = time.perf_counter() - start
+        start = time.perf_counter()
+        instances = instances_from_cams(cam, boundary, displacement, class_ids, height, width, radius=c.radius,
+                                        beta=c.beta, exp_times=c.exp_times, bg_threshold=c.ins_bg_threshold,
+                                        centroid_iterations=c.centroid_iterations,
+                                        cluster_threshold=c.cluster_threshold,
+                                        min_fragment_fraction=c.min_fragment_fraction, walk=walk)
+        seconds["instances"] = time.perf_counter() - start
+        return PseudoLabel(semantic, instances, boundary.cpu().numpy(), displacement.cpu().numpy(), seconds)
+
+
+class AffinityPredictor:
+    """psa infer_aff.py on our walk: 21-channel walk at stride 8 with a (1 - max)^alpha background."""
+
+    def __init__(self, model: AffinityNet, config: AffinityConfig, min_fragment_fraction: float = 0.01,
+                 device: torch.device | str = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.min_fragment_fraction = min_fragment_fraction
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        height, width = image.shape[:2]
+        h8, w8 = math.ceil(height / 8), math.ceil(width / 8)
+        features = self.model(pad_to_multiple(to_tensor(image, self.device)[None]))[:, :, :h8, :w8]
+        index = path_index(self.config.radius)
+        affinity = feature_affinity(features, index, layout="same")[0]
+        seconds["model"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cam4 = torch.from_numpy(np.asarray(cams, np.float32)).to(self.device)
+        cam8 = F.adaptive_avg_pool2d(cam4[None], (h8, w8))[0] if cam4.numel() else cam4.new_zeros(0, h8, w8)
+        background = (1.0 - (cam8.amax(dim=0, keepdim=True) if len(cam8) else torch.zeros_like(cam8[:1]))) \
+            .clamp(min=0).pow(self.config.bg_alpha)
+        walked = WalkOperator(affinity, index, self.config.beta)(torch.cat([background, cam8]),
+                                                                 2 ** self.config.exp_times)
+        up = F.interpolate(walked[None], scale_factor=8, mode="bilinear", align_corners=False)[0, :, :height, :width]
+        keys = np.asarray([0, *class_ids], dtype=np.uint8)
+        label = up.argmax(dim=0).cpu().numpy()
+        semantic = keys[label]
+        value = (up.amax(dim=0) / up.max().clamp(min=1e-12)).cpu().numpy()
+        seconds["walk"] = time.perf_counter() - start
+        start = time.perf_counter()
+        # psa has no instance branch: each connected region of a class is one instance
+        masks, classes, scores = detections_from_label(label, value, np.asarray(class_ids, np.int64),
+                                                       self.min_fragment_fraction)
+        seconds["instances"] = time.perf_counter() - start
+        boundary = 1.0 - affinity.amin(dim=0)
+        return PseudoLabel(semantic, Instances(masks, classes, scores), boundary.cpu().numpy(), seconds=seconds)

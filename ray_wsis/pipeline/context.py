@@ -1,0 +1,150 @@
+"""What every stage needs: config, output layout, dataset, Ray, markers and split records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import ray
+
+from ray_wsis import __version__
+from ray_wsis.config import Config
+from ray_wsis.data.records import DatasetSource, ImageRecord
+from ray_wsis.data.sources import build_source
+from ray_wsis.pipeline.layout import Layout
+from ray_wsis.storage import (Location, StorageError, check_access, delete_tree, exists, read_bytes,
+                              write_bytes_atomic)
+
+
+@dataclass
+class SplitRecords:
+    """A split after validation: what to process, what to skip and what is broken."""
+
+    records: list[ImageRecord]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.records) + len(self.skipped) + len(self.failed)
+
+
+@dataclass
+class StageContext:
+    config: Config
+    force: bool = False
+    log: Callable[[str], None] = print
+    _source: Optional[DatasetSource] = None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.config)
+
+    @property
+    def source(self) -> DatasetSource:
+        if self._source is None:
+            self._source = build_source(self.config.dataset, self.config.storage)
+        return self._source
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.source.class_names)
+
+    def split(self, name: str) -> SplitRecords:
+        """Records with labels to process; images without labels are skipped, broken ones failed."""
+        scan = getattr(self.source, "scan", None)
+        records, invalid = scan(name) if scan else (self.source.records(name), [])
+        if self.config.dataset.limit:
+            records = records[:self.config.dataset.limit]
+        labelled = [r for r in records if r.class_ids]
+        skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
+        return SplitRecords(labelled, skipped, list(invalid))
+
+    def splits(self, *names: str) -> SplitRecords:
+        """The union of splits (by image_id, first occurrence wins)."""
+        seen: set[str] = set()
+        out = SplitRecords([])
+        for name in dict.fromkeys(names):
+            part = self.split(name)
+            out.records += [r for r in part.records if not (r.image_id in seen or seen.add(r.image_id))]
+            out.skipped += [e for e in part.skipped if not (e[0] in seen or seen.add(e[0]))]
+            out.failed += [e for e in part.failed if not (e[0] in seen or seen.add(e[0]))]
+        return out
+
+    # -- markers -------------------------------------------------------------------------
+
+    def marker(self, stage: str) -> Optional[dict[str, Any]]:
+        location = self.layout.marker(stage)
+        return json.loads(read_bytes(location)) if exists(location) else None
+
+    def mark_done(self, stage: str, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
+        payload = {"stage": stage, "summary": summary, "seconds": round(seconds, 2),
+                   "config_hash": self.config.hash(), "version": __version__,
+                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_bytes_atomic(self.layout.marker(stage), json.dumps(payload, indent=2).encode())
+        return payload
+
+    def should_skip(self, stage: str) -> Optional[dict[str, Any]]:
+        """The earlier marker if the stage already finished and --force was not given."""
+        done = self.marker(stage)
+        if done and not self.force:
+            self.log(f"[{stage}] already done ({done['finished_at']}); re-run with --force to redo it")
+            return done
+        return None
+
+    def reset(self, stage: str, *locations: Location) -> None:
+        """--force: remove the stage's outputs and marker before running it again."""
+        if not self.force:
+            return
+        for location in (*locations, self.layout.marker(stage)):
+            if exists(location):
+                if location.path.endswith((".json", ".pt")):
+                    location.fs.delete_file(location.path)
+                else:
+                    delete_tree(location)
+
+    def model_id(self, kind: str) -> str:
+        """sha256 prefix of a model file, recorded in the Parquet metadata of what it made."""
+        location = self.layout.model(kind)
+        return hashlib.sha256(read_bytes(location)).hexdigest()[:16] if exists(location) else ""
+
+    def parquet_metadata(self, *models: str) -> dict[str, str]:
+        meta = {"ray_wsis.version": __version__, "ray_wsis.config_hash": self.config.hash(),
+                "ray_wsis.method": self.config.method}
+        for kind in models:
+            meta[f"ray_wsis.checkpoint.{kind}"] = self.model_id(kind)
+        return meta
+
+
+def init_ray(config: Config) -> None:
+    """Connect to ray.address / RAY_ADDRESS, else start a local Ray sized by ray.num_cpus.
+
+    Inside a Ray job RAY_ADDRESS is set; we pass no runtime_env so the job's own env is kept.
+    """
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.ray.progress_bars
+    context.enable_operator_progress_bars = config.ray.progress_bars
+    context.print_on_execution_start = False
+
+
+def check_output(config: Config) -> None:
+    """Fail fast (seconds, no traceback) on unreachable storage or refused credentials."""
+    location = Layout.of(config).root
+    try:
+        check_access(location, config.storage, create=True)
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot use output {config.output}: {exc}") from None

@@ -1,0 +1,59 @@
+"""Where each stage writes under the output URI (documented in the README)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray_wsis.config import Config
+from ray_wsis.storage import Location, resolve
+
+STAGES = ("train-cam", "make-cams", "make-ir-labels", "train-irn", "make-pseudo-labels", "evaluate")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """<output>/
+         checkpoints/<run>-cam, <run>-irn   Ray Train runs (resume by re-running)
+         models/cam.pt, models/irnet.pt     final weights (weights-only torch files)
+         cams/part-*.parquet                stride-4 float16 CAMs of present classes
+         ir_labels/part-*.parquet           relation labels (PNG)
+         pseudo_labels/part-*.parquet       the product: semantic PNG + instance RLEs
+         errors/<stage>/part-*.parquet      image_id, stage, kind, reason
+         stages/<stage>.json                completion marker with the stage summary
+         metrics.json                       evaluation
+    """
+
+    root: Location
+
+    @classmethod
+    def of(cls, config: Config) -> "Layout":
+        return cls(resolve(config.output, config.storage))
+
+    @property
+    def checkpoints(self) -> Location:
+        return self.root.child("checkpoints")
+
+    def model(self, kind: str) -> Location:
+        return self.root.child("models", f"{kind}.pt")
+
+    @property
+    def cams(self) -> Location:
+        return self.root.child("cams")
+
+    @property
+    def ir_labels(self) -> Location:
+        return self.root.child("ir_labels")
+
+    @property
+    def pseudo_labels(self) -> Location:
+        return self.root.child("pseudo_labels")
+
+    def errors(self, stage: str) -> Location:
+        return self.root.child("errors", stage)
+
+    def marker(self, stage: str) -> Location:
+        return self.root.child("stages", f"{stage}.json")
+
+    @property
+    def metrics(self) -> Location:
+        return self.root.child("metrics.json")

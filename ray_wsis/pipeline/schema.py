@@ -1,0 +1,98 @@
+"""Arrow schemas of the stage outputs and the encoders that fill them.
+
+Every inference UDF returns rows of its stage's schema plus an ``error`` column; the shard
+sink writes rows with an empty error to the stage's Parquet files and the others to the
+errors table. Masks are stored as PNG bytes and COCO RLE strings, never as pickles or
+ragged tensor columns, so plain pyarrow readers need nothing from Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ray_wsis.masks import encode_label_png, encode_rles, rle_area, rle_bbox
+
+ERROR_KINDS = ("failed", "skipped")
+
+INSTANCE_TYPE = pa.struct([("category_id", pa.int16()), ("score", pa.float32()),
+                           ("rle", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
+                           ("bbox", pa.list_(pa.float32(), 4)), ("area", pa.int64())])
+
+PSEUDO_LABELS = pa.schema([("image_id", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+                           ("labels", pa.list_(pa.int16())), ("semantic", pa.binary()),
+                           ("instances", pa.list_(INSTANCE_TYPE))])
+
+CAMS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+                  ("labels", pa.list_(pa.int16())), ("cam_height", pa.int32()), ("cam_width", pa.int32()),
+                  ("cam", pa.binary())])
+"""cam: float16 bytes of a (len(labels), cam_height, cam_width) array (C order); cam_height
+and cam_width are ceil(h/4), ceil(w/4) of the inference resolution, which differs from
+height x width only for images above dataset.max_long_side."""
+
+IR_LABELS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa.int32()),
+                       ("width", pa.int32()), ("labels", pa.list_(pa.int16())), ("ir_label", pa.binary())])
+
+ERRORS = pa.schema([("image_id", pa.string()), ("stage", pa.string()), ("kind", pa.string()),
+                    ("reason", pa.string())])
+
+ERROR_COLUMN = "error"
+
+
+def stage_schema(kind: str) -> pa.Schema:
+    return {"cams": CAMS, "ir_labels": IR_LABELS, "pseudo_labels": PSEUDO_LABELS}[kind]
+
+
+def error_text(kind: str, reason: str) -> str:
+    """Pack an error kind and reason into the UDF's `error` column ("failed: truncated ...")."""
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"error kind must be one of {ERROR_KINDS}")
+    return f"{kind}: {reason}"
+
+
+def split_error(text: str) -> tuple[str, str]:
+    kind, _, reason = text.partition(": ")
+    return (kind, reason) if kind in ERROR_KINDS else ("failed", text)
+
+
+def empty_columns(schema: pa.Schema) -> dict[str, list[Any]]:
+    return {name: [] for name in schema.names} | {ERROR_COLUMN: []}
+
+
+def error_row(schema: pa.Schema, image_id: str, error: str, **known: Any) -> dict[str, Any]:
+    """A row of the stage schema with nulls, carrying only the id and the error."""
+    row = {name: None for name in schema.names}
+    row.update(known, image_id=image_id)
+    row[ERROR_COLUMN] = error
+    return row
+
+
+def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (with the error column) -> an Arrow table of schema + error."""
+    full = schema.append(pa.field(ERROR_COLUMN, pa.string()))
+    return pa.Table.from_pylist(list(rows), schema=full)
+
+
+def instances_column(masks: np.ndarray, class_ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+    """Detections -> list<struct> of the pseudo-label schema (RLE via one pycocotools call)."""
+    if len(masks) == 0:
+        return []
+    rles = encode_rles(masks)
+    return [{"category_id": int(c), "score": float(s), "rle": {"size": [int(v) for v in r["size"]], "counts": r["counts"]},
+             "bbox": [float(v) for v in rle_bbox(r)], "area": int(rle_area(r))}
+            for r, c, s in zip(rles, class_ids, scores)]
+
+
+def pseudo_label_row(image_id: str, height: int, width: int, labels: Sequence[int], semantic: np.ndarray,
+                     masks: np.ndarray, class_ids: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    return {"image_id": image_id, "height": int(height), "width": int(width), "labels": [int(v) for v in labels],
+            "semantic": encode_label_png(semantic), "instances": instances_column(masks, class_ids, scores),
+            ERROR_COLUMN: ""}
+
+
+def cam_array(row: dict[str, Any]) -> np.ndarray:
+    """The (K, h, w) float32 CAMs of a row of the CAM table."""
+    k = len(row["labels"])
+    return np.frombuffer(row["cam"], dtype=np.float16).reshape(k, row["cam_height"], row["cam_width"]).astype(np.float32)

@@ -1,0 +1,250 @@
+"""The Ray Train stages: train-cam (classifier) and train-irn (IRNet or AffinityNet).
+
+Ray Data decodes and augments in CPU tasks; every worker pulls its shard with
+``iter_torch_batches``; the model is wrapped by ``prepare_model`` (DDP when several
+workers). A checkpoint is reported every epoch under <output>/checkpoints/<run>-<model>;
+re-running with the same run name resumes from the latest one (Train V2), and
+``FailureConfig(max_failures)`` restarts failed workers from it. At the end the final
+weights are exported to <output>/models/<kind>.pt for the inference stages.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_wsis.config import Config, config_from_dict
+from ray_wsis.models.checkpoints import checkpoint_bytes, read_checkpoint
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.inference import _read_stage
+from ray_wsis.pipeline.sink import committed_ids
+from ray_wsis.storage import exists, is_remote, read_bytes, write_bytes_atomic
+from ray_wsis.train.batches import ClassifierBatches, RelationBatches, TopLeftBatches, records_to_rows
+from ray_wsis.train.loops import (build_classifier, build_relation_net, displacement_mean, max_steps, run_epoch,
+                                  step_function, training_state, unwrap)
+
+STATE_FILE = "state.pt"
+FAIL_ONCE_ENV = "RAY_WSIS_FAIL_ONCE_AT_EPOCH"
+"""Fault injection for tests: a worker raises once when this epoch starts (marker file guards once)."""
+
+
+def classifier_batch(batch: pa.Table, config: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
+    return ClassifierBatches(config_from_dict(config), num_classes)(batch.to_pydict())
+
+
+def relation_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    cfg = config_from_dict(config)
+    if cfg.method == "irnet":
+        return RelationBatches(cfg, cfg.irn.crop_size, cfg.irn.rescale, 4)(batch.to_pydict())
+    return RelationBatches(cfg, cfg.affinity.crop_size, (0.9, 1.1), 8)(batch.to_pydict())
+
+
+def top_left_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    cfg = config_from_dict(config)
+    return TopLeftBatches(cfg, cfg.irn.crop_size)(batch.to_pydict())
+
+
+def _classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Tensor]]:
+    """The trained classifier's weights when the relation net starts from them."""
+    if kind == "irnet" and config.irn.backbone_init != "classifier":
+        return None
+    from ray_wsis.pipeline.layout import Layout
+
+    location = Layout.of(config).model("cam")
+    if not exists(location):
+        raise ValueError(f"{location.uri} is missing: run train-cam first")
+    return read_checkpoint(read_bytes(location), "cam", config.model.backbone, location.uri)["state_dict"]
+
+
+def _maybe_fail(epoch: int) -> None:
+    target = os.environ.get(FAIL_ONCE_ENV)
+    if target is None or int(target) != epoch:
+        return
+    flag = os.environ.get(FAIL_ONCE_ENV + "_FLAG", "")
+    if flag and not os.path.exists(flag):
+        open(flag, "w").close()
+        raise RuntimeError(f"injected failure at epoch {epoch}")
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]) + 1, int(state["global_step"])
+
+
+def _report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+            metrics: dict[str, float]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            torch.save(training_state(model, optimizer, epoch, step), os.path.join(folder, STATE_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"epoch": epoch, **metrics}, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{epoch:03d}")
+
+
+def _train_loop(kind: str, loop: dict[str, Any]) -> None:
+    """Per-worker loop shared by both stages: restore, prepare, epochs, report."""
+    config = config_from_dict(loop["config"])
+    torch.manual_seed(config.seed + ray.train.get_context().get_world_rank())
+    device = ray.train.torch.get_device()
+    if kind == "cam":
+        model, optimizer = build_classifier(config, loop["num_classes"])
+        batch_size, epochs = config.cam.batch_size, config.cam.epochs
+    else:
+        model, optimizer = build_relation_net(config, loop["num_classes"], _classifier_state(config, kind))
+        c = config.irn if kind == "irnet" else config.affinity
+        batch_size, epochs = c.batch_size, c.epochs
+    start_epoch, step = _restore(model, optimizer)
+    model = ray.train.torch.prepare_model(model)
+    world = ray.train.get_context().get_world_size()
+    total = max_steps(loop["num_images"], batch_size, epochs, world)
+    step_fn = step_function(kind, config)
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start_epoch, epochs):
+        _maybe_fail(epoch)
+        batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                           local_shuffle_buffer_size=max(2 * batch_size, 64))
+        step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device)
+        if kind == "irnet" and epoch == epochs - 1:
+            _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)
+        _report(model, optimizer, epoch, step, metrics)
+
+
+def _set_displacement_mean(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device,
+                           world: int) -> None:
+    sums = displacement_mean(model, shard.iter_torch_batches(batch_size=batch_size), device)
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    unwrap(model).mean_shift.running_mean.copy_((sums[:2] / sums[2].clamp(min=1)).float())
+
+
+def cam_train_loop(loop: dict[str, Any]) -> None:
+    _train_loop("cam", loop)
+
+
+def relation_train_loop(loop: dict[str, Any]) -> None:
+    _train_loop(config_from_dict(loop["config"]).method, loop)
+
+
+def _run_config(ctx: StageContext, suffix: str) -> RunConfig:
+    location = ctx.layout.checkpoints
+    remote = is_remote(location.uri)
+    return RunConfig(name=f"{ctx.config.run_name}-{suffix}", storage_path=location.path,
+                     storage_filesystem=location.fs if remote else None,
+                     failure_config=FailureConfig(max_failures=ctx.config.ray.max_failures),
+                     checkpoint_config=CheckpointConfig(num_to_keep=2))
+
+
+def _scaling(config: Config) -> ScalingConfig:
+    r = config.ray
+    resources = {"CPU": r.cpus_per_worker} | ({"GPU": 1} if r.use_gpu else {})
+    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
+
+
+def _export(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {kind} reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    model_state = state["model"]
+    from ray_wsis.models.checkpoints import build_model  # local: keeps the import graph flat
+
+    model = build_model(kind, ctx.config.model.backbone, num_classes)
+    model.load_state_dict(model_state)
+    data = checkpoint_bytes(model, kind, ctx.config.model.backbone, num_classes,
+                            {"epochs": int(state["epoch"]) + 1, "config_hash": ctx.config.hash()})
+    write_bytes_atomic(ctx.layout.model(kind), data)
+    return ctx.layout.model(kind).uri
+
+
+def train_cam(ctx: StageContext) -> dict[str, Any]:
+    """Train the multi-label classifier on the train split with Ray Train."""
+    stage = "train-cam"
+    done = ctx.should_skip(stage)
+    if done:
+        return done["summary"]
+    ctx.reset(stage, ctx.layout.model("cam"), ctx.layout.checkpoints.child(f"{ctx.config.run_name}-cam"))
+    start = time.perf_counter()
+    split = ctx.split(ctx.config.dataset.train_split)
+    rows = records_to_rows(split.records)
+    if not rows:
+        raise ValueError(f"split {ctx.config.dataset.train_split!r} has no image with labels to train on")
+    config = ctx.config.to_dict()
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // 16)))
+    ds = ds.random_shuffle(seed=ctx.config.seed).map_batches(
+        classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
+        batch_format="pyarrow", batch_size=16, num_cpus=1)
+    trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
+                                                              "num_images": len(rows)},
+                           scaling_config=_scaling(ctx.config), run_config=_run_config(ctx, "cam"),
+                           datasets={"train": ds})
+    result = trainer.fit()
+    uri = _export(ctx, result, "cam", ctx.num_classes)
+    summary = {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri,
+               "final_loss": (result.metrics or {}).get("loss")}
+    ctx.mark_done(stage, summary, time.perf_counter() - start)
+    ctx.log(f"[{stage}] {summary}")
+    return summary
+
+
+def train_irn(ctx: StageContext) -> dict[str, Any]:
+    """Train IRNet (or AffinityNet) on images joined with their relation labels."""
+    stage = "train-irn"
+    done = ctx.should_skip(stage)
+    if done:
+        return done["summary"]
+    kind = ctx.config.method
+    ctx.reset(stage, ctx.layout.model(kind), ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{kind}"))
+    start = time.perf_counter()
+    ids = committed_ids(ctx.layout.ir_labels)
+    if not ids:
+        raise ValueError("no relation labels to train on: run make-ir-labels first")
+    config = ctx.config.to_dict()
+    ds = _read_stage(ctx.layout.ir_labels, ids)
+    ds = ds.random_shuffle(seed=ctx.config.seed).map_batches(
+        relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
+    datasets = {"train": ds}
+    if kind == "irnet":
+        infer = [r for r in ctx.split(ctx.config.dataset.infer_split).records]
+        datasets["mean"] = ray.data.from_items(records_to_rows(infer)).map_batches(
+            top_left_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
+    _classifier_state(ctx.config, kind)  # fail here, not in the workers, when it is missing
+    trainer = TorchTrainer(relation_train_loop,
+                           train_loop_config={"config": config, "num_classes": ctx.num_classes,
+                                              "num_images": len(ids)},
+                           scaling_config=_scaling(ctx.config), run_config=_run_config(ctx, kind),
+                           datasets=datasets,
+                           dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+    result = trainer.fit()
+    uri = _export(ctx, result, kind, ctx.num_classes)
+    summary = {"images": len(ids), "model": uri, "final_loss": (result.metrics or {}).get("loss")}
+    ctx.mark_done(stage, summary, time.perf_counter() - start)
+    ctx.log(f"[{stage}] {summary}")
+    return summary
+
+
+def latest_checkpoint_epoch(ctx: StageContext, suffix: str) -> Optional[int]:
+    """The last epoch checkpointed by a training run (for tests and status)."""
+    location = ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{suffix}")
+    if not exists(location):
+        return None
+    from pyarrow.fs import FileSelector, FileType
+
+    names = [i.base_name for i in location.fs.get_file_info(FileSelector(location.path))
+             if i.type == FileType.Directory and i.base_name.startswith("epoch_")]
+    return max((int(n.split("_")[1]) for n in names), default=None)

@@ -1,0 +1,1 @@
+"""Training pieces shared by the Ray Train loops and plain single-process loops."""

@@ -1,0 +1,28 @@
+"""SGD with irn's poly learning-rate decay, lr = lr0 * (1 - step / max_step) ** 0.9 per group."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def poly_sgd(groups: Sequence[tuple[list[torch.nn.Parameter], float]], weight_decay: float,
+             momentum: float) -> torch.optim.SGD:
+    """One SGD group per (params, lr); empty groups are dropped.
+
+    irn's PolyOptimizer passes weight_decay positionally into SGD's momentum slot, so its
+    real momentum is 1e-4; `momentum` is explicit here and the configs say which they use.
+    """
+    param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
+                    for params, lr in groups if params]
+    if not param_groups:
+        raise ValueError("no trainable parameters")
+    return torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, step: int, max_step: int, power: float = 0.9) -> float:
+    factor = (1.0 - min(step, max_step) / max(max_step, 1)) ** power
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

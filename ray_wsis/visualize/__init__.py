@@ -1,0 +1,1 @@
+"""Pictures: per-image panels, contact sheets and the HTML report."""
