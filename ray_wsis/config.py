@@ -108,7 +108,8 @@ class CamConfig:
     batch_size: int = 16
     epochs: int = 5
     learning_rate: float = 0.1
-    """Backbone lr; the new classifier head gets 10x (irn)."""
+    """Backbone lr; the new classifier head gets head_lr_scale x this (irn: 10x)."""
+    head_lr_scale: float = 10.0
     weight_decay: float = 1e-4
     momentum: float = 0.0
     """irn passes weight_decay into SGD's momentum slot by mistake, so its effective momentum is
@@ -152,7 +153,8 @@ class IRNConfig:
     batch_size: int = 32
     epochs: int = 3
     learning_rate: float = 0.1
-    """Boundary branch lr; the displacement branch gets 10x (irn)."""
+    """Boundary branch lr; the displacement branch gets dp_lr_scale x this (irn: 10x)."""
+    dp_lr_scale: float = 10.0
     weight_decay: float = 1e-4
     momentum: float = 0.0
     radius: int = 10
@@ -199,6 +201,29 @@ class WalkConfig:
 
 
 @dataclass(frozen=True)
+class DownstreamConfig:
+    """Training ordinary segmentation models on the pseudo-labels (torchvision DeepLabV3 / Mask R-CNN)."""
+
+    labels: str = ""
+    """Pseudo-label URI; empty means <output>/pseudo_labels."""
+    backbone: Literal["resnet50", "resnet101"] = "resnet50"
+    weights: str = ""
+    """Backbone weights: a path or torchvision enum (e.g. ResNet50_Weights.IMAGENET1K_V1); empty: scratch."""
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    crop_size: int = 320
+    min_score: float = 0.0
+    """Instances scoring below this are dropped from Mask R-CNN targets (zero-score fragments always are)."""
+    eval_split: str = "val"
+    """Split with ground truth to evaluate the trained model on; empty skips evaluation."""
+    max_eval_images: int = 0
+    """0: all images of eval_split."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run: data, storage, Ray layout and every stage's hyper-parameters."""
 
@@ -215,6 +240,7 @@ class Config:
     irn: IRNConfig = field(default_factory=IRNConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     walk: WalkConfig = field(default_factory=WalkConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -222,7 +248,7 @@ class Config:
     def hash(self) -> str:
         """A short stable hash of the settings that change the labels (not of Ray layout)."""
         plain = self.to_dict()
-        for key in ("ray", "output", "run_name", "storage"):
+        for key in ("ray", "output", "run_name", "storage", "downstream"):
             plain.pop(key, None)
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -366,13 +392,14 @@ def validate(config: Config) -> None:
     if not c.output:
         raise ConfigError("output must name a folder or URI")
     for section, names in {
-        "cam": ("crop_size", "batch_size", "epochs", "learning_rate"),
-        "irn": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "backbone_lr_scale"),
+        "cam": ("crop_size", "batch_size", "epochs", "learning_rate", "head_lr_scale"),
+        "irn": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "backbone_lr_scale", "dp_lr_scale"),
         "affinity": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "beta"),
         "walk": ("radius", "beta", "centroid_iterations", "cluster_threshold"),
         "ray": ("num_workers", "inference_actors", "cpus_per_actor", "cpus_per_worker",
                 "inference_batch_size", "rows_per_file"),
         "dataset": ("max_long_side",),
+        "downstream": ("epochs", "batch_size", "learning_rate", "crop_size"),
         "storage": ("connect_timeout_s", "request_timeout_s"),
     }.items():
         for name in names:
@@ -390,6 +417,11 @@ def validate(config: Config) -> None:
                  "cam.momentum", "irn.momentum", "affinity.momentum"):
         section, attr = name.split(".")
         unit(name, getattr(getattr(c, section), attr))
+    for name in ("walk.radius", "irn.radius", "affinity.radius"):
+        section, attr = name.split(".")
+        if getattr(getattr(c, section), attr) < 2:
+            raise ConfigError(f"{name} must be at least 2 (pixel pairs need a neighbourhood), got "
+                              f"{getattr(getattr(c, section), attr)}")
     if c.ir_label.bg_threshold > c.ir_label.fg_threshold:
         raise ConfigError("ir_label.bg_threshold must not exceed ir_label.fg_threshold")
     if c.ir_label.bg_quantile > c.ir_label.fg_quantile:

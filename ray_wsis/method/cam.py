@@ -25,7 +25,10 @@ def to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Te
     """(H, W, 3) uint8 -> (3, H, W) float normalised with torchvision's ImageNet statistics."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.array(image, copy=not image.flags.writeable, order="C")).to(device).permute(2, 0, 1).float().div_(255.0)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:
+        array = array.copy()
+    x = torch.from_numpy(array).to(device).permute(2, 0, 1).float().div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x - mean) / std

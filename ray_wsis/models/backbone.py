@@ -41,7 +41,7 @@ def _fix_batch_norm(module: nn.Module) -> None:
             _fix_batch_norm(child)
 
 
-def load_backbone_weights(model: nn.Module, weights: str) -> None:
+def load_backbone_weights(model: nn.Module, weights: str, arch: str = "") -> None:
     """Load ImageNet (or any) ResNet weights from a local path or a torchvision enum name.
 
     A path is read with ``torch.load(weights_only=True)``; the ``fc.*`` keys of an ImageNet
@@ -54,14 +54,21 @@ def load_backbone_weights(model: nn.Module, weights: str) -> None:
             state = state["state_dict"]
     else:
         try:
-            enum = torchvision.models.get_weight(weights)
+            if "." in weights or not arch:
+                enum = torchvision.models.get_weight(weights)
+            else:
+                enum = torchvision.models.get_model_weights(arch)[weights]
         except (ValueError, KeyError, AttributeError):
             raise ValueError(f"model.weights: {weights!r} is neither an existing file nor a torchvision "
                              f"weights name like ResNet50_Weights.IMAGENET1K_V1") from None
         state = enum.get_state_dict(progress=False)
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: weights of another architecture
+        raise ValueError(f"model.weights {weights!r} does not fit this backbone: "
+                         f"{str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"model.weights {weights!r} does not fit this backbone: "
@@ -78,12 +85,14 @@ class Backbone(nn.Module):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"model.backbone must be one of {ARCHITECTURES}, got {arch!r}")
+        if batch_norm not in ("auto", "frozen", "train"):
+            raise ValueError(f"batch_norm must be auto, frozen or train, got {batch_norm!r}")
         unknown = [s for s in frozen_stages if s not in STAGES]
         if unknown:
             raise ValueError(f"frozen_stages: unknown stages {unknown}; valid: {STAGES}")
         resnet = getattr(torchvision.models, arch)(weights=None)
         if weights:
-            load_backbone_weights(resnet, weights)
+            load_backbone_weights(resnet, weights, arch)
         _set_layer4_stride_one(resnet)
         if batch_norm == "frozen" or (batch_norm == "auto" and weights):
             _fix_batch_norm(resnet)

@@ -115,14 +115,18 @@ def import_reference_irn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     aliases = {"stage1.0.": "conv1.", "stage1.1.": "bn1.", "stage2.0.": "layer1.", "stage3.0.": "layer2.",
                "stage4.0.": "layer3.", "stage5.0.": "layer4."}
     out = _reference_resnet(state, aliases)
+    mean_keys = ("mean_shift.running_mean", "fc_dp7.4.running_mean", "dp_layers.6.4.running_mean")
+    for key in mean_keys:  # one mean-shift buffer, whichever alias the file carries
+        if key in state:
+            out["mean_shift.running_mean"] = state[key]
+            break
     for key, value in state.items():
+        if key.startswith("fc_dp7.4."):
+            continue  # the mean shift (a BatchNorm in irn before 4582a4b): handled above
         head = re.match(r"^fc_(edge|dp)(\d)\.(.*)$", key)
         if head:
             branch, number, rest = head.groups()
             out[f"{branch}{number}.{rest}"] = value
-        elif key in ("mean_shift.running_mean", "fc_dp7.4.running_mean", "dp_layers.6.4.running_mean"):
-            out.setdefault("mean_shift.running_mean", value)
-    out.pop("dp7.4.running_mean", None)
     return out
 
 

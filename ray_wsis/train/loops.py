@@ -30,7 +30,8 @@ def build_classifier(config: Config, num_classes: int) -> tuple[nn.Module, torch
     model = build_model("cam", config.model.backbone, num_classes, weights=config.model.weights,
                         batch_norm=config.model.batch_norm, frozen_stages=c.frozen_stages)
     backbone, head = model.parameter_groups()
-    optimizer = poly_sgd([(backbone, c.learning_rate), (head, 10 * c.learning_rate)], c.weight_decay, c.momentum)
+    optimizer = poly_sgd([(backbone, c.learning_rate), (head, c.head_lr_scale * c.learning_rate)], c.weight_decay,
+                         c.momentum)
     return model, optimizer
 
 
@@ -55,7 +56,7 @@ def build_relation_net(config: Config, num_classes: int,
                 raise ValueError("irn.backbone_init is 'classifier' but no classifier checkpoint was given")
             model.backbone.load_state_dict(backbone_state(classifier_state))
         edge, dp, backbone = model.parameter_groups()
-        groups = [(edge, c.learning_rate), (dp, 10 * c.learning_rate)]
+        groups = [(edge, c.learning_rate), (dp, c.dp_lr_scale * c.learning_rate)]
         if c.train_backbone:
             groups.append((backbone, c.backbone_lr_scale * c.learning_rate))
         return model, poly_sgd(groups, c.weight_decay, c.momentum)

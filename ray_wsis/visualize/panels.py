@@ -2,18 +2,25 @@
 
 Panel: image | CAM of each class | boundary | displacement (hue = angle, value = magnitude)
 | semantic label | instances (colour per instance, class and score) [| ground truth].
+
+Tiles are shown at a display size (long side between ``min_long`` and ``max_long``) so that
+tiny test images get readable captions and huge ones do not make 20000-pixel-wide strips.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from ray_wsis.classes import voc_palette
 
 _PALETTE = np.asarray(voc_palette(), dtype=np.uint8).reshape(256, 3)
+_GAP = 4
+_HEADER = 16
+_BACKDROP = (24, 24, 24)
 
 
 def colorize_label(label: np.ndarray) -> np.ndarray:
@@ -23,7 +30,7 @@ def colorize_label(label: np.ndarray) -> np.ndarray:
 
 def colorize_score(score: np.ndarray) -> np.ndarray:
     """(H, W) values in [0, 1] -> RGB with a blue-green-yellow-red ramp (no matplotlib needed)."""
-    s = np.clip(np.nan_to_num(score), 0.0, 1.0)
+    s = np.clip(np.nan_to_num(np.asarray(score, np.float32)), 0.0, 1.0)
     stops = np.asarray([[0, 0, 64], [0, 96, 255], [0, 220, 120], [255, 230, 0], [230, 20, 0]], np.float32)
     pos = s * (len(stops) - 1)
     low = np.floor(pos).astype(int).clip(0, len(stops) - 2)
@@ -33,10 +40,10 @@ def colorize_score(score: np.ndarray) -> np.ndarray:
 
 def colorize_displacement(displacement: np.ndarray) -> np.ndarray:
     """(2, h, w) (dy, dx) -> RGB: hue from the direction, brightness from the length."""
-    dy, dx = displacement[0], displacement[1]
+    dy, dx = np.nan_to_num(displacement[0]), np.nan_to_num(displacement[1])
     angle = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
     magnitude = np.sqrt(dy ** 2 + dx ** 2)
-    value = np.clip(magnitude / max(float(magnitude.max()), 1e-6), 0, 1)
+    value = np.clip(magnitude / max(float(magnitude.max(initial=0.0)), 1e-6), 0, 1)
     h6 = angle * 6.0
     sector = np.floor(h6).astype(int) % 6
     f = h6 - np.floor(h6)
@@ -48,6 +55,7 @@ def colorize_displacement(displacement: np.ndarray) -> np.ndarray:
 
 
 def colorize_instances(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One random (but reproducible) colour per instance; later masks paint over earlier ones."""
     out = np.zeros((height, width, 3), np.uint8)
     rng = np.random.default_rng(7)
     for mask in masks:
@@ -55,49 +63,106 @@ def colorize_instances(masks: np.ndarray, height: int, width: int) -> np.ndarray
     return out
 
 
+@lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled scalable font when FreeType is there, else its bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):
+        return ImageFont.load_default()
+
+
 def _fit(tile: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
     if tile.shape[:2] == (height, width):
         return tile
     resample = Image.NEAREST if nearest else Image.BILINEAR
-    return np.asarray(Image.fromarray(tile).resize((width, height), resample))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(tile)).resize((width, height), resample))
+
+
+def display_size(height: int, width: int, min_long: int = 192, max_long: int = 512) -> tuple[int, int]:
+    """(h, w) with the long side clamped to [min_long, max_long], aspect ratio kept."""
+    long_side = max(height, width, 1)
+    scale = min(max(1.0, min_long / long_side), max_long / long_side)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _clip_text(draw: ImageDraw.ImageDraw, text: str, max_width: int, font: ImageFont.ImageFont) -> str:
+    """Shorten a caption with an ellipsis so that it never runs into the next tile."""
+    if draw.textlength(text, font=font) <= max_width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > max_width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _class_name(class_id: int, class_names: Sequence[str]) -> str:
+    return class_names[class_id - 1] if 0 < class_id <= len(class_names) else f"class {class_id}"
+
+
+def instance_tile(masks: np.ndarray, class_ids: Sequence[int], scores: Sequence[float], class_names: Sequence[str],
+                  height: int, width: int) -> np.ndarray:
+    """Instances coloured at display size, each scored one captioned '<class> <score>' on its box corner."""
+    masks = np.asarray(masks, bool)
+    tile = _fit(colorize_instances(masks, *masks.shape[1:]) if len(masks) else
+                np.zeros((height, width, 3), np.uint8), height, width, nearest=True)
+    image = Image.fromarray(np.ascontiguousarray(tile))
+    draw, font = ImageDraw.Draw(image), _font(10)
+    sy, sx = height / max(masks.shape[1], 1), width / max(masks.shape[2], 1)
+    for mask, cid, score in zip(masks, class_ids, scores):
+        ys, xs = np.nonzero(mask)
+        if not len(ys) or score <= 0:
+            continue
+        text = f"{_class_name(int(cid), class_names)} {float(score):.2f}"
+        x = min(int(xs.min() * sx), max(width - 20, 0))
+        y = min(int(ys.min() * sy), max(height - 12, 0))
+        text = _clip_text(draw, text, width - x, font)
+        box = draw.textbbox((x, y), text, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((x, y), text, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
 
 
 def panel(image: np.ndarray, cams: Optional[np.ndarray] = None, boundary: Optional[np.ndarray] = None,
           displacement: Optional[np.ndarray] = None, semantic: Optional[np.ndarray] = None,
           instances: Optional[tuple[np.ndarray, Sequence[int], Sequence[float]]] = None,
           ground_truth: Optional[np.ndarray] = None, class_names: Sequence[str] = (),
-          class_ids: Sequence[int] = (), extra: Sequence[tuple[str, np.ndarray]] = ()) -> np.ndarray:
-    """One row of labelled tiles, each the size of the image."""
-    h, w = image.shape[:2]
-    tiles: list[tuple[str, np.ndarray]] = [("image", image)]
+          class_ids: Sequence[int] = (), extra: Sequence[tuple[str, np.ndarray]] = (),
+          min_long: int = 192, max_long: int = 512) -> np.ndarray:
+    """One row of captioned tiles, each the image's display size (see :func:`display_size`).
+
+    Maps of any resolution (stride-4 CAMs, boundary, displacement) are resized onto the
+    tile: bilinear for scores, nearest for labels.
+    """
+    h, w = display_size(image.shape[0], image.shape[1], min_long, max_long)
+    class_ids = [int(c) for c in class_ids]
+    tiles: list[tuple[str, np.ndarray]] = [("image", _fit(image[..., :3], h, w))]
     if cams is not None:
         for k, cam in enumerate(cams):
-            name = class_names[class_ids[k] - 1] if class_ids and class_names else f"class {k}"
-            tiles.append((f"CAM {name}", _fit(colorize_score(cam.astype(np.float32)), h, w)))
+            name = _class_name(class_ids[k], class_names) if k < len(class_ids) else f"class {k}"
+            tiles.append((f"CAM {name}", _fit(colorize_score(cam), h, w)))
     if boundary is not None:
         tiles.append(("boundary", _fit(colorize_score(boundary), h, w)))
     if displacement is not None and displacement.size:
         tiles.append(("displacement", _fit(colorize_displacement(displacement), h, w)))
     tiles.extend((name, _fit(tile, h, w, nearest=True)) for name, tile in extra)
     if semantic is not None:
-        tiles.append(("semantic", colorize_label(semantic)))
+        tiles.append(("semantic", _fit(colorize_label(semantic), h, w, nearest=True)))
     if instances is not None:
         masks, ids, scores = instances
-        tile = Image.fromarray(colorize_instances(masks, h, w))
-        draw = ImageDraw.Draw(tile)
-        for mask, cid, score in zip(masks, ids, scores):
-            ys, xs = np.nonzero(mask)
-            if len(ys) and score > 0:
-                label = class_names[cid - 1] if class_names else str(cid)
-                draw.text((int(xs.min()), int(ys.min())), f"{label} {score:.2f}", fill=(255, 255, 255))
-        tiles.append(("instances", np.asarray(tile)))
+        tiles.append((f"instances ({len(masks)})", instance_tile(masks, ids, scores, class_names, h, w)))
     if ground_truth is not None:
-        tiles.append(("ground truth", colorize_label(ground_truth)))
-    strip = Image.new("RGB", (len(tiles) * (w + 4), h + 14), (24, 24, 24))
-    draw = ImageDraw.Draw(strip)
+        tiles.append(("ground truth", _fit(colorize_label(ground_truth), h, w, nearest=True)))
+    return _strip(tiles, h, w)
+
+
+def _strip(tiles: Sequence[tuple[str, np.ndarray]], h: int, w: int) -> np.ndarray:
+    """Tiles side by side under their captions, on a dark backdrop."""
+    strip = Image.new("RGB", (len(tiles) * (w + _GAP) - _GAP, h + _HEADER), _BACKDROP)
+    draw, font = ImageDraw.Draw(strip), _font(11)
     for i, (name, tile) in enumerate(tiles):
-        strip.paste(Image.fromarray(np.ascontiguousarray(tile[..., :3])), (i * (w + 4), 14))
-        draw.text((i * (w + 4) + 2, 1), name, fill=(230, 230, 230))
+        x = i * (w + _GAP)
+        strip.paste(Image.fromarray(np.ascontiguousarray(tile[..., :3], dtype=np.uint8)), (x, _HEADER))
+        draw.text((x + 2, 1), _clip_text(draw, name, w - 4, font), fill=(230, 230, 230), font=font)
     return np.asarray(strip)
 
 
@@ -107,11 +172,13 @@ def contact_sheet(panels: Sequence[np.ndarray], max_width: int = 2400) -> np.nda
         raise ValueError("no panels")
     width = max(p.shape[1] for p in panels)
     scale = min(1.0, max_width / width)
-    rows = [np.asarray(Image.fromarray(p).resize((int(p.shape[1] * scale), int(p.shape[0] * scale))))
+    rows = [np.asarray(Image.fromarray(p).resize((max(1, int(p.shape[1] * scale)), max(1, int(p.shape[0] * scale))),
+                                                 Image.BILINEAR))
             for p in panels]
-    out = np.full((sum(r.shape[0] for r in rows), max(r.shape[1] for r in rows), 3), 24, np.uint8)
+    out = np.full((sum(r.shape[0] for r in rows) + _GAP * (len(rows) - 1), max(r.shape[1] for r in rows), 3),
+                  _BACKDROP[0], np.uint8)
     y = 0
     for r in rows:
         out[y:y + r.shape[0], :r.shape[1]] = r
-        y += r.shape[0]
+        y += r.shape[0] + _GAP
     return out

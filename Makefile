@@ -1,0 +1,32 @@
+# Set-up and entry points. `make demo` and `make test` create .venv and install everything first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PYTHON ?= python3
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch/torchvision first, pinned to the releases this machine serves (CPU here, CUDA on clusters)
+	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/ray-wsis demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/random_walk.py
+	$(PY) bench/train_step.py
+	$(PY) bench/stages.py
+	$(PY) bench/scaling.py
+
+clean:
+	rm -rf $(VENV) demo_output demo_data

@@ -1,0 +1,42 @@
+"""Shared pieces of the pipeline tests: a tiny dataset, tiny configs and a local Ray."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray_wsis.config import Config, load_config
+from ray_wsis.data.synthetic import make_synthetic_voc
+
+TINY_SETTINGS = [
+    "model.backbone=resnet18",
+    "cam.crop_size=64", "cam.resize_long=[64, 96]", "cam.batch_size=4", "cam.epochs=1",
+    "cam.frozen_stages=[]", "cam.scales=[1.0, 0.5]", "cam.momentum=0.9",
+    "irn.crop_size=96", "irn.batch_size=4", "irn.epochs=1", "irn.backbone_init=classifier",
+    "irn.train_backbone=true", "walk.centroid_iterations=30", "walk.exp_times=5",
+    "ray.num_cpus=2", "ray.inference_actors=1", "ray.rows_per_file=4", "ray.progress_bars=false",
+    "ray.inference_batch_size=2",
+]
+
+
+def make_tiny_voc(root: Path, n_train: int = 8, n_val: int = 2) -> str:
+    if not (root / "JPEGImages").exists():
+        make_synthetic_voc(str(root), n_train=n_train, n_val=n_val, size=(64, 80), seed=3)
+    return str(root)
+
+
+def tiny_config(data_root: str, output: str, *extra: str) -> Config:
+    return load_config(None, [f"dataset.root={data_root}", f"output={output}", "run_name=tiny", *TINY_SETTINGS,
+                              *extra])
+
+
+def start_local_ray(num_cpus: int = 2) -> Any:
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    return ray

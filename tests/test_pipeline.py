@@ -1,0 +1,155 @@
+"""The pipeline end to end on a tiny synthetic set (local Ray), and what its outputs promise."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from ray_wsis.cli import main as cli_main
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.schema import PSEUDO_LABELS
+from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One full `run` shared by the tests of this module."""
+    from ray_wsis.pipeline.run import run_all
+
+    base = tmp_path_factory.mktemp("pipeline")
+    data = make_tiny_voc(base / "voc")
+    config = tiny_config(data, str(base / "out"))
+    start_local_ray()
+    results = run_all(StageContext(config, log=lambda _m: None))
+    return config, results
+
+
+def test_every_stage_ran_and_counts_add_up(finished_run):
+    config, results = finished_run
+    for stage in ("make-cams", "make-ir-labels", "make-pseudo-labels"):
+        s = results[stage]
+        assert s["input"] == s["processed"] + s["resumed"] + s["skipped"] + s["failed"]
+        assert s["unaccounted"] == 0
+        assert s["processed"] > 0
+    assert results["train-cam"]["images"] == 8
+    for name in ("models/cam.pt", "models/irnet.pt", "metrics.json", "stages/evaluate.json"):
+        assert os.path.exists(os.path.join(config.output, name)), name
+
+
+def test_pseudo_label_schema_with_plain_pyarrow(finished_run):
+    config, _ = finished_run
+    folder = os.path.join(config.output, "pseudo_labels")
+    files = sorted(f for f in os.listdir(folder) if f.startswith("part-"))
+    assert files and all(f.endswith(".parquet") for f in files)
+    table = pa.concat_tables([pq.read_table(os.path.join(folder, f)) for f in files])
+    assert table.schema.remove_metadata().equals(PSEUDO_LABELS)
+    fields = {f.name: f.type for f in table.schema}
+    assert fields["image_id"] == pa.string() and fields["height"] == pa.int32()
+    assert fields["labels"] == pa.list_(pa.int16()) and fields["semantic"] == pa.binary()
+    inst = fields["instances"].value_type
+    assert [f.name for f in inst] == ["category_id", "score", "rle", "bbox", "area"]
+    meta = pq.read_schema(os.path.join(folder, files[0])).metadata
+    assert b"ray_wsis.config_hash" in meta and b"ray_wsis.checkpoint.irnet" in meta and b"ray_wsis.version" in meta
+    assert meta[b"ray_wsis.checkpoint.irnet"] != b""
+    ids = table.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 8
+    row = table.slice(0, 1).to_pylist()[0]
+    semantic = np.asarray(Image.open(__import__("io").BytesIO(row["semantic"])))
+    assert semantic.shape == (row["height"], row["width"])
+    assert set(np.unique(semantic)) <= {0, *row["labels"]}
+    from pycocotools import mask as mask_utils
+
+    for inst in row["instances"]:
+        rle = {"size": inst["rle"]["size"], "counts": inst["rle"]["counts"].encode()}
+        assert mask_utils.decode(rle).shape == (row["height"], row["width"])
+        assert int(mask_utils.area(rle)) == inst["area"]
+        assert inst["category_id"] in row["labels"]
+
+
+def test_metrics_file_has_the_contract_keys(finished_run):
+    config, _ = finished_run
+    metrics = json.load(open(os.path.join(config.output, "metrics.json")))
+    for key in ("cam_miou", "ir_label_precision", "sem_miou", "ins_map25", "ins_map50", "ins_map70", "ins_map75"):
+        assert key in metrics
+        assert metrics[key] is None or 0.0 <= metrics[key] <= 100.0
+    assert metrics["images"]["semantic"] == 8
+    assert len(metrics["per_class"]["sem_iou"]) == 21
+    assert set(metrics["seconds_per_stage"]) >= {"train-cam", "make-cams", "make-pseudo-labels"}
+
+
+def test_rerun_is_a_noop(finished_run):
+    from ray_wsis.pipeline.run import run_all
+
+    config, results = finished_run
+    logs: list[str] = []
+    again = run_all(StageContext(config, log=logs.append))
+    assert sum("already done" in line for line in logs) == 6
+    assert again["make-pseudo-labels"] == results["make-pseudo-labels"]
+
+
+def test_force_redoes_one_stage_without_duplicates(finished_run):
+    from ray_wsis.pipeline.inference import make_ir_labels
+    from ray_wsis.pipeline.sink import committed_ids
+
+    config, _ = finished_run
+    ctx = StageContext(config, force=True, log=lambda _m: None)
+    summary = make_ir_labels(ctx)
+    assert summary["processed"] == 8 and summary["resumed"] == 0
+    ids = committed_ids(ctx.layout.ir_labels)
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 8
+
+
+def test_export_coco_opens_in_pycocotools(finished_run, tmp_path):
+    from pycocotools.coco import COCO
+
+    config, _ = finished_run
+    out = tmp_path / "coco.json"
+    assert cli_main(["export", "--labels", config.output, "--format", "coco", "--out", str(out)]) == 0
+    coco = COCO(str(out))
+    assert len(coco.getImgIds()) == 8
+    assert sorted(coco.getCatIds()) == list(range(1, 21))
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        assert coco.annToMask(ann).sum() == ann["area"]
+        assert 0.0 <= ann["score"] <= 1.0
+
+
+def test_export_voc_writes_palette_pngs(finished_run, tmp_path):
+    config, _ = finished_run
+    assert cli_main(["export", "--labels", config.output, "--format", "voc", "--out", str(tmp_path)]) == 0
+    for sub in ("SegmentationClass", "SegmentationObject"):
+        files = os.listdir(tmp_path / sub)
+        assert len(files) == 8
+        img = Image.open(tmp_path / sub / files[0])
+        assert img.mode == "P" and img.getpalette()[3:6] == [128, 0, 0]
+
+
+def test_reader_api_plain_and_ray(finished_run):
+    from ray_wsis.labels import PseudoLabelDataset, iter_pseudo_labels, read_pseudo_labels
+
+    config, _ = finished_run
+    rows = list(iter_pseudo_labels(config.output))
+    assert len(rows) == 8
+    dataset = PseudoLabelDataset(config.output)
+    sample = dataset[3]
+    assert sample["semantic"].dtype == np.uint8 and sample["masks"].dtype == bool
+    assert sample["boxes"].shape == (len(sample["labels"]), 4)
+    ds = read_pseudo_labels(config.output, min_score=0.0, with_images=True, dataset_config=config)
+    batch = ds.take_batch(8)
+    assert len(batch["image_id"]) == 8
+    assert batch["image"][0].shape[:2] == batch["semantic"][0].shape
+
+
+def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):
+    assert cli_main(["run", "--set", "cam.nope=1"]) == 2
+    assert "cam.nope" in capsys.readouterr().err
+    code = cli_main(["make-cams", "--set", f"dataset.root={tmp_path}/missing", "--set", f"output={tmp_path}/o"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
