@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 from ray_wsis import local
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--panels", default="", help="write a contact sheet of the first images here (PNG)")
     parser.add_argument("--cam-cache", default="", help="reuse (or save) the trained classifier state here")
+    parser.add_argument("--label-cache", default="", help="reuse (or save) CAMs and relation labels here (.npz)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -58,9 +60,17 @@ def main(argv: list[str] | None = None) -> dict:
     cam_model = build_model("cam", config.model.backbone, n_classes)
     cam_model.load_state_dict(cam_state)
     images = local.load_inputs(infer, config)
-    cams, seconds["make_cams"] = local.timed(lambda: local.make_cams(config, infer, images, CamPredictor(
-        cam_model, config.cam.scales, device)))
-    ir_labels, seconds["make_ir_labels"] = local.timed(lambda: local.make_ir_labels(config, infer, images, cams))
+    if args.label_cache and os.path.exists(args.label_cache):
+        cached = np.load(args.label_cache)
+        cams = {r.image_id: cached[f"cam/{r.image_id}"] for r in infer}
+        ir_labels = {r.image_id: cached[f"ir/{r.image_id}"] for r in infer}
+    else:
+        cams, seconds["make_cams"] = local.timed(lambda: local.make_cams(config, infer, images, CamPredictor(
+            cam_model, config.cam.scales, device)))
+        ir_labels, seconds["make_ir_labels"] = local.timed(lambda: local.make_ir_labels(config, infer, images, cams))
+        if args.label_cache:
+            np.savez(args.label_cache, **{f"cam/{k}": v for k, v in cams.items()},
+                     **{f"ir/{k}": v for k, v in ir_labels.items()})
     relation_state, seconds["train_irn"] = local.timed(lambda: local.train_relation_net(
         config, infer, ir_labels, n_classes, cam_state, device, log))
     kind = config.method
@@ -70,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
                  else AffinityPredictor(net, config.affinity, config.walk.min_fragment_fraction, device))
     labels, seconds["make_pseudo_labels"] = local.timed(lambda: local.make_pseudo_labels(infer, images, cams, predictor))
     metrics = local.evaluate(config, source, infer, images, cams, ir_labels, labels)
+    if kind == "irnet":
+        metrics["sem_miou_by_threshold"] = local.semantic_threshold_sweep(config, source, infer, images, cams,
+                                                                          predictor)
     if args.panels:
         from PIL import Image
 

@@ -68,12 +68,14 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def _stage_context(args: argparse.Namespace, config: Config):
-    from ray_wsis.pipeline.context import StageContext, check_output, init_ray
+def _stage_context(args: argparse.Namespace, config: Config, stages: Sequence[str]):
+    """Everything that can fail on user input is checked here, before Ray starts."""
+    from ray_wsis.pipeline.context import StageContext, check_output, init_ray, preflight
 
     check_output(config)
     ctx = StageContext(config, force=getattr(args, "force", False))
     ctx.source  # validate the dataset before starting Ray
+    preflight(ctx, list(stages))
     init_ray(config)
     return ctx
 
@@ -81,7 +83,9 @@ def _stage_context(args: argparse.Namespace, config: Config):
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from ray_wsis.pipeline.run import run_all, summary_table
 
-    ctx = _stage_context(args, config)
+    from ray_wsis.pipeline.run import STAGE_FUNCTIONS
+
+    ctx = _stage_context(args, config, list(STAGE_FUNCTIONS))
     results = run_all(ctx)
     metrics = results.get("evaluate")
     print(summary_table(results, config.output, metrics if isinstance(metrics, dict) else None))
@@ -106,7 +110,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 def cmd_stage(args: argparse.Namespace, config: Config) -> int:
     from ray_wsis.pipeline.run import STAGE_FUNCTIONS
 
-    ctx = _stage_context(args, config)
+    ctx = _stage_context(args, config, [args.command])
     result = STAGE_FUNCTIONS[args.command](ctx)
     print(json.dumps(result, indent=2, default=str))
     return 0

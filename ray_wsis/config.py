@@ -215,6 +215,9 @@ class DownstreamConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     crop_size: int = 320
+    """DeepLab: square training crop. Mask R-CNN: short side of its inputs (detector min_size)."""
+    rescale: tuple[float, float] = (0.5, 2.0)
+    """DeepLab: random scale range before the crop (torchvision's segmentation reference)."""
     min_score: float = 0.0
     """Instances scoring below this are dropped from Mask R-CNN targets (zero-score fragments always are)."""
     eval_split: str = "val"
@@ -438,5 +441,12 @@ def validate(config: Config) -> None:
     for stage in c.cam.frozen_stages:
         if stage not in valid_stages:
             raise ConfigError(f"cam.frozen_stages: unknown stage {stage!r} (one of {sorted(valid_stages)})")
+    lo_d, hi_d = c.downstream.rescale
+    if not 0 < lo_d <= hi_d:
+        raise ConfigError(f"downstream.rescale must be 0 < low <= high, got {c.downstream.rescale}")
+    non_negative("downstream.min_score", c.downstream.min_score)
+    non_negative("downstream.max_eval_images", c.downstream.max_eval_images)
+    non_negative("downstream.momentum", c.downstream.momentum)
+    non_negative("downstream.weight_decay", c.downstream.weight_decay)
     if c.cam.crop_size % 16 or c.irn.crop_size % 16 or c.affinity.crop_size % 16:
         raise ConfigError("cam.crop_size, irn.crop_size and affinity.crop_size must be multiples of 16")

@@ -141,3 +141,25 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def semantic_threshold_sweep(config: Config, source: DatasetSource, records: Sequence[ImageRecord],
+                             images: dict[str, np.ndarray], cams: dict[str, np.ndarray], predictor: IRNetPredictor,
+                             thresholds: Sequence[float] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)) -> dict[str, float]:
+    """Semantic mIoU of the walked CAMs at several background thresholds (one walk per image)."""
+    from ray_wsis.method.labels import boundary_walk, semantic_from_walk
+
+    n = len(source.class_names) + 1
+    evaluators = {t: SemanticEvaluator(n) for t in thresholds}
+    for r in records:
+        gt = source.ground_truth(r.image_id)
+        if gt is None or gt.semantic is None:
+            continue
+        image = images[r.image_id]
+        boundary, _ = predictor.boundary_displacement(image)
+        cam = torch.from_numpy(cams[r.image_id].astype(np.float32))
+        walked = boundary_walk(boundary, config.walk.radius, config.walk.beta)(cam * (1 - boundary),
+                                                                                 2 ** config.walk.exp_times)
+        for t, evaluator in evaluators.items():
+            evaluator.add(semantic_from_walk(walked, r.class_ids, *image.shape[:2], t), gt.semantic)
+    return {f"{t:.2f}": round(e.result()["miou"], 2) for t, e in evaluators.items()}

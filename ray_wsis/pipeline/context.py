@@ -107,6 +107,18 @@ class StageContext:
                 else:
                     delete_tree(location)
 
+    def check_model(self, kind: str, made_by: str) -> None:
+        """Fail before any cluster work when a stage's model is missing or does not fit."""
+        from ray_wsis.models.checkpoints import CheckpointError, read_checkpoint
+
+        location = self.layout.model(kind)
+        if not exists(location):
+            raise CheckpointError(f"{location.uri} is missing: run {made_by} first")
+        payload = read_checkpoint(read_bytes(location), kind, self.config.model.backbone, location.uri)
+        if payload["num_classes"] != self.num_classes:
+            raise CheckpointError(f"{location.uri} has {payload['num_classes']} classes, the dataset "
+                                  f"{self.num_classes}")
+
     def model_id(self, kind: str) -> str:
         """sha256 prefix of a model file, recorded in the Parquet metadata of what it made."""
         location = self.layout.model(kind)
@@ -118,6 +130,26 @@ class StageContext:
         for kind in models:
             meta[f"ray_wsis.checkpoint.{kind}"] = self.model_id(kind)
         return meta
+
+
+def preflight(ctx: StageContext, stages: list[str]) -> None:
+    """Check, before Ray starts, every model file a stage will read but no earlier stage makes."""
+    method_model = "irnet" if ctx.config.method == "irnet" else "affinitynet"
+    uses_classifier = ctx.config.method == "affinitynet" or ctx.config.irn.backbone_init == "classifier"
+    consumes = {"make-cams": ["cam"], "train-irn": ["cam"] if uses_classifier else [],
+                "make-pseudo-labels": [method_model]}
+    makers = {"cam": "train-cam", method_model: "train-irn"}
+    produced: set[str] = set()
+    for stage in stages:
+        pending = ctx.force or ctx.marker(stage) is None
+        if pending:
+            for kind in consumes.get(stage, []):
+                if kind not in produced:
+                    ctx.check_model(kind, makers[kind])
+            if stage == "train-cam":
+                produced.add("cam")
+            if stage == "train-irn":
+                produced.add(method_model)
 
 
 def init_ray(config: Config) -> None:

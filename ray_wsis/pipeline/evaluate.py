@@ -17,7 +17,7 @@ from ray_wsis.eval.semantic import SemanticEvaluator
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.inference import _read_stage
 from ray_wsis.pipeline.layout import STAGES
-from ray_wsis.pipeline.udfs import eval_cams, eval_ir_labels, eval_pseudo_labels
+from ray_wsis.pipeline.udfs import CAM_SWEEP, eval_cams, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.storage import Location, write_bytes_atomic
 
 
@@ -25,11 +25,13 @@ def _collect(ds: Any) -> list[dict[str, Any]]:
     return [] if ds is None else ds.take_all()
 
 
-def _confusion(rows: list[dict[str, Any]], n: int) -> SemanticEvaluator:
+def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEvaluator:
+    """Sum the index-th confusion matrix of every task's row."""
     evaluator = SemanticEvaluator(n)
     for row in rows:
         if row["images"]:
-            evaluator.add_confusion(np.frombuffer(row["confusion"], np.int64).reshape(n, n), images=int(row["images"]))
+            matrices = np.frombuffer(row["confusion"], np.int64).reshape(-1, n, n)
+            evaluator.add_confusion(matrices[index], images=int(row["images"]))
     return evaluator
 
 
@@ -65,8 +67,11 @@ def evaluate(ctx: StageContext) -> Optional[dict[str, Any]]:
     ir = np.sum([[r["correct"], r["labelled"], r["valid"]] for r in ir_rows], axis=0) if ir_rows else np.zeros(3)
 
     cam_result, sem_result, ins_result = cams.result(), semantic.result(), instances.result()
+    sweep = {f"{t:.2f}": _confusion(cam_rows, n + 1, k + 1).result()["miou"] for k, t in enumerate(CAM_SWEEP)} \
+        if cam_rows else {}
     metrics: dict[str, Any] = {
         "cam_miou": cam_result["miou"],
+        "cam_miou_by_threshold": sweep,
         "ir_label_precision": 100.0 * ir[0] / ir[1] if ir[1] else None,
         "ir_label_coverage": 100.0 * ir[1] / ir[2] if ir[2] else None,
         "sem_miou": sem_result["miou"],

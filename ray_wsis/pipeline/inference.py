@@ -102,6 +102,8 @@ def _blocks(n: int, batch_size: int) -> int:
 def make_cams(ctx: StageContext) -> dict[str, Any]:
     """Multi-scale CAMs for every image of the train and infer splits (irn make_cam)."""
     d = ctx.config.dataset
+    if ctx.force or ctx.marker("make-cams") is None:
+        ctx.check_model("cam", "train-cam")
     records = ctx.splits(d.train_split, d.infer_split)
     by_id = {r.image_id: r for r in records.records}
 
@@ -155,5 +157,7 @@ def make_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
         return None if ds is None else _actor_stage(ctx, _decode(ctx, ds), PseudoLabelActor)
 
     model = "irnet" if ctx.config.method == "irnet" else "affinitynet"
+    if ctx.force or ctx.marker("make-pseudo-labels") is None:
+        ctx.check_model(model, "train-irn")
     return _run_stage(ctx, "make-pseudo-labels", ctx.layout.pseudo_labels, records, build, PSEUDO_LABELS,
                       ctx.parquet_metadata("cam", model))

@@ -26,6 +26,7 @@ from ray.train.torch import TorchTrainer
 from ray_wsis.config import Config, config_from_dict
 from ray_wsis.models.checkpoints import checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.faults import maybe_fail_epoch
 from ray_wsis.pipeline.inference import _read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import exists, is_remote, read_bytes, write_bytes_atomic
@@ -34,8 +35,6 @@ from ray_wsis.train.loops import (build_classifier, build_relation_net, displace
                                   step_function, training_state, unwrap)
 
 STATE_FILE = "state.pt"
-FAIL_ONCE_ENV = "RAY_WSIS_FAIL_ONCE_AT_EPOCH"
-"""Fault injection for tests: a worker raises once when this epoch starts (marker file guards once)."""
 
 
 def classifier_batch(batch: pa.Table, config: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
@@ -64,16 +63,6 @@ def _classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Ten
     if not exists(location):
         raise ValueError(f"{location.uri} is missing: run train-cam first")
     return read_checkpoint(read_bytes(location), "cam", config.model.backbone, location.uri)["state_dict"]
-
-
-def _maybe_fail(epoch: int) -> None:
-    target = os.environ.get(FAIL_ONCE_ENV)
-    if target is None or int(target) != epoch:
-        return
-    flag = os.environ.get(FAIL_ONCE_ENV + "_FLAG", "")
-    if flag and not os.path.exists(flag):
-        open(flag, "w").close()
-        raise RuntimeError(f"injected failure at epoch {epoch}")
 
 
 def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
@@ -116,13 +105,13 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
     step_fn = step_function(kind, config)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, epochs):
-        _maybe_fail(epoch)
+        maybe_fail_epoch(epoch)
         batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
                                            local_shuffle_buffer_size=max(2 * batch_size, 64))
         step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device)
         if kind == "irnet" and epoch == epochs - 1:
             _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)
-        _report(model, optimizer, epoch, step, metrics)
+        _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
 
 
 def _set_displacement_mean(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device,
@@ -195,8 +184,9 @@ def train_cam(ctx: StageContext) -> dict[str, Any]:
                            datasets={"train": ds})
     result = trainer.fit()
     uri = _export(ctx, result, "cam", ctx.num_classes)
+    metrics = result.metrics or {}
     summary = {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri,
-               "final_loss": (result.metrics or {}).get("loss")}
+               "final_loss": metrics.get("loss"), "resumed_from_epoch": metrics.get("start_epoch")}
     ctx.mark_done(stage, summary, time.perf_counter() - start)
     ctx.log(f"[{stage}] {summary}")
     return summary
@@ -232,7 +222,9 @@ def train_irn(ctx: StageContext) -> dict[str, Any]:
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
     result = trainer.fit()
     uri = _export(ctx, result, kind, ctx.num_classes)
-    summary = {"images": len(ids), "model": uri, "final_loss": (result.metrics or {}).get("loss")}
+    metrics = result.metrics or {}
+    summary = {"images": len(ids), "model": uri, "final_loss": metrics.get("loss"),
+               "resumed_from_epoch": metrics.get("start_epoch")}
     ctx.mark_done(stage, summary, time.perf_counter() - start)
     ctx.log(f"[{stage}] {summary}")
     return summary

@@ -27,6 +27,7 @@ from ray_wsis.masks import decode_label_png, decode_rle, encode_label_png
 from ray_wsis.method.cam import upsample_cams
 from ray_wsis.method.ir_labels import relation_labels
 from ray_wsis.models.checkpoints import model_from_checkpoint
+from ray_wsis.pipeline.faults import maybe_kill_actor
 from ray_wsis.pipeline.schema import (CAMS, ERROR_COLUMN, IR_LABELS, PSEUDO_LABELS, cam_array, error_row,
                                       error_text, pseudo_label_row, rows_to_table)
 from ray_wsis.storage import StorageError, read_bytes, resolve
@@ -94,6 +95,7 @@ class CamActor:
         self.predictor = CamPredictor(model, self.config.cam.scales, device_for(self.config))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        maybe_kill_actor("cam")
         rows = []
         for row in _rows(batch):
             base = {k: row.get(k) for k in ("uri", "height", "width", "labels")}
@@ -150,6 +152,7 @@ class PseudoLabelActor:
                                                device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        maybe_kill_actor("pseudo_labels")
         rows = []
         for row in _rows(batch):
             known = {k: row.get(k) for k in ("height", "width", "labels")}
@@ -192,19 +195,26 @@ def _fit(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return _to_original(label, *shape)
 
 
+CAM_SWEEP = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60)
+"""Background thresholds of the CAM mIoU sweep: from-scratch CAMs need other thresholds than
+ImageNet ones, and a few labelled images are enough to see which (README, "Thresholds")."""
+
+
 def eval_cams(batch: pa.Table, config: dict[str, Any], source: DatasetSource, num_classes: int) -> pa.Table:
+    """Confusion of the CAM label at cam.eval_threshold (first) and at every CAM_SWEEP threshold."""
     cfg = config_from_dict(config)
-    conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    thresholds = (cfg.cam.eval_threshold, *CAM_SWEEP)
+    conf = np.zeros((len(thresholds), num_classes + 1, num_classes + 1), np.int64)
     images = 0
     for row in _rows(batch):
         gt = _ground_truth_semantic(source, row["image_id"])
         if gt is None:
             continue
-        cams = cam_array(row)
         inference = inference_size(row["height"], row["width"], cfg.dataset.max_long_side)
-        full = upsample_cams(torch.from_numpy(cams), *inference).numpy()
-        label = cam_to_label(full, row["labels"], cfg.cam.eval_threshold)
-        conf += confusion_matrix(_fit(label, gt.shape), gt, num_classes + 1)
+        full = upsample_cams(torch.from_numpy(cam_array(row)), *inference).numpy()
+        for k, threshold in enumerate(thresholds):
+            label = cam_to_label(full, row["labels"], threshold)
+            conf[k] += confusion_matrix(_fit(label, gt.shape), gt, num_classes + 1)
         images += 1
     return pa.table({"confusion": [conf.tobytes()], "images": [images]})
 

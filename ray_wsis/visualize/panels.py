@@ -9,6 +9,7 @@ tiny test images get readable captions and huge ones do not make 20000-pixel-wid
 
 from __future__ import annotations
 
+import colorsys
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -54,12 +55,18 @@ def colorize_displacement(displacement: np.ndarray) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
+def instance_colours(n: int) -> np.ndarray:
+    """(n, 3) bright colours whose hues step by the golden ratio, so neighbours in a list differ."""
+    hues = (np.arange(n) * 0.618034 + 0.08) % 1.0
+    rgb = [colorsys.hsv_to_rgb(h, 0.85, 1.0 if k % 2 == 0 else 0.8) for k, h in enumerate(hues)]
+    return (np.asarray(rgb, np.float32).reshape(n, 3) * 255).astype(np.uint8)
+
+
 def colorize_instances(masks: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One random (but reproducible) colour per instance; later masks paint over earlier ones."""
+    """One distinct colour per instance; later masks paint over earlier ones."""
     out = np.zeros((height, width, 3), np.uint8)
-    rng = np.random.default_rng(7)
-    for mask in masks:
-        out[mask] = rng.integers(60, 256, 3)
+    for mask, colour in zip(masks, instance_colours(len(masks))):
+        out[mask] = colour
     return out
 
 
@@ -114,7 +121,8 @@ def instance_tile(masks: np.ndarray, class_ids: Sequence[int], scores: Sequence[
             continue
         text = f"{_class_name(int(cid), class_names)} {float(score):.2f}"
         x = min(int(xs.min() * sx), max(width - 20, 0))
-        y = min(int(ys.min() * sy), max(height - 12, 0))
+        top = int(ys.min() * sy)
+        y = top - 12 if top >= 12 else min(top, max(height - 12, 0))  # above the box when there is room
         text = _clip_text(draw, text, width - x, font)
         box = draw.textbbox((x, y), text, font=font)
         draw.rectangle(box, fill=(0, 0, 0))

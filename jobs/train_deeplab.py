@@ -1,0 +1,15 @@
+"""Ray job: train DeepLabV3 on a run's pseudo-labels.
+
+    ray job submit --working-dir . -- python jobs/train_deeplab.py --config run.yaml \
+        --set downstream.epochs=30 --set ray.num_workers=4 --set ray.use_gpu=true
+
+Connects to RAY_ADDRESS (set by Ray Jobs) or starts a local Ray; re-submitting with the same
+run_name resumes from the last epoch's checkpoint.
+"""
+
+import sys
+
+from ray_wsis.downstream.train import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("semantic"))

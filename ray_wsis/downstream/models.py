@@ -1,0 +1,125 @@
+"""torchvision DeepLabV3 and Mask R-CNN, built the same way for training, export and inference.
+
+Model files are ``torch.save`` of a plain dict (header + CPU tensors), loadable with
+``weights_only=True`` like ``ray_wsis.models.checkpoints``. The header records what the
+architecture depends on (backbone, classes, frozen BatchNorm, detector sizes), so a file
+rebuilds its model without the config or the backbone weights it started from.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ray_wsis.models.backbone import load_backbone_weights
+from ray_wsis.models.checkpoints import CheckpointError
+
+FORMAT = "ray_wsis/downstream-1"
+KINDS = ("deeplab", "maskrcnn")
+DETECTOR_ASPECT = 1333 / 800
+"""torchvision's max_size / min_size ratio for detection inputs."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the architecture depends on; stored in the model file's header."""
+
+    kind: str
+    arch: str
+    num_classes: int
+    """Including background: len(class_names) + 1."""
+    crop_size: int
+    frozen_bn: bool = False
+    """Mask R-CNN from pretrained weights uses frozen BatchNorm and trains layer2..4 (torchvision)."""
+
+    def header(self) -> dict[str, Any]:
+        return {"kind": self.kind, "arch": self.arch, "num_classes": self.num_classes,
+                "crop_size": self.crop_size, "frozen_bn": self.frozen_bn}
+
+
+def detector_sizes(crop_size: int) -> tuple[int, int]:
+    """Mask R-CNN transform (min_size, max_size): the short side is crop_size, as torchvision's 800/1333."""
+    return crop_size, int(math.ceil(crop_size * DETECTOR_ASPECT))
+
+
+def _load_weights(module: nn.Module, weights: str) -> None:
+    try:
+        load_backbone_weights(module, weights)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("model.weights", "downstream.weights")) from None
+
+
+def build_deeplab(spec: ModelSpec, weights: str = "") -> nn.Module:
+    """DeepLabV3 (output stride 8, no aux head); backbone weights from a path or enum name, else scratch."""
+    builder = deeplabv3_resnet101 if spec.arch == "resnet101" else deeplabv3_resnet50
+    model = builder(weights=None, weights_backbone=None, num_classes=spec.num_classes, aux_loss=False)
+    if weights:
+        _load_weights(model.backbone, weights)
+    return model
+
+
+def build_maskrcnn(spec: ModelSpec, weights: str = "") -> nn.Module:
+    """Mask R-CNN with a ResNet-FPN backbone, as ``maskrcnn_resnet50_fpn`` builds it.
+
+    From scratch every stage trains with ordinary BatchNorm; from pretrained weights
+    BatchNorm is frozen and conv1/layer1 stay fixed (torchvision's defaults for both).
+    """
+    norm = FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
+    backbone = resnet_fpn_backbone(backbone_name=spec.arch, weights=None, norm_layer=norm,
+                                   trainable_layers=3 if spec.frozen_bn else 5)
+    if weights:
+        _load_weights(backbone.body, weights)
+    min_size, max_size = detector_sizes(spec.crop_size)
+    return MaskRCNN(backbone, num_classes=spec.num_classes, min_size=min_size, max_size=max_size)
+
+
+def build(spec: ModelSpec, weights: str = "") -> nn.Module:
+    if spec.kind == "deeplab":
+        return build_deeplab(spec, weights)
+    if spec.kind == "maskrcnn":
+        return build_maskrcnn(spec, weights)
+    raise ValueError(f"model kind must be one of {KINDS}, got {spec.kind!r}")
+
+
+def spec_for(kind: str, config: Any, num_classes: int) -> ModelSpec:
+    """The spec of a config's downstream model (num_classes includes background)."""
+    d = config.downstream
+    return ModelSpec(kind, d.backbone, num_classes, d.crop_size, frozen_bn=kind == "maskrcnn" and bool(d.weights))
+
+
+def model_bytes(model: nn.Module, spec: ModelSpec, meta: Optional[dict[str, Any]] = None) -> bytes:
+    payload = {"format": FORMAT, **spec.header(),
+               "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def load_model(data: bytes, expect_kind: str, source: str = "model file") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from its file (weights-only load); CheckpointError when it does not fit."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{source} is not a loadable weights-only model file: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{source} is not a ray_wsis downstream model file")
+    if payload.get("kind") != expect_kind:
+        raise CheckpointError(f"{source} holds a {payload.get('kind')} model, expected {expect_kind}")
+    spec = ModelSpec(payload["kind"], payload["arch"], int(payload["num_classes"]), int(payload["crop_size"]),
+                     bool(payload["frozen_bn"]))
+    model = build(spec)
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not fit {spec.kind}/{spec.arch}: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    return model, payload

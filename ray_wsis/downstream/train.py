@@ -1,0 +1,237 @@
+"""The train-downstream stage: DeepLabV3 (semantic) or Mask R-CNN (instance) on the pseudo-labels.
+
+Same shape as the pipeline's Ray Train stages (``ray_wsis.pipeline.training``): Ray Data
+streams and augments the shards in CPU tasks, a ``TorchTrainer`` trains with a checkpoint
+reported every epoch under <output>/checkpoints/<run>-deeplab|maskrcnn, and re-running with
+the same run name resumes from the latest one (Train V2). The final weights go to
+<output>/models/deeplab.pt|maskrcnn.pt, the model is evaluated on downstream.eval_split, and
+<output>/downstream_<task>_metrics.json plus the stage marker are written.
+
+A finished run is a no-op unless ``force`` (which deletes its checkpoints, model and marker)
+or unless the downstream settings changed since it finished: then it continues from its
+checkpoints, so raising downstream.epochs trains only the extra epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import ray
+import ray.train
+import torch
+import torch.nn.functional as F
+from ray.train.torch import TorchTrainer
+
+from ray_wsis.classes import IGNORE
+from ray_wsis.config import Config, config_from_dict, load_config
+from ray_wsis.downstream import MODEL_KINDS, TASKS
+from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, training_dataset
+from ray_wsis.downstream.evaluate import evaluate_model
+from ray_wsis.downstream.models import ModelSpec, build, model_bytes, spec_for
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.training import STATE_FILE, _report, _restore, _run_config, _scaling, latest_checkpoint_epoch
+from ray_wsis.storage import write_bytes_atomic
+from ray_wsis.train.loops import max_steps
+from ray_wsis.train.optim import poly_sgd, set_poly_lr
+
+Step = Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]]
+
+
+def stage_name(task: str) -> str:
+    return f"train-downstream-{task}"
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return task
+
+
+def settings_hash(config: Config) -> str:
+    """What a finished run was trained with: the downstream section (less evaluation) and its labels."""
+    d = dataclasses.asdict(config.downstream)
+    for key in ("eval_split", "max_eval_images"):
+        d.pop(key)
+    blob = json.dumps({"downstream": d, "labels": labels_uri(config), "seed": config.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- worker side
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def semantic_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
+    """(image, label) tensors on the device; DeepLab's image-pooling BatchNorm needs 2+ images."""
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device,
+                                          local_shuffle_buffer_size=max(2 * batch_size, 32)):
+        if batch["image"].shape[0] >= 2:
+            yield (batch["image"], batch["label"].long()), batch["image"].shape[0]
+
+
+def instance_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
+    """Ragged rows -> (images, list-of-dict targets) built here in the worker."""
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                    local_shuffle_buffer_size=max(2 * batch_size, 32)):
+        if len(batch["count"]):
+            yield detection_inputs(batch, device), len(batch["count"])
+
+
+def semantic_step(model: torch.nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
+    image, label = inputs
+    return {"loss": F.cross_entropy(model(image)["out"], label, ignore_index=IGNORE)}
+
+
+def instance_step(model: torch.nn.Module, inputs: Any) -> dict[str, torch.Tensor]:
+    images, targets = inputs
+    losses = model(images, targets)
+    return {"loss": sum(losses.values()), **losses}
+
+
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Step,
+              batches: Iterable[tuple[Any, int]], global_step: int, max_step: int,
+              amp: bool, device: torch.device) -> tuple[int, dict[str, float]]:
+    """One pass with poly lr decay; returns the new global step and the epoch's mean losses."""
+    model.train()
+    sums: dict[str, float] = {}
+    count, samples, start = 0, 0, time.perf_counter()
+    for inputs, n in batches:
+        set_poly_lr(optimizer, global_step, max_step)
+        with _autocast(device, amp):
+            losses = step(model, inputs)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        global_step += 1
+        count += 1
+        samples += n
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+    metrics = {k: v / max(count, 1) for k, v in sums.items()}
+    metrics.update(steps=count, samples=samples, seconds=time.perf_counter() - start)
+    return global_step, metrics
+
+
+def downstream_train_loop(loop: dict[str, Any]) -> None:
+    """Per-worker loop: build, restore the latest checkpoint, prepare (DDP), epochs, report."""
+    config = config_from_dict(loop["config"])
+    task, spec, d = loop["task"], ModelSpec(**loop["spec"]), config.downstream
+    context = ray.train.get_context()
+    torch.manual_seed(config.seed + context.get_world_rank())
+    device = ray.train.torch.get_device()
+    model = build(spec, d.weights)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = poly_sgd([(params, d.learning_rate)], d.weight_decay, d.momentum)
+    start_epoch, step = _restore(model, optimizer)
+    model = ray.train.torch.prepare_model(model)
+    total = max_steps(loop["num_images"], d.batch_size, d.epochs, context.get_world_size())
+    shard = ray.train.get_dataset_shard("train")
+    batches, step_fn = (semantic_batches, semantic_step) if task == "semantic" else (instance_batches, instance_step)
+    for epoch in range(start_epoch, d.epochs):
+        step, metrics = run_epoch(model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total,
+                                  config.model.amp, device)
+        _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
+
+
+# --------------------------------------------------------------------------- driver side
+def _export(ctx: StageContext, result: Any, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
+    """The final checkpoint's weights -> <output>/models/<kind>.pt (weights-only file)."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"training of {spec.kind} reported no checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    model = build(spec)
+    model.load_state_dict(state["model"])
+    location = ctx.layout.model(spec.kind)
+    meta = {"epochs": int(state["epoch"]) + 1, "global_step": int(state["global_step"]),
+            "config_hash": ctx.config.hash(), "settings_hash": settings_hash(ctx.config)}
+    write_bytes_atomic(location, model_bytes(model, spec, meta))
+    return location.uri, meta
+
+
+def _finished(ctx: StageContext, stage: str) -> Optional[dict[str, Any]]:
+    """The marker when the run is done with today's settings (and no force); else None."""
+    done = ctx.marker(stage)
+    if done and not ctx.force and done["summary"].get("train", {}).get("settings_hash") != settings_hash(ctx.config):
+        ctx.log(f"[{stage}] downstream settings changed since it finished: continuing from its checkpoints")
+        return None
+    return ctx.should_skip(stage)
+
+
+def train_downstream(config: Config, task: str, force: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train DeepLabV3 ("semantic") or Mask R-CNN ("instance") on the pseudo-labels; returns the metrics.
+
+    Needs a running Ray (``ray_wsis.pipeline.context.init_ray``). The returned dict (also in
+    <output>/downstream_<task>_metrics.json) holds ``train`` (images, epochs, start_epoch,
+    final_loss, model) and, when downstream.eval_split has ground truth, the evaluation:
+    semantic ``miou``/``pixel_accuracy``/``iou``; instance ``map25``/``map50``/``map70``/
+    ``map75`` (VOC mask AP, our evaluator) and ``coco_ap``/``coco_ap50`` (pycocotools).
+    """
+    task, kind, stage = _check_task(task), MODEL_KINDS[task], stage_name(task)
+    if task == "semantic" and config.downstream.batch_size < 2:
+        raise ValueError("downstream.batch_size must be at least 2 for DeepLab (BatchNorm after image pooling)")
+    ctx = StageContext(config, force=force, log=log)
+    done = _finished(ctx, stage)
+    if done:
+        return done["summary"]
+    run_folder = ctx.layout.checkpoints.child(f"{config.run_name}-{kind}")
+    metrics_location = ctx.layout.root.child(f"downstream_{task}_metrics.json")
+    ctx.reset(stage, ctx.layout.model(kind), run_folder, metrics_location)
+    start = time.perf_counter()
+    num_images = count_rows(config)
+    spec = spec_for(kind, config, ctx.num_classes + 1)
+    resumed = latest_checkpoint_epoch(ctx, kind)
+    if resumed is not None:
+        log(f"[{stage}] resuming after epoch {resumed} from {run_folder.uri}")
+    trainer = TorchTrainer(downstream_train_loop,
+                           train_loop_config={"config": config.to_dict(), "task": task,
+                                              "spec": dataclasses.asdict(spec), "num_images": num_images},
+                           scaling_config=_scaling(config), run_config=_run_config(ctx, kind),
+                           datasets={"train": training_dataset(config, task)})
+    result = trainer.fit()
+    model_uri, meta = _export(ctx, result, spec)
+    last = result.metrics or {}
+    train = {"images": num_images, "epochs": meta["epochs"], "start_epoch": 0 if resumed is None else resumed + 1,
+             "global_step": meta["global_step"], "final_loss": last.get("loss"), "model": model_uri,
+             "labels": labels_uri(config), "settings_hash": meta["settings_hash"],
+             "seconds": round(time.perf_counter() - start, 2)}
+    log(f"[{stage}] trained: {train}")
+    evaluation = evaluate_model(config, task, model_uri, log) or {}
+    summary = {"task": task, "model": kind, **evaluation, "train": train}
+    write_bytes_atomic(metrics_location, json.dumps(summary, indent=2).encode())
+    ctx.mark_done(stage, summary, time.perf_counter() - start)
+    return summary
+
+
+# --------------------------------------------------------------------------- Ray job entry
+def job_main(task: str, argv: Optional[Sequence[str]] = None) -> int:
+    """`python jobs/train_deeplab.py --config c.yaml --set downstream.epochs=30` (also as a Ray job)."""
+    from ray_wsis.cli import USER_ERRORS
+    from ray_wsis.pipeline.context import check_output, init_ray
+
+    parser = argparse.ArgumentParser(description=f"train the {MODEL_KINDS[task]} model on the pseudo-labels")
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="override a config key (dotted), e.g. --set downstream.epochs=30; repeatable")
+    parser.add_argument("--force", action="store_true", help="start over (deletes this run's checkpoints)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        check_output(config)
+        init_ray(config)
+        print(json.dumps(train_downstream(config, task, force=args.force), indent=2, default=str))
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

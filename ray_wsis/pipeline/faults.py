@@ -1,0 +1,39 @@
+"""Fault injection for the reliability tests: each hook fires once, guarded by a flag file.
+
+Set in the environment before Ray starts (workers inherit it):
+  RAY_WSIS_FAULT_FLAG=<path>              the once-only guard (required to arm any hook)
+  RAY_WSIS_FAULT_TRAIN_EPOCH=<n>          a Ray Train worker raises when epoch n starts
+  RAY_WSIS_FAULT_ACTOR=<cam|pseudo_labels> an inference actor's process exits mid-stage
+Unset (the default), the hooks do nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+FLAG = "RAY_WSIS_FAULT_FLAG"
+TRAIN_EPOCH = "RAY_WSIS_FAULT_TRAIN_EPOCH"
+ACTOR = "RAY_WSIS_FAULT_ACTOR"
+
+
+def _arm_once() -> bool:
+    """True exactly once per flag file (atomic create), False when disarmed or spent."""
+    flag = os.environ.get(FLAG)
+    if not flag:
+        return False
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def maybe_fail_epoch(epoch: int) -> None:
+    target = os.environ.get(TRAIN_EPOCH)
+    if target is not None and int(target) == epoch and _arm_once():
+        raise RuntimeError(f"injected training failure at epoch {epoch}")
+
+
+def maybe_kill_actor(stage: str) -> None:
+    if os.environ.get(ACTOR) == stage and _arm_once():
+        os._exit(1)  # a hard crash: no exception handling, the process is gone

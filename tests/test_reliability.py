@@ -1,0 +1,163 @@
+"""Faults injected on purpose: every image ends up exactly once, and training resumes.
+
+Hooks live in ray_wsis/pipeline/faults.py; they are armed through environment variables set
+before Ray starts (workers inherit them) and fire once, guarded by a flag file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_wsis.models.checkpoints import build_model, checkpoint_bytes
+from ray_wsis.pipeline import faults
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.sink import committed_ids
+from ray_wsis.storage import resolve, write_bytes_atomic
+from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc, start_local_ray, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def fresh_ray():
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def _untrained_models(output: str) -> None:
+    """Random-weight model files: enough to exercise the inference stages' plumbing."""
+    for kind in ("cam", "irnet"):
+        model = build_model(kind, "resnet18", 20)
+        write_bytes_atomic(resolve(os.path.join(output, "models", f"{kind}.pt")),
+                           checkpoint_bytes(model, kind, "resnet18", 20))
+
+
+def _arm(monkeypatch, tmp_path: Path, **hooks: str) -> Path:
+    flag = tmp_path / "fault.flag"
+    monkeypatch.setenv(faults.FLAG, str(flag))
+    for name, value in hooks.items():
+        monkeypatch.setenv(name, value)
+    return flag
+
+
+def test_training_worker_failure_restarts_from_checkpoint(tmp_path, monkeypatch, fresh_ray):
+    from ray_wsis.pipeline.training import latest_checkpoint_epoch, train_cam
+
+    flag = _arm(monkeypatch, tmp_path, **{faults.TRAIN_EPOCH: "1"})
+    config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"), "cam.epochs=2", "ray.max_failures=2")
+    start_local_ray()
+    ctx = StageContext(config, log=lambda _m: None)
+    summary = train_cam(ctx)
+    assert flag.exists(), "the fault never fired"
+    assert summary["resumed_from_epoch"] == 1, "the restarted worker did not start from the epoch-0 checkpoint"
+    assert latest_checkpoint_epoch(ctx, "cam") == 1
+    ctx.check_model("cam", "train-cam")  # final weights complete and loadable
+
+
+def test_inference_actor_crash_loses_and_duplicates_nothing(tmp_path, monkeypatch, fresh_ray):
+    from ray_wsis.pipeline.inference import make_cams
+
+    flag = _arm(monkeypatch, tmp_path, **{faults.ACTOR: "cam"})
+    config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"))
+    _untrained_models(config.output)
+    start_local_ray()
+    ctx = StageContext(config, log=lambda _m: None)
+    summary = make_cams(ctx)
+    assert flag.exists(), "the actor was never killed"
+    ids = committed_ids(ctx.layout.cams)
+    assert len(ids) == len(set(ids)) == 10  # train + val splits
+    assert summary["processed"] == 10 and summary["failed"] == 0
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ray_wsis.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _sets(config_args: list[str]) -> list[str]:
+    return [item for setting in config_args for item in ("--set", setting)]
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"process ended early:\n{process.stdout.read()}")
+        time.sleep(0.2)
+    _kill_group(process)
+    raise AssertionError("timed out waiting for the process to make progress")
+
+
+def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ray):
+    from ray_wsis.pipeline.inference import make_cams
+
+    data = make_tiny_voc(tmp_path / "voc24", n_train=24, n_val=0)
+    settings = [f"dataset.root={data}", f"output={tmp_path / 'out'}", "run_name=tiny", *TINY_SETTINGS,
+                "ray.rows_per_file=2", "ray.inference_batch_size=1", "walk.centroid_iterations=300",
+                "walk.exp_times=8"]
+    config = tiny_config(data, str(tmp_path / "out"), *settings[2:])
+    _untrained_models(config.output)
+    start_local_ray()
+    make_cams(StageContext(config, log=lambda _m: None))
+    import ray
+
+    ray.shutdown()
+    shards = Path(config.output) / "pseudo_labels"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = _cli(["make-pseudo-labels", *_sets(settings)], env)
+    _wait_for(lambda: shards.exists() and len(list(shards.glob("part-*.parquet"))) >= 1, first, timeout=300)
+    _kill_group(first)  # SIGKILL: no cleanup, no marker
+    before = len(committed_ids(resolve(str(shards))))
+    assert 0 < before < 24, f"kill came too late to test a resume ({before} of 24 done)"
+    second = _cli(["make-pseudo-labels", *_sets(settings)], env)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out
+    ids = committed_ids(resolve(str(shards)))
+    assert len(ids) == len(set(ids)) == 24
+    assert f'"resumed": {before}' in out
+
+
+def test_rerun_after_killed_driver_resumes_training(tmp_path, fresh_ray):
+    data = make_tiny_voc(tmp_path / "voc")
+    settings = [f"dataset.root={data}", f"output={tmp_path / 'out'}", "run_name=tiny", *TINY_SETTINGS,
+                "cam.epochs=3"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    first = _cli(["train-cam", *_sets(settings)], env)
+    epoch0 = tmp_path / "out" / "checkpoints" / "tiny-cam" / "epoch_000" / "state.pt"
+    _wait_for(epoch0.exists, first, timeout=300)
+    time.sleep(1.0)
+    _kill_group(first)
+    second = _cli(["train-cam", *_sets(settings)], env)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out
+    assert '"resumed_from_epoch": 0' not in out and '"resumed_from_epoch": null' not in out, out
+
+
+def test_wrong_architecture_checkpoint_fails_before_cluster_work(tmp_path):
+    config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"))
+    _untrained_models(config.output)  # resnet18 files
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    settings = [f"dataset.root={config.dataset.root}", f"output={config.output}", *TINY_SETTINGS,
+                "model.backbone=resnet50"]
+    process = _cli(["make-cams", *_sets(settings)], env)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert "resnet18" in out and "resnet50" in out and "Traceback" not in out
+    assert "Started a local Ray" not in out
