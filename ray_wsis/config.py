@@ -206,7 +206,8 @@ class DownstreamConfig:
 
     labels: str = ""
     """Pseudo-label URI; empty means <output>/pseudo_labels."""
-    backbone: Literal["resnet50", "resnet101"] = "resnet50"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    """resnet50/101 as the papers; resnet18/34 are small variants for CPU smoke runs (DeepLab at stride 32)."""
     weights: str = ""
     """Backbone weights: a path or torchvision enum (e.g. ResNet50_Weights.IMAGENET1K_V1); empty: scratch."""
     epochs: int = 10

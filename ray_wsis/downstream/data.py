@@ -93,7 +93,7 @@ def instance_sample(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, lab
         image, masks = image[:, ::-1], masks[:, :, ::-1]
         boxes = np.stack([nw - boxes[:, 2], boxes[:, 1], nw - boxes[:, 0], boxes[:, 3]], axis=1)
     boxes = np.clip(boxes, 0, [nw, nh, nw, nh]).astype(np.float32)
-    valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & masks.reshape(len(masks), -1).any(1)
+    valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & masks.any(axis=(1, 2))
     return (np.ascontiguousarray(image.transpose(2, 0, 1)), np.ascontiguousarray(masks[valid]), boxes[valid],
             np.asarray(labels, np.int64)[valid])
 

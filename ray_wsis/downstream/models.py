@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torchvision
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ray_wsis.config import Config
 from ray_wsis.models.backbone import load_backbone_weights
 from ray_wsis.models.checkpoints import CheckpointError
 
@@ -58,10 +62,21 @@ def _load_weights(module: nn.Module, weights: str) -> None:
         raise ValueError(str(exc).replace("model.weights", "downstream.weights")) from None
 
 
+def _small_deeplab(arch: str, num_classes: int) -> nn.Module:
+    """DeepLabV3 head on ResNet-18/34 (output stride 32: BasicBlocks cannot dilate), for CPU smoke runs."""
+    resnet = getattr(torchvision.models, arch)(weights=None)
+    backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
+    return DeepLabV3(backbone, DeepLabHead(resnet.fc.in_features, num_classes), None)
+
+
 def build_deeplab(spec: ModelSpec, weights: str = "") -> nn.Module:
-    """DeepLabV3 (output stride 8, no aux head); backbone weights from a path or enum name, else scratch."""
-    builder = deeplabv3_resnet101 if spec.arch == "resnet101" else deeplabv3_resnet50
-    model = builder(weights=None, weights_backbone=None, num_classes=spec.num_classes, aux_loss=False)
+    """torchvision DeepLabV3 (ResNet-50/101 at output stride 8, no aux head); backbone weights
+    from a path or torchvision enum name, else from scratch."""
+    if spec.arch in ("resnet50", "resnet101"):
+        builder = deeplabv3_resnet101 if spec.arch == "resnet101" else deeplabv3_resnet50
+        model = builder(weights=None, weights_backbone=None, num_classes=spec.num_classes, aux_loss=False)
+    else:
+        model = _small_deeplab(spec.arch, spec.num_classes)
     if weights:
         _load_weights(model.backbone, weights)
     return model
@@ -90,7 +105,7 @@ def build(spec: ModelSpec, weights: str = "") -> nn.Module:
     raise ValueError(f"model kind must be one of {KINDS}, got {spec.kind!r}")
 
 
-def spec_for(kind: str, config: Any, num_classes: int) -> ModelSpec:
+def spec_for(kind: str, config: Config, num_classes: int) -> ModelSpec:
     """The spec of a config's downstream model (num_classes includes background)."""
     d = config.downstream
     return ModelSpec(kind, d.backbone, num_classes, d.crop_size, frozen_bn=kind == "maskrcnn" and bool(d.weights))

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 
 from ray_wsis.classes import IGNORE
-from ray_wsis.config import Config, config_from_dict, load_config
+from ray_wsis.config import Config, ConfigError, config_from_dict, load_config
 from ray_wsis.downstream import MODEL_KINDS, TASKS
 from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, training_dataset
 from ray_wsis.downstream.evaluate import evaluate_model
 from ray_wsis.downstream.models import ModelSpec, build, model_bytes, spec_for
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.training import STATE_FILE, _report, _restore, _run_config, _scaling, latest_checkpoint_epoch
-from ray_wsis.storage import write_bytes_atomic
+from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
 from ray_wsis.train.loops import max_steps
 from ray_wsis.train.optim import poly_sgd, set_poly_lr
 
@@ -124,6 +124,9 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: St
 
 def downstream_train_loop(loop: dict[str, Any]) -> None:
     """Per-worker loop: build, restore the latest checkpoint, prepare (DDP), epochs, report."""
+    _T0 = time.time(); _log = open("/tmp/ds/worker.log", "a")
+    def _p(m): _log.write(f"{m} {time.time()-_T0:.1f}\n"); _log.flush()
+    _p("start")
     config = config_from_dict(loop["config"])
     task, spec, d = loop["task"], ModelSpec(**loop["spec"]), config.downstream
     context = ray.train.get_context()
@@ -133,14 +136,18 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = poly_sgd([(params, d.learning_rate)], d.weight_decay, d.momentum)
     start_epoch, step = _restore(model, optimizer)
+    _p("built+restored")
     model = ray.train.torch.prepare_model(model)
+    _p("prepared")
     total = max_steps(loop["num_images"], d.batch_size, d.epochs, context.get_world_size())
     shard = ray.train.get_dataset_shard("train")
     batches, step_fn = (semantic_batches, semantic_step) if task == "semantic" else (instance_batches, instance_step)
     for epoch in range(start_epoch, d.epochs):
         step, metrics = run_epoch(model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total,
                                   config.model.amp, device)
+        _p(f"epoch {metrics}")
         _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
+        _p("reported")
 
 
 # --------------------------------------------------------------------------- driver side
@@ -168,6 +175,25 @@ def _finished(ctx: StageContext, stage: str) -> Optional[dict[str, Any]]:
     return ctx.should_skip(stage)
 
 
+def _spec_file(ctx: StageContext, kind: str) -> Location:
+    """Next to the Ray run folder: the architecture its checkpoints hold."""
+    return ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{kind}.spec.json")
+
+
+def _check_resumable(ctx: StageContext, spec: ModelSpec, resumed: Optional[int]) -> None:
+    """Refuse to resume checkpoints of another architecture; record this run's architecture."""
+    location = _spec_file(ctx, spec.kind)
+    wanted = spec.header()
+    if resumed is not None and exists(location):
+        found = json.loads(read_bytes(location))
+        if found != wanted:
+            changed = sorted(k for k in wanted if found.get(k) != wanted[k])
+            what = ", ".join(f"{k} {found.get(k)} (now {wanted[k]})" for k in changed)
+            raise ConfigError(f"checkpoints of run {ctx.config.run_name!r} hold another {spec.kind}: {what}; "
+                              f"use --force to start over, or another run_name")
+    write_bytes_atomic(location, json.dumps(wanted).encode())
+
+
 def train_downstream(config: Config, task: str, force: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train DeepLabV3 ("semantic") or Mask R-CNN ("instance") on the pseudo-labels; returns the metrics.
@@ -187,11 +213,12 @@ def train_downstream(config: Config, task: str, force: bool = False,
         return done["summary"]
     run_folder = ctx.layout.checkpoints.child(f"{config.run_name}-{kind}")
     metrics_location = ctx.layout.root.child(f"downstream_{task}_metrics.json")
-    ctx.reset(stage, ctx.layout.model(kind), run_folder, metrics_location)
+    ctx.reset(stage, ctx.layout.model(kind), run_folder, metrics_location, _spec_file(ctx, kind))
     start = time.perf_counter()
     num_images = count_rows(config)
     spec = spec_for(kind, config, ctx.num_classes + 1)
     resumed = latest_checkpoint_epoch(ctx, kind)
+    _check_resumable(ctx, spec, resumed)
     if resumed is not None:
         log(f"[{stage}] resuming after epoch {resumed} from {run_folder.uri}")
     trainer = TorchTrainer(downstream_train_loop,
@@ -202,7 +229,7 @@ def train_downstream(config: Config, task: str, force: bool = False,
     result = trainer.fit()
     model_uri, meta = _export(ctx, result, spec)
     last = result.metrics or {}
-    train = {"images": num_images, "epochs": meta["epochs"], "start_epoch": 0 if resumed is None else resumed + 1,
+    train = {"backbone": spec.arch, "images": num_images, "epochs": meta["epochs"], "start_epoch": 0 if resumed is None else resumed + 1,
              "global_step": meta["global_step"], "final_loss": last.get("loss"), "model": model_uri,
              "labels": labels_uri(config), "settings_hash": meta["settings_hash"],
              "seconds": round(time.perf_counter() - start, 2)}

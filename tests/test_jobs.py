@@ -1,0 +1,215 @@
+"""jobs/*.py: CLI-like user errors, stage wiring, uninstalled imports, and one real `ray job submit`.
+
+The submit test starts its own Ray head (private --temp-dir and ports, so it never touches another
+Ray on the machine nor leaves a stale /tmp/ray/ray_current_cluster) and stops it by process id.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE_JOBS = {"train_cam": "train-cam", "make_cams": "make-cams", "make_ir_labels": "make-ir-labels",
+              "train_irn": "train-irn", "make_pseudo_labels": "make-pseudo-labels", "evaluate": "evaluate"}
+SUBMIT_TIMEOUT_S = 360
+
+
+def _run_job_file(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
+    (["--set", "cam.epochs=zero"], "cam.epochs must be an integer"),
+    (["--set", "dataset.root=/nonexistent/voc"], "dataset.root /nonexistent/voc does not exist"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
+    """Like the CLI: no traceback, one `error:` line, status 2, before any Ray is started."""
+    import ray
+
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # main() prepends the repo root
+    from jobs.run_pipeline import main
+
+    assert main(["--set", f"output={tmp_path / 'out'}", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not ray.is_initialized()
+
+
+def test_stage_jobs_run_the_stage_they_are_named_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each jobs/<stage>.py calls STAGE_FUNCTIONS[<stage>] (wiring only: Ray is faked away)."""
+    from jobs import _entry
+    from ray_wsis.pipeline import run
+
+    called: list[str] = []
+    for name in run.STAGE_FUNCTIONS:
+        monkeypatch.setitem(run.STAGE_FUNCTIONS, name, lambda ctx, name=name: called.append(name) or {"ok": name})
+    monkeypatch.setattr(_entry, "run_job", lambda description, body, argv=None: 0 if body(object()) else 1)
+    for module, stage in STAGE_JOBS.items():
+        assert importlib.import_module(f"jobs.{module}").main([]) == 0
+        assert called[-1] == stage
+    assert sorted(called) == sorted(run.STAGE_FUNCTIONS)
+
+
+def test_job_imports_ray_wsis_from_its_own_checkout(tmp_path: Path) -> None:
+    """Run as a script from elsewhere, a copy of the repo (a job's working dir) uses its own ray_wsis,
+    installed package or not, and fails like the CLI."""
+    copy = tmp_path / "checkout"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "ray_wsis", copy / "ray_wsis", ignore=ignore)
+    shutil.copytree(ROOT / "jobs", copy / "jobs", ignore=ignore)
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['run_pipeline.py', '--config', '/nonexistent.yaml']\n"
+             "try:\n"
+             f"    runpy.run_path({str(copy / 'jobs' / 'run_pipeline.py')!r}, run_name='__main__')\n"
+             "except SystemExit as exc:\n"
+             "    print(sys.modules['ray_wsis'].__file__, exc.code)\n")
+    done = _run_job_file("-c", probe, cwd=tmp_path)
+    path, code = done.stdout.split()
+    assert Path(path).is_relative_to(copy) and code == "2", done.stdout + done.stderr
+    assert done.stderr.startswith("error: cannot read config file") and "Traceback" not in done.stderr
+
+
+# -- one real Ray job ------------------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    """Ephemeral ports (outside Ray's default worker range 10002-19999)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, pgid, command line), read from /proc."""
+    out: dict[int, tuple[int, int, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(name)] = (int(fields[1]), int(fields[2]), cmd)
+    return out
+
+
+def _head_pids(temp_dir: str, pgid: int) -> set[int]:
+    """Our head's processes: gcs_server, raylet, dashboard... (their command lines name our temp dir,
+    or they are in the process group of our `ray start`) plus all their descendants (agents, workers)."""
+    procs = _processes()
+    ours = {pid for pid, (_, group, cmd) in procs.items() if temp_dir in cmd or group == pgid}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _, _) in procs.items() if ppid in ours} - ours
+        ours |= children
+        grew = bool(children)
+    return ours - {os.getpid(), os.getppid()}
+
+
+def _stop_head(temp_dir: str, pgid: int) -> list[int]:
+    """SIGTERM our head's processes by pid, SIGKILL what is left after 20 s; returns the survivors."""
+    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
+        for pid in _head_pids(temp_dir, pgid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while _alive(_head_pids(temp_dir, pgid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return sorted(_alive(_head_pids(temp_dir, pgid)))
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Zombies (reaped later by init) don't count."""
+    alive = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.add(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() \
+        else shutil.which("ray") or "ray"
+
+
+@contextmanager
+def local_head(num_cpus: int = 2) -> Iterator[dict[str, Any]]:
+    """`ray start --head` on private ports and a private temp dir; stopped by pid afterwards."""
+    temp_dir = tempfile.mkdtemp(prefix="rwj-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
+    gcs, dash, client, agent = _free_ports(4)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # job's `python`
+    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    cmd = [_ray_cli(), "start", "--head", f"--port={gcs}", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dash}", "--disable-usage-stats", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"]
+    starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # its pgid = its pid, inherited by the daemons
+    survivors: list[int] = []
+    try:
+        out, _ = starter.communicate(timeout=240)
+        assert starter.returncode == 0, f"ray start failed:\n{out[-3000:]}"
+        yield {"address": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        survivors = _stop_head(temp_dir, starter.pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not survivors, f"head processes survived SIGKILL: {survivors}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="stops the head by pid via /proc (Linux)")
+def test_submit_tiny_pipeline_as_ray_job(tmp_path: Path) -> None:
+    data = make_tiny_voc(tmp_path / "voc")
+    out = tmp_path / "out"
+    overrides = [f"dataset.root={data}", f"output={out}", "run_name=tiny-job", *TINY_SETTINGS]
+    entrypoint = ["python", "jobs/run_pipeline.py", "--config", "configs/demo.yaml",
+                  *[arg for item in overrides for arg in ("--set", item)]]
+    with local_head() as head:
+        submit = [_ray_cli(), "job", "submit", "--address", head["address"], "--working-dir", ".",
+                  "--submission-id", f"ray-wsis-test-{uuid.uuid4().hex[:8]}",
+                  "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--", *entrypoint]
+        done = subprocess.run(submit, cwd=ROOT, env=head["env"], capture_output=True, text=True,
+                              timeout=SUBMIT_TIMEOUT_S)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "succeeded" in log, log[-6000:]
+    assert "pseudo-labels:" in log and "make-pseudo-labels" in log  # the summary table was printed
+    folder = out / "pseudo_labels"
+    shards = sorted(folder.glob("part-*.parquet"))
+    assert shards, f"no shards in {folder}"
+    ids = [i for shard in shards for i in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()]
+    assert len(set(ids)) == 8 and len(ids) == 8
