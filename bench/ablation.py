@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
                               gt.semantic if gt else None, source.class_names, r.class_ids,
                               extra=[("relation label", colorize_label(ir_labels[r.image_id]))]))
         Image.fromarray(contact_sheet(rows)).save(args.panels)
-    result = {"overrides": args.overrides, **{k: round(v, 2) for k, v in metrics.items() if v is not None},
+    result = {"overrides": args.overrides, **{k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items() if v is not None},
               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "images": len(infer),
               "threads": args.threads}
     print(json.dumps(result))

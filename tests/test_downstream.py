@@ -150,6 +150,15 @@ def test_reader_dataset_from_local_disk(tmp_path):
     assert (sample["scores"] >= 0.5).all() and sample["boxes"].shape == (len(sample["labels"]), 4)
 
 
+def test_too_few_images_for_a_batch_is_a_config_error(tmp_path):
+    from ray_wsis.downstream.train import train_downstream
+
+    config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"), "downstream.batch_size=8")
+    write_pseudo_labels(config)
+    with pytest.raises(ConfigError, match="too few"):
+        train_downstream(config, "semantic", log=lambda _m: None)
+
+
 # --------------------------------------------------------------------------- Ray Data + Ray Train
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):

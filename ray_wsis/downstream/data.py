@@ -16,11 +16,10 @@ import pyarrow.parquet as pq
 import torch
 
 from ray_wsis.config import Config
+from ray_wsis.downstream.models import detector_sizes
 from ray_wsis.labels import read_pseudo_labels, shard_files
 from ray_wsis.storage import join
 from ray_wsis.train.augment import relation_sample, resize
-
-from ray_wsis.downstream.models import detector_sizes
 
 
 def labels_uri(config: Config) -> str:
@@ -137,19 +136,25 @@ def detection_inputs(batch: dict[str, Any], device: torch.device
         h, w, n = int(batch["height"][i]), int(batch["width"][i]), int(batch["count"][i])
         image = np.frombuffer(batch["image"][i], np.uint8).reshape(3, h, w)
         bits = np.unpackbits(np.frombuffer(batch["masks"][i], np.uint8), count=n * h * w)
+        boxes = np.frombuffer(batch["boxes"][i], np.float32).reshape(n, 4)
+        labels = np.frombuffer(batch["labels"][i], np.int64)
         images.append(torch.from_numpy(image.copy()).to(device).float().div_(255.0))
-        targets.append({"boxes": torch.from_numpy(np.frombuffer(batch["boxes"][i], np.float32).reshape(n, 4).copy()).to(device),
-                        "labels": torch.from_numpy(np.frombuffer(batch["labels"][i], np.int64).copy()).to(device),
+        targets.append({"boxes": torch.from_numpy(boxes.copy()).to(device),
+                        "labels": torch.from_numpy(labels.copy()).to(device),
                         "masks": torch.from_numpy(bits.reshape(n, h, w)).to(device)})
     return images, targets
 
 
 # --------------------------------------------------------------------------- datasets
 def training_dataset(config: Config, task: str) -> "ray.data.Dataset":  # noqa: F821
-    """Shards -> decoded rows with images -> augmented rows, streamed (no conversion step)."""
+    """Shards -> decoded rows with images -> augmented rows, streamed (no conversion step).
+
+    No all-to-all shuffle (it would hold every decoded image before the first step): rows
+    are mixed by the workers' local shuffle buffer.
+    """
     d = config.downstream
     ds = read_pseudo_labels(labels_uri(config), storage=config.storage, min_score=d.min_score, with_images=True,
-                            dataset_config=config).randomize_block_order(seed=config.seed)
+                            dataset_config=config)
     if task == "semantic":
         return ds.map_batches(semantic_batch, fn_kwargs={"crop_size": d.crop_size, "rescale": tuple(d.rescale)},
                               batch_format="numpy", batch_size=16, num_cpus=1)

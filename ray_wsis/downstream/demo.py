@@ -16,7 +16,7 @@ from ray_wsis.downstream import TASKS
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.storage import exists, read_bytes
 
-DEMO_SETTINGS: dict[str, Any] = {"backbone": "resnet18", "epochs": 3, "batch_size": 8, "crop_size": 128,
+DEMO_SETTINGS: dict[str, Any] = {"backbone": "resnet18", "epochs": 2, "batch_size": 8, "crop_size": 128,
                                  "max_eval_images": 40}
 """CPU-sized settings; each applies only where the config leaves that downstream field at its default."""
 

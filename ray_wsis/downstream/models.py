@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ray_wsis.config import Config
+from ray_wsis.config import Config, ConfigError
 from ray_wsis.models.backbone import load_backbone_weights
 from ray_wsis.models.checkpoints import CheckpointError
 
@@ -53,6 +54,21 @@ class ModelSpec:
 def detector_sizes(crop_size: int) -> tuple[int, int]:
     """Mask R-CNN transform (min_size, max_size): the short side is crop_size, as torchvision's 800/1333."""
     return crop_size, int(math.ceil(crop_size * DETECTOR_ASPECT))
+
+
+def check_weights(weights: str) -> None:
+    """Fail in the driver, not in every Train worker, on a weights setting that names nothing.
+
+    A path must exist on every worker's node (a shared or baked-in file); an enum name is
+    fetched by torchvision on first use.
+    """
+    if not weights or os.path.exists(weights):
+        return
+    try:
+        torchvision.models.get_weight(weights)
+    except (ValueError, KeyError, AttributeError):
+        raise ConfigError(f"downstream.weights: {weights!r} is neither an existing file nor a torchvision "
+                          f"weights name like ResNet50_Weights.IMAGENET1K_V1") from None
 
 
 def _load_weights(module: nn.Module, weights: str) -> None:

@@ -14,15 +14,13 @@ checkpoints, so raising downstream.epochs trains only the extra epochs.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import ray
 import ray.train
@@ -31,11 +29,11 @@ import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 
 from ray_wsis.classes import IGNORE
-from ray_wsis.config import Config, ConfigError, config_from_dict, load_config
+from ray_wsis.config import Config, ConfigError, config_from_dict
 from ray_wsis.downstream import MODEL_KINDS, TASKS
 from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, training_dataset
 from ray_wsis.downstream.evaluate import evaluate_model
-from ray_wsis.downstream.models import ModelSpec, build, model_bytes, spec_for
+from ray_wsis.downstream.models import ModelSpec, build, check_weights, model_bytes, spec_for
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.training import STATE_FILE, _report, _restore, _run_config, _scaling, latest_checkpoint_epoch
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
@@ -74,7 +72,7 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 def semantic_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
     """(image, label) tensors on the device; DeepLab's image-pooling BatchNorm needs 2+ images."""
     for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device,
-                                          local_shuffle_buffer_size=max(2 * batch_size, 32)):
+                                          local_shuffle_buffer_size=max(4 * batch_size, 64)):
         if batch["image"].shape[0] >= 2:
             yield (batch["image"], batch["label"].long()), batch["image"].shape[0]
 
@@ -82,7 +80,7 @@ def semantic_batches(shard: Any, batch_size: int, device: torch.device) -> Itera
 def instance_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
     """Ragged rows -> (images, list-of-dict targets) built here in the worker."""
     for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                    local_shuffle_buffer_size=max(2 * batch_size, 32)):
+                                    local_shuffle_buffer_size=max(4 * batch_size, 64)):
         if len(batch["count"]):
             yield detection_inputs(batch, device), len(batch["count"])
 
@@ -124,9 +122,6 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: St
 
 def downstream_train_loop(loop: dict[str, Any]) -> None:
     """Per-worker loop: build, restore the latest checkpoint, prepare (DDP), epochs, report."""
-    _T0 = time.time(); _log = open("/tmp/ds/worker.log", "a")
-    def _p(m): _log.write(f"{m} {time.time()-_T0:.1f}\n"); _log.flush()
-    _p("start")
     config = config_from_dict(loop["config"])
     task, spec, d = loop["task"], ModelSpec(**loop["spec"]), config.downstream
     context = ray.train.get_context()
@@ -136,18 +131,14 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = poly_sgd([(params, d.learning_rate)], d.weight_decay, d.momentum)
     start_epoch, step = _restore(model, optimizer)
-    _p("built+restored")
     model = ray.train.torch.prepare_model(model)
-    _p("prepared")
     total = max_steps(loop["num_images"], d.batch_size, d.epochs, context.get_world_size())
     shard = ray.train.get_dataset_shard("train")
     batches, step_fn = (semantic_batches, semantic_step) if task == "semantic" else (instance_batches, instance_step)
     for epoch in range(start_epoch, d.epochs):
         step, metrics = run_epoch(model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total,
                                   config.model.amp, device)
-        _p(f"epoch {metrics}")
         _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
-        _p("reported")
 
 
 # --------------------------------------------------------------------------- driver side
@@ -173,6 +164,15 @@ def _finished(ctx: StageContext, stage: str) -> Optional[dict[str, Any]]:
         ctx.log(f"[{stage}] downstream settings changed since it finished: continuing from its checkpoints")
         return None
     return ctx.should_skip(stage)
+
+
+def _check_enough(config: Config, task: str, num_images: int) -> None:
+    """Each worker needs a full batch (DeepLab drops partial ones) or it would train no step at all."""
+    needed = config.ray.num_workers * (config.downstream.batch_size if task == "semantic" else 1)
+    if num_images < needed:
+        raise ConfigError(f"{num_images} pseudo-labelled images under {labels_uri(config)} are too few for "
+                          f"ray.num_workers={config.ray.num_workers} x downstream.batch_size="
+                          f"{config.downstream.batch_size}")
 
 
 def _spec_file(ctx: StageContext, kind: str) -> Location:
@@ -206,7 +206,7 @@ def train_downstream(config: Config, task: str, force: bool = False,
     """
     task, kind, stage = _check_task(task), MODEL_KINDS[task], stage_name(task)
     if task == "semantic" and config.downstream.batch_size < 2:
-        raise ValueError("downstream.batch_size must be at least 2 for DeepLab (BatchNorm after image pooling)")
+        raise ConfigError("downstream.batch_size must be at least 2 for DeepLab (BatchNorm after image pooling)")
     ctx = StageContext(config, force=force, log=log)
     done = _finished(ctx, stage)
     if done:
@@ -216,7 +216,9 @@ def train_downstream(config: Config, task: str, force: bool = False,
     ctx.reset(stage, ctx.layout.model(kind), run_folder, metrics_location, _spec_file(ctx, kind))
     start = time.perf_counter()
     num_images = count_rows(config)
+    _check_enough(config, task, num_images)
     spec = spec_for(kind, config, ctx.num_classes + 1)
+    check_weights(config.downstream.weights)
     resumed = latest_checkpoint_epoch(ctx, kind)
     _check_resumable(ctx, spec, resumed)
     if resumed is not None:
@@ -229,36 +231,13 @@ def train_downstream(config: Config, task: str, force: bool = False,
     result = trainer.fit()
     model_uri, meta = _export(ctx, result, spec)
     last = result.metrics or {}
-    train = {"backbone": spec.arch, "images": num_images, "epochs": meta["epochs"], "start_epoch": 0 if resumed is None else resumed + 1,
-             "global_step": meta["global_step"], "final_loss": last.get("loss"), "model": model_uri,
-             "labels": labels_uri(config), "settings_hash": meta["settings_hash"],
-             "seconds": round(time.perf_counter() - start, 2)}
+    train = {"backbone": spec.arch, "images": num_images, "epochs": meta["epochs"],
+             "start_epoch": 0 if resumed is None else resumed + 1, "global_step": meta["global_step"],
+             "final_loss": last.get("loss"), "model": model_uri, "labels": labels_uri(config),
+             "settings_hash": meta["settings_hash"], "seconds": round(time.perf_counter() - start, 2)}
     log(f"[{stage}] trained: {train}")
     evaluation = evaluate_model(config, task, model_uri, log) or {}
     summary = {"task": task, "model": kind, **evaluation, "train": train}
     write_bytes_atomic(metrics_location, json.dumps(summary, indent=2).encode())
     ctx.mark_done(stage, summary, time.perf_counter() - start)
     return summary
-
-
-# --------------------------------------------------------------------------- Ray job entry
-def job_main(task: str, argv: Optional[Sequence[str]] = None) -> int:
-    """`python jobs/train_deeplab.py --config c.yaml --set downstream.epochs=30` (also as a Ray job)."""
-    from ray_wsis.cli import USER_ERRORS
-    from ray_wsis.pipeline.context import check_output, init_ray
-
-    parser = argparse.ArgumentParser(description=f"train the {MODEL_KINDS[task]} model on the pseudo-labels")
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="override a config key (dotted), e.g. --set downstream.epochs=30; repeatable")
-    parser.add_argument("--force", action="store_true", help="start over (deletes this run's checkpoints)")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        check_output(config)
-        init_ray(config)
-        print(json.dumps(train_downstream(config, task, force=args.force), indent=2, default=str))
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
