@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,10 +42,10 @@ def run_job(description: str, body: Callable[[Any], str], argv: Optional[Sequenc
     """Parse, validate (config, output, dataset) before starting Ray, run `body(ctx)`, print its text."""
     args = build_parser(description).parse_args(argv)
     _export_repo_root()
-    from ray_wsis.cli import USER_ERRORS
+    from ray_wsis.cli import reporting_user_errors
     from ray_wsis.config import load_config
 
-    try:
+    def run() -> int:
         config = load_config(args.config, args.overrides)
         from ray_wsis.pipeline.context import StageContext, check_output, init_ray
 
@@ -56,12 +55,8 @@ def run_job(description: str, body: Callable[[Any], str], argv: Optional[Sequenc
         init_ray(config)
         print(body(ctx), flush=True)
         return 0
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return reporting_user_errors(run)
 
 
 def stage_main(stage: str, argv: Optional[Sequence[str]] = None) -> int:

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ray_wsis.config import Config, ConfigError, load_config
 from ray_wsis.data.records import DatasetError
@@ -158,17 +158,21 @@ COMMANDS = {"run": cmd_run, "demo": cmd_demo, "export": cmd_export, "visualize":
             "train-downstream": cmd_downstream, **{name: cmd_stage for name in STAGE_COMMANDS}}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def reporting_user_errors(body: Callable[[], int]) -> int:
+    """Run a command: user errors become one `error:` line and status 2, Ctrl-C status 130."""
     try:
-        config = _config(args)
-        return COMMANDS[args.command](args, config)
+        return body()
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return reporting_user_errors(lambda: COMMANDS[args.command](args, _config(args)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -285,9 +286,27 @@ def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()
         if not sep or not key.strip():
             raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    config = _build(Config, tree, prefix="")
+    config = absolute_paths(_build(Config, tree, prefix=""))
     validate(config)
     return config
+
+
+def _absolute(path: str) -> str:
+    """Local relative paths become absolute: Ray workers run in other working directories."""
+    if not path or "://" in path or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
+
+
+def absolute_paths(config: Config) -> Config:
+    d = config.dataset
+    dataset = dataclasses.replace(d, root=_absolute(d.root), manifest=_absolute(d.manifest),
+                                  class_names_file=_absolute(d.class_names_file))
+    weights = config.model.weights
+    model = dataclasses.replace(config.model, weights=_absolute(weights) if os.path.exists(weights) else weights)
+    downstream = dataclasses.replace(config.downstream, labels=_absolute(config.downstream.labels))
+    return dataclasses.replace(config, output=_absolute(config.output), dataset=dataset, model=model,
+                               downstream=downstream)
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

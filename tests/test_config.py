@@ -13,6 +13,7 @@ from ray_wsis.config import (
     ConfigError,
     RayConfig,
     StorageConfig,
+    absolute_paths,
     config_from_dict,
     load_config,
 )
@@ -55,7 +56,7 @@ def test_defaults_are_the_reference_hyper_parameters():
 
 
 def test_load_config_defaults_without_file():
-    assert load_config() == Config()
+    assert load_config() == absolute_paths(Config())
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -184,7 +185,7 @@ def test_file_errors(tmp_path):
         load_config(str(listed))
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert load_config(str(empty)) == Config()
+    assert load_config(str(empty)) == absolute_paths(Config())
     with pytest.raises(ConfigError, match="dotted.key=value"):
         load_config(None, ["cam.epochs"])
     with pytest.raises(ConfigError, match="not a section"):
@@ -238,3 +239,13 @@ def test_radius_one_is_rejected_up_front(field):
         path_index(1)  # what the stage would do with it
     with pytest.raises(ConfigError, match=field):
         load_config(None, [f"{field}=1"])
+
+
+def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
+    """Ray workers run in their own working directories: a relative output must not move."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["output=./out", "dataset.root=data/voc", "model.weights=ResNet50_Weights.IMAGENET1K_V1"])
+    assert config.output == str(tmp_path / "out")
+    assert config.dataset.root == str(tmp_path / "data" / "voc")
+    assert config.model.weights == "ResNet50_Weights.IMAGENET1K_V1"  # an enum name, not a path
+    assert load_config(None, ["output=s3://bucket/run"]).output == "s3://bucket/run"

@@ -50,6 +50,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # main() prepends the repo root
     from jobs.run_pipeline import main
 
+    ray.shutdown()  # an earlier test may have left a Ray running in this process
     assert main(["--set", f"output={tmp_path / 'out'}", *args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

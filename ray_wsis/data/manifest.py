@@ -39,9 +39,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ray_wsis.config import StorageConfig
-from ray_wsis.data.decode import ImageDecodeError, decode_label_png
 from ray_wsis.data.records import DatasetError, GroundTruth, ImageRecord
-from ray_wsis.data.voc import Invalid, instances_from_maps, parallel_map, read_optional
+from ray_wsis.data.voc import Invalid, ground_truth_map, instances_from_maps, parallel_map, read_optional
 from ray_wsis.storage import exists, is_remote, join, resolve
 
 ALL_SPLITS = "all"
@@ -360,21 +359,15 @@ class ManifestSource:
         data = read_optional(resolve(row.semantic_uri, self.storage))
         if data is None:
             return None
-        semantic = _label_map(data, row.semantic_uri)
+        semantic = ground_truth_map(data, row.semantic_uri)
         if not row.instance_uri:
             return GroundTruth(semantic=semantic)
         instance_data = read_optional(resolve(row.instance_uri, self.storage))
         if instance_data is None:
             return GroundTruth(semantic=semantic)
-        instance_map = _label_map(instance_data, row.instance_uri)
+        instance_map = ground_truth_map(instance_data, row.instance_uri)
         if instance_map.shape != semantic.shape:
             raise DatasetError(f"{row.instance_uri} and {row.semantic_uri} differ in size")
         masks, class_ids = instances_from_maps(semantic, instance_map)
         return GroundTruth(semantic=semantic, instance_masks=masks, instance_class_ids=class_ids)
 
-
-def _label_map(data: bytes, source: str) -> np.ndarray:
-    try:
-        return decode_label_png(data, source=source)
-    except ImageDecodeError as exc:
-        raise DatasetError(str(exc)) from None

@@ -6,10 +6,9 @@ What makes it a fair test of CAM -> random walk methods:
   size, filled with a colour drawn from ONE palette shared by every class, with mild texture
   and shading. A body alone says nothing about the class.
 * Each object carries a small DISCRIMINATIVE PART (12-25 % of its area, fully inside it and
-  never occluded) with a class-specific pattern (stripes, checkerboard, dots, rings...)
-  drawn as a texture in the body's own colour with a light class tint, as real object parts
-  mostly share their object's appearance. A classifier's CAM therefore lights up the part
-  only, and the random walk has to spread it over the body, stopping at the object's boundary.
+  never occluded) with a class-specific pattern and colours: stripes, checkerboard, dots,
+  rings... A classifier's CAM therefore lights up the part only, and the random walk has
+  to spread it over the body, stopping at the object's boundary.
 * Clutter: a smooth coloured background with fine noise, distractor blobs that look like
   bodies but carry no part (some with a plain decoy disc), and small random patches.
 * Some images hold two touching (or slightly overlapping) objects of the same class with
@@ -188,7 +187,6 @@ def _blob_mask(rng: np.random.Generator, short_side: float, long_cap: float) -> 
 
 def _pattern(style: PartStyle, shape: tuple[int, int], centre: tuple[float, float],
              rng: np.random.Generator) -> np.ndarray:
-    """Where the class pattern is 'on' (bool), in the object's frame."""
     yy, xx = np.indices(shape, dtype=np.float32)
     yy -= centre[0]
     xx -= centre[1]
@@ -206,23 +204,7 @@ def _pattern(style: PartStyle, shape: tuple[int, int], centre: tuple[float, floa
         on = du * du + dv * dv <= (period * 0.32) ** 2
     else:
         on = np.mod(np.hypot(u, v), period) < period / 2
-    return on
-
-
-PART_CONTRAST = 0.35
-"""Brightness modulation of the body colour inside a part (the pattern's contrast)."""
-PART_TINT = 0.25
-"""Share of the class colour mixed into a part. Parts are textures in the body's own colour,
-as real object parts mostly are: with foreign-coloured parts (tint 1.0) the part's rim is the
-strongest edge in the image, and IRNet learned rings around parts instead of object contours
-(README, "From scratch: what makes it work")."""
-
-
-def _part_fill(style: PartStyle, on: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """The class pattern as a texture in the body's colour, lightly tinted by the class colour."""
-    modulation = np.where(on, 1.0 + PART_CONTRAST, 1.0 - PART_CONTRAST)[..., None].astype(np.float32)
-    tint = np.where(on[..., None], np.float32(style.foreground), np.float32(style.background))
-    return (1.0 - PART_TINT) * body * modulation + PART_TINT * tint
+    return np.where(on[..., None], np.float32(style.foreground), np.float32(style.background))
 
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float],
@@ -277,7 +259,7 @@ def _make_shape(rng: np.random.Generator, short_side: float, long_cap: float, co
         return None if style is not None else _Shape(mask, None, pixels, short_side)
     part, centre = spot
     if style is not None:
-        fill = _part_fill(style, _pattern(style, mask.shape, centre, rng), pixels)
+        fill = _pattern(style, mask.shape, centre, rng)
     else:
         fill = np.broadcast_to(np.float32(decoy), pixels.shape)
     fill = fill + rng.normal(0, 4, size=pixels.shape).astype(np.float32)

@@ -199,12 +199,12 @@ class VOCSource:
         data = read_optional(sem_loc)
         if data is None:
             return None
-        semantic = _label_map(data, sem_loc.uri)
+        semantic = ground_truth_map(data, sem_loc.uri)
         obj_loc = root.child("SegmentationObject", f"{image_id}.png")
         obj_data = read_optional(obj_loc)
         if obj_data is None:
             return GroundTruth(semantic=semantic)
-        instance_map = _label_map(obj_data, obj_loc.uri)
+        instance_map = ground_truth_map(obj_data, obj_loc.uri)
         if instance_map.shape != semantic.shape:
             raise DatasetError(f"{obj_loc.uri} is {instance_map.shape[1]}x{instance_map.shape[0]} but "
                                f"{sem_loc.uri} is {semantic.shape[1]}x{semantic.shape[0]}")
@@ -212,7 +212,8 @@ class VOCSource:
         return GroundTruth(semantic=semantic, instance_masks=masks, instance_class_ids=class_ids)
 
 
-def _label_map(data: bytes, source: str) -> np.ndarray:
+def ground_truth_map(data: bytes, source: str) -> np.ndarray:
+    """A palette/grey label PNG as a uint8 map; decode failures become DatasetError."""
     try:
         return decode_label_png(data, source=source)
     except ImageDecodeError as exc:

@@ -35,7 +35,14 @@ from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, t
 from ray_wsis.downstream.evaluate import evaluate_model
 from ray_wsis.downstream.models import ModelSpec, build, check_weights, model_bytes, spec_for
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.training import STATE_FILE, _report, _restore, _run_config, _scaling, latest_checkpoint_epoch
+from ray_wsis.pipeline.training import (
+    STATE_FILE,
+    latest_checkpoint_epoch,
+    report_epoch,
+    restore_state,
+    run_config,
+    scaling_config,
+)
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
 from ray_wsis.train.loops import max_steps
 from ray_wsis.train.optim import poly_sgd, set_poly_lr
@@ -130,7 +137,7 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
     model = build(spec, d.weights)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = poly_sgd([(params, d.learning_rate)], d.weight_decay, d.momentum)
-    start_epoch, step = _restore(model, optimizer)
+    start_epoch, step = restore_state(model, optimizer)
     model = ray.train.torch.prepare_model(model)
     total = max_steps(loop["num_images"], d.batch_size, d.epochs, context.get_world_size())
     shard = ray.train.get_dataset_shard("train")
@@ -138,7 +145,7 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
     for epoch in range(start_epoch, d.epochs):
         step, metrics = run_epoch(model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total,
                                   config.model.amp, device)
-        _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
+        report_epoch(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
 
 
 # --------------------------------------------------------------------------- driver side
@@ -226,7 +233,7 @@ def train_downstream(config: Config, task: str, force: bool = False,
     trainer = TorchTrainer(downstream_train_loop,
                            train_loop_config={"config": config.to_dict(), "task": task,
                                               "spec": dataclasses.asdict(spec), "num_images": num_images},
-                           scaling_config=_scaling(config), run_config=_run_config(ctx, kind),
+                           scaling_config=scaling_config(config), run_config=run_config(ctx, kind),
                            datasets={"train": training_dataset(config, task)})
     result = trainer.fit()
     model_uri, meta = _export(ctx, result, spec)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ray_wsis.config import AffinityConfig, WalkConfig
 from ray_wsis.method.cam import multiscale_cams, to_tensor
 from ray_wsis.method.instances import Instances, detections_from_label, instances_from_cams
-from ray_wsis.method.labels import argmax_with_background, boundary_walk, semantic_from_walk
+from ray_wsis.method.labels import boundary_walk, semantic_from_walk
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.random_walk import WalkOperator
 from ray_wsis.method.relations import feature_affinity

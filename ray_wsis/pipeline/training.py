@@ -65,7 +65,7 @@ def _classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Ten
     return read_checkpoint(read_bytes(location), "cam", config.model.backbone, location.uri)["state_dict"]
 
 
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, int]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, 0
@@ -76,7 +76,7 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[
     return int(state["epoch"]) + 1, int(state["global_step"])
 
 
-def _report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+def report_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
             metrics: dict[str, float]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
@@ -98,7 +98,7 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
         model, optimizer = build_relation_net(config, loop["num_classes"], _classifier_state(config, kind))
         c = config.irn if kind == "irnet" else config.affinity
         batch_size, epochs = c.batch_size, c.epochs
-    start_epoch, step = _restore(model, optimizer)
+    start_epoch, step = restore_state(model, optimizer)
     model = ray.train.torch.prepare_model(model)
     world = ray.train.get_context().get_world_size()
     total = max_steps(loop["num_images"], batch_size, epochs, world)
@@ -111,7 +111,7 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
         step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device)
         if kind == "irnet" and epoch == epochs - 1:
             _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)
-        _report(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
+        report_epoch(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
 
 
 def _set_displacement_mean(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device,
@@ -130,7 +130,7 @@ def relation_train_loop(loop: dict[str, Any]) -> None:
     _train_loop(config_from_dict(loop["config"]).method, loop)
 
 
-def _run_config(ctx: StageContext, suffix: str) -> RunConfig:
+def run_config(ctx: StageContext, suffix: str) -> RunConfig:
     location = ctx.layout.checkpoints
     remote = is_remote(location.uri)
     return RunConfig(name=f"{ctx.config.run_name}-{suffix}", storage_path=location.path,
@@ -139,7 +139,7 @@ def _run_config(ctx: StageContext, suffix: str) -> RunConfig:
                      checkpoint_config=CheckpointConfig(num_to_keep=2))
 
 
-def _scaling(config: Config) -> ScalingConfig:
+def scaling_config(config: Config) -> ScalingConfig:
     r = config.ray
     resources = {"CPU": r.cpus_per_worker} | ({"GPU": 1} if r.use_gpu else {})
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
@@ -175,12 +175,14 @@ def train_cam(ctx: StageContext) -> dict[str, Any]:
         raise ValueError(f"split {ctx.config.dataset.train_split!r} has no image with labels to train on")
     config = ctx.config.to_dict()
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // 16)))
-    ds = ds.random_shuffle(seed=ctx.config.seed).map_batches(
+    # Unseeded on purpose: Ray Train re-executes the dataset every epoch, and a seeded shuffle
+    # replays one order, so every epoch sees the same batches (README, "From scratch").
+    ds = ds.random_shuffle().map_batches(
         classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
         batch_format="pyarrow", batch_size=16, num_cpus=1)
     trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
                                                               "num_images": len(rows)},
-                           scaling_config=_scaling(ctx.config), run_config=_run_config(ctx, "cam"),
+                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
                            datasets={"train": ds})
     result = trainer.fit()
     uri = _export(ctx, result, "cam", ctx.num_classes)
@@ -206,7 +208,7 @@ def train_irn(ctx: StageContext) -> dict[str, Any]:
         raise ValueError("no relation labels to train on: run make-ir-labels first")
     config = ctx.config.to_dict()
     ds = _read_stage(ctx.layout.ir_labels, ids)
-    ds = ds.random_shuffle(seed=ctx.config.seed).map_batches(
+    ds = ds.random_shuffle().map_batches(  # unseeded: a new order every epoch, as in train-cam
         relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
     datasets = {"train": ds}
     if kind == "irnet":
@@ -217,7 +219,7 @@ def train_irn(ctx: StageContext) -> dict[str, Any]:
     trainer = TorchTrainer(relation_train_loop,
                            train_loop_config={"config": config, "num_classes": ctx.num_classes,
                                               "num_images": len(ids)},
-                           scaling_config=_scaling(ctx.config), run_config=_run_config(ctx, kind),
+                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, kind),
                            datasets=datasets,
                            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
     result = trainer.fit()
