@@ -37,7 +37,9 @@ def main() -> None:
     make_synthetic_voc(root, n_train=args.images, n_val=0, size=tuple(args.size), seed=5)
     write_models(output, args.backbone)
     base = [f"dataset.root={root}", f"output={output}", f"model.backbone={args.backbone}", "ray.cpus_per_actor=1",
-            "ray.inference_batch_size=1", "ray.progress_bars=false", f"ray.num_cpus={os.cpu_count()}"]
+            "ray.inference_batch_size=1", "ray.progress_bars=false",
+            # one logical CPU above the cores: 2 one-thread actors plus the decode tasks (see check_cpu_room)
+            f"ray.num_cpus={os.cpu_count() + 1}"]
     config = load_config(None, base + ["ray.inference_actors=2"])
     init_ray(config)
     make_cams(StageContext(config, log=lambda _m: None))

@@ -249,3 +249,13 @@ def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
     assert config.dataset.root == str(tmp_path / "data" / "voc")
     assert config.model.weights == "ResNet50_Weights.IMAGENET1K_V1"  # an enum name, not a path
     assert load_config(None, ["output=s3://bucket/run"]).output == "s3://bucket/run"
+
+
+def test_local_ray_keeps_a_cpu_for_decoding():
+    """2 one-CPU actors on a 2-CPU local Ray used to hang make-cams (bench/scaling.py found it)."""
+    from ray_wsis.pipeline.context import check_cpu_room
+
+    config = load_config(None, ["ray.inference_actors=2", "ray.cpus_per_actor=1"])
+    with pytest.raises(ConfigError, match="ray.inference_actors x ray.cpus_per_actor = 2 would hold all 2 CPUs"):
+        check_cpu_room(config, 2)
+    check_cpu_room(config, 3)

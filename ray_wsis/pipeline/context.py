@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import ray
 
 from ray_wsis import __version__
-from ray_wsis.config import Config
+from ray_wsis.config import Config, ConfigError
 from ray_wsis.data.records import DatasetSource, ImageRecord
 from ray_wsis.data.sources import build_source
 from ray_wsis.pipeline.layout import Layout
@@ -163,12 +163,24 @@ def init_ray(config: Config) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True)
+        cpus = config.ray.num_cpus or os.cpu_count() or 1
+        check_cpu_room(config, cpus)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars
     context.enable_operator_progress_bars = config.ray.progress_bars
     context.print_on_execution_start = False
+
+
+def check_cpu_room(config: Config, cpus: float) -> None:
+    """Found by bench/scaling.py: when the actor pool holds every logical CPU, Ray Data cannot
+    schedule the decode tasks that feed it and the stage hangs without an error."""
+    r = config.ray
+    held = r.inference_actors * r.cpus_per_actor
+    if held >= cpus:
+        raise ConfigError(f"ray.inference_actors x ray.cpus_per_actor = {held:g} would hold all {cpus:g} CPUs of "
+                          f"the local Ray and leave none for decoding (the stage would hang): raise ray.num_cpus "
+                          f"(logical CPUs may exceed cores) or lower them")
 
 
 def check_output(config: Config) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator
 from ray_wsis.eval.semantic import SemanticEvaluator
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.inference import _read_stage
+from ray_wsis.pipeline.inference import read_stage
 from ray_wsis.pipeline.layout import STAGES
 from ray_wsis.pipeline.udfs import CAM_SWEEP, eval_cams, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.storage import Location, write_bytes_atomic
@@ -36,7 +36,7 @@ def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEv
 
 
 def _stage_rows(ctx: StageContext, location: Location, ids: list[str], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    ds = _read_stage(location, ids)
+    ds = read_stage(location, ids, 16)
     if ds is None:
         return []
     return _collect(ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1))
@@ -72,8 +72,8 @@ def evaluate(ctx: StageContext) -> Optional[dict[str, Any]]:
     metrics: dict[str, Any] = {
         "cam_miou": cam_result["miou"],
         "cam_miou_by_threshold": sweep,
-        "ir_label_precision": 100.0 * ir[0] / ir[1] if ir[1] else None,
-        "ir_label_coverage": 100.0 * ir[1] / ir[2] if ir[2] else None,
+        "ir_label_precision": float(100.0 * ir[0] / ir[1]) if ir[1] else None,
+        "ir_label_coverage": float(100.0 * ir[1] / ir[2]) if ir[2] else None,
         "sem_miou": sem_result["miou"],
         "ins_map25": ins_result["map25"], "ins_map50": ins_result["map50"],
         "ins_map70": ins_result["map70"], "ins_map75": ins_result["map75"],

@@ -115,12 +115,18 @@ def make_cams(ctx: StageContext) -> dict[str, Any]:
     return _run_stage(ctx, "make-cams", ctx.layout.cams, records, build, CAMS, ctx.parquet_metadata("cam"))
 
 
-def _read_stage(location: Location, ids: list[str]) -> Optional["ray.data.Dataset"]:
+def read_stage(location: Location, ids: list[str], rows_per_block: int) -> Optional["ray.data.Dataset"]:
+    """The previous stage's rows for `ids`, in blocks of `rows_per_block` rows.
+
+    A shard file is one block when read; without the split, a 1000-row shard fed a single actor
+    while the others idled (bench/scaling.py: 2 actors ran at 0.91x of 1 before this split).
+    """
     paths = shard_paths(location)
     if not paths:
         return None
     ds = ray.data.read_parquet(paths, filesystem=location.fs)
-    return ds.map_batches(keep_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow")
+    ds = ds.map_batches(keep_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow")
+    return ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
 
 
 def _from_previous(ctx: StageContext, stage: str, previous: Location, records: SplitRecords) -> SplitRecords:
@@ -137,7 +143,7 @@ def make_ir_labels(ctx: StageContext) -> dict[str, Any]:
     records = _from_previous(ctx, "make-ir-labels", ctx.layout.cams, ctx.split(ctx.config.dataset.train_split))
 
     def build(pending: list[str]) -> Optional["ray.data.Dataset"]:
-        ds = _read_stage(ctx.layout.cams, pending)
+        ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
         if ds is None:
             return None
         return _decode(ctx, ds).map_batches(ir_label_batch, fn_kwargs={"config": ctx.config.to_dict()},
@@ -153,7 +159,7 @@ def make_pseudo_labels(ctx: StageContext) -> dict[str, Any]:
     records = _from_previous(ctx, "make-pseudo-labels", ctx.layout.cams, ctx.split(ctx.config.dataset.infer_split))
 
     def build(pending: list[str]) -> Optional["ray.data.Dataset"]:
-        ds = _read_stage(ctx.layout.cams, pending)
+        ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
         return None if ds is None else _actor_stage(ctx, _decode(ctx, ds), PseudoLabelActor)
 
     model = "irnet" if ctx.config.method == "irnet" else "affinitynet"
