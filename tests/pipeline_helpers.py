@@ -15,7 +15,8 @@ TINY_SETTINGS = [
     "cam.frozen_stages=[]", "cam.scales=[1.0, 0.5]", "cam.momentum=0.9",
     "irn.crop_size=96", "irn.batch_size=4", "irn.epochs=1", "irn.backbone_init=classifier",
     "irn.train_backbone=true", "walk.centroid_iterations=30", "walk.exp_times=5",
-    "ray.num_cpus=2", "ray.inference_actors=1", "ray.rows_per_file=4", "ray.progress_bars=false",
+    "ray.num_cpus=2", "ray.inference_actors=1", "ray.cpus_per_worker=1", "ray.rows_per_file=4",
+    "ray.progress_bars=false",
     "ray.inference_batch_size=2",
 ]
 

@@ -259,3 +259,12 @@ def test_local_ray_keeps_a_cpu_for_decoding():
     with pytest.raises(ConfigError, match="ray.inference_actors x ray.cpus_per_actor = 2 would hold all 2 CPUs"):
         check_cpu_room(config, 2)
     check_cpu_room(config, 3)
+
+
+def test_local_ray_keeps_a_cpu_for_training_ingest():
+    from ray_wsis.pipeline.context import check_cpu_room
+
+    config = load_config(None, ["ray.num_workers=1", "ray.cpus_per_worker=2", "ray.inference_actors=1"])
+    with pytest.raises(ConfigError, match="ray.num_workers x ray.cpus_per_worker = 2 would hold all 2 CPUs"):
+        check_cpu_room(config, 2)
+    check_cpu_room(config, 3)
