@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/train_step.py
 	$(PY) bench/stages.py
 	$(PY) bench/scaling.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_data

@@ -173,12 +173,14 @@ def init_ray(config: Config) -> None:
 
 
 def check_cpu_room(config: Config, cpus: float) -> None:
-    """Found by bench/scaling.py: when the actor pool holds every logical CPU, Ray Data cannot
-    schedule the decode tasks that feed it and the stage hangs without an error."""
+    """Refuse a local Ray where the actor pool or the training workers hold every logical CPU.
+
+    Then Ray Data cannot schedule the decode tasks that feed them and the stage hangs without an
+    error (found by bench/scaling.py for actors and by the job-submit test for a trainer)."""
     r = config.ray
     for keys, held in ((("ray.inference_actors", "ray.cpus_per_actor"), r.inference_actors * r.cpus_per_actor),
                        (("ray.num_workers", "ray.cpus_per_worker"), r.num_workers * r.cpus_per_worker)):
-        if held >= cpus:  # the training workers starve their Ray Data ingest the same way
+        if held >= cpus:
             raise ConfigError(f"{keys[0]} x {keys[1]} = {held:g} would hold all {cpus:g} CPUs of the local Ray "
                               f"and leave none for decoding (the stage would hang): raise ray.num_cpus "
                               f"(logical CPUs may exceed cores) or lower them")

@@ -15,7 +15,7 @@ import numpy as np
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator
 from ray_wsis.eval.semantic import SemanticEvaluator
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.inference import read_stage
+from ray_wsis.pipeline.inference import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.layout import STAGES
 from ray_wsis.pipeline.udfs import CAM_SWEEP, eval_cams, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.storage import Location, write_bytes_atomic
@@ -36,7 +36,7 @@ def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEv
 
 
 def _stage_rows(ctx: StageContext, location: Location, ids: list[str], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    ds = read_stage(location, ids, 16)
+    ds = read_stage(location, ids, READ_BLOCK_ROWS)
     if ds is None:
         return []
     return _collect(ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1))

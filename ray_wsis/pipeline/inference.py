@@ -115,6 +115,10 @@ def make_cams(ctx: StageContext) -> dict[str, Any]:
     return _run_stage(ctx, "make-cams", ctx.layout.cams, records, build, CAMS, ctx.parquet_metadata("cam"))
 
 
+READ_BLOCK_ROWS = 16
+"""Block size for reads that feed CPU tasks (training batches, evaluation), not an actor pool."""
+
+
 def read_stage(location: Location, ids: list[str], rows_per_block: int) -> Optional["ray.data.Dataset"]:
     """The previous stage's rows for `ids`, in blocks of `rows_per_block` rows.
 

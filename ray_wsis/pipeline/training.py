@@ -27,7 +27,7 @@ from ray_wsis.config import Config, config_from_dict
 from ray_wsis.models.checkpoints import checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
-from ray_wsis.pipeline.inference import read_stage
+from ray_wsis.pipeline.inference import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import exists, is_remote, read_bytes, write_bytes_atomic
 from ray_wsis.train.batches import ClassifierBatches, RelationBatches, TopLeftBatches, records_to_rows
@@ -77,7 +77,7 @@ def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> t
 
 
 def report_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
-            metrics: dict[str, float]) -> None:
+                 metrics: dict[str, float]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
@@ -207,7 +207,7 @@ def train_irn(ctx: StageContext) -> dict[str, Any]:
     if not ids:
         raise ValueError("no relation labels to train on: run make-ir-labels first")
     config = ctx.config.to_dict()
-    ds = read_stage(ctx.layout.ir_labels, ids, 16)
+    ds = read_stage(ctx.layout.ir_labels, ids, READ_BLOCK_ROWS)
     ds = ds.random_shuffle().map_batches(  # unseeded: a new order every epoch, as in train-cam
         relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
     datasets = {"train": ds}
