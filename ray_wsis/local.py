@@ -20,7 +20,7 @@ from ray_wsis.eval.instance import InstanceEvaluator
 from ray_wsis.eval.semantic import SemanticEvaluator, cam_to_label, precision_of_ir_labels
 from ray_wsis.infer.predictors import AffinityPredictor, CamPredictor, IRNetPredictor, PseudoLabel
 from ray_wsis.masks import encode_label_png
-from ray_wsis.method.cam import upsample_cams
+from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.method.ir_labels import relation_labels
 from ray_wsis.train.batches import (ClassifierBatches, RelationBatches, TopLeftBatches, records_to_rows,
                                     rows_to_batch)
@@ -66,7 +66,7 @@ def make_ir_labels(config: Config, records: Sequence[ImageRecord], images: dict[
     out = {}
     for r in records:
         image = images[r.image_id]
-        full = upsample_cams(torch.from_numpy(cams[r.image_id].astype(np.float32)), *image.shape[:2]).numpy()
+        full = upsample_cams(cams[r.image_id], *image.shape[:2])
         out[r.image_id] = relation_labels(image, full, r.class_ids, config.ir_label)
     return out
 
@@ -116,7 +116,7 @@ def evaluate(config: Config, source: DatasetSource, records: Iterable[ImageRecor
         if gt is None or gt.semantic is None:
             continue
         h, w = gt.semantic.shape
-        full = upsample_cams(torch.from_numpy(cams[r.image_id].astype(np.float32)), h, w).numpy()
+        full = upsample_cams(cams[r.image_id], h, w)
         cam_eval.add(cam_to_label(full, r.class_ids, config.cam.eval_threshold), gt.semantic)
         if ir_labels is not None:
             stats = precision_of_ir_labels(ir_labels[r.image_id], gt.semantic)

@@ -13,8 +13,8 @@ from ray_wsis.method.cam import (
     multiscale_cams,
     strided_size,
     to_tensor,
-    upsample_cams,
 )
+from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.models.backbone import Backbone
 from ray_wsis.models.cam_net import CAMNet
 
@@ -114,15 +114,25 @@ def test_image_shape_error(model):
 
 
 def test_upsample_cams():
-    cams = torch.rand(2, 10, 13)
+    cams = np.random.default_rng(0).random((2, 10, 13), dtype=np.float32)
     up = upsample_cams(cams, 37, 50)
-    assert up.shape == (2, 37, 50)
-    torch.testing.assert_close(upsample_cams(torch.full((1, 10, 13), 0.3), 37, 50), torch.full((1, 37, 50), 0.3))
+    assert up.shape == (2, 37, 50) and up.dtype == np.float32
+    np.testing.assert_allclose(upsample_cams(np.full((1, 10, 13), 0.3), 37, 50), np.full((1, 37, 50), 0.3), rtol=1e-6)
     # bilinear x4 (align_corners=False): full-res pixels 0 and 1 sample cell 0 exactly
-    torch.testing.assert_close(up[:, :2, :2], cams[:, :1, :1].expand(2, 2, 2))
-    torch.testing.assert_close(up[:, 2, 2], 0.875 ** 2 * cams[:, 0, 0] + 0.875 * 0.125 * (cams[:, 0, 1] + cams[:, 1, 0])
-                               + 0.125 ** 2 * cams[:, 1, 1])
-    assert upsample_cams(torch.zeros(0, 10, 13), 37, 50).shape == (0, 37, 50)
+    np.testing.assert_allclose(up[:, :2, :2], np.broadcast_to(cams[:, :1, :1], (2, 2, 2)), rtol=1e-6)
+    np.testing.assert_allclose(up[:, 2, 2], 0.875 ** 2 * cams[:, 0, 0] + 0.875 * 0.125 * (cams[:, 0, 1] + cams[:, 1, 0])
+                               + 0.125 ** 2 * cams[:, 1, 1], rtol=1e-6)
+    assert upsample_cams(np.zeros((0, 10, 13)), 37, 50).shape == (0, 37, 50)
+    with pytest.raises(ValueError, match="crop"):
+        upsample_cams(cams, 41, 50)
+
+
+@pytest.mark.parametrize("shape, size", [((10, 13), (37, 50)), ((1, 1), (4, 4)), ((24, 32), (94, 125)), ((2, 2), (5, 3))])
+def test_upsample_cams_matches_torch_bilinear(shape, size):
+    """The numpy upsample (torch-free CPU tasks) equals F.interpolate(scale 4, align_corners=False)."""
+    cams = torch.rand(3, *shape)
+    ref = F.interpolate(cams[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :size[0], :size[1]]
+    np.testing.assert_allclose(upsample_cams(cams.numpy(), *size), ref.numpy(), rtol=0, atol=1e-6)
 
 
 def test_to_tensor_normalises():

@@ -80,7 +80,7 @@ def test_yaml_then_overrides(tmp_path):
 def test_packaged_demo_config_loads():
     path = Path(ray_wsis.__file__).parent / "configs" / "demo.yaml"
     config = load_config(str(path))
-    assert config.model.backbone == "resnet18" and config.cam.crop_size == 128
+    assert config.model.backbone == "resnet18" and config.cam.crop_size == 96 and config.cam.optimizer == "adamw"
     assert config.cam.frozen_stages == () and config.irn.train_backbone is True
 
 
@@ -268,3 +268,16 @@ def test_local_ray_keeps_a_cpu_for_training_ingest():
     with pytest.raises(ConfigError, match="ray.num_workers x ray.cpus_per_worker = 2 would hold all 2 CPUs"):
         check_cpu_room(config, 2)
     check_cpu_room(config, 3)
+
+
+def test_optimizer_choice_builds_that_optimizer():
+    import torch
+
+    from ray_wsis.train.optim import poly_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(poly_optimizer("sgd", [(params, 0.1)], 1e-4, 0.9), torch.optim.SGD)
+    adamw = poly_optimizer("adamw", [(params, 1e-3)], 1e-4, 0.9)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["initial_lr"] == 1e-3
+    with pytest.raises(ValueError, match="optimizer"):
+        poly_optimizer("adam", [(params, 1e-3)], 1e-4, 0.9)

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import pyarrow.parquet as pq
 import pytest
 
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
+from tests.s3_server import moto_endpoint, s3_env  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE_JOBS = {"train_cam": "train-cam", "make_cams": "make-cams", "make_ir_labels": "make-ir-labels",
@@ -194,23 +194,45 @@ def local_head(num_cpus: int = 2) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="stops the head by pid via /proc (Linux)")
-def test_submit_tiny_pipeline_as_ray_job(tmp_path: Path) -> None:
-    data = make_tiny_voc(tmp_path / "voc")
-    out = tmp_path / "out"
-    overrides = [f"dataset.root={data}", f"output={out}", "run_name=tiny-job", *TINY_SETTINGS]
+def test_submit_pipeline_job_reading_and_writing_s3(tmp_path: Path, s3_env: str) -> None:
+    """The whole pipeline as a Ray job, dataset and output on an S3 server (moto) started here.
+
+    Credentials reach the job's driver and workers only through the job's runtime env, as on a
+    cluster. One run covers `ray job submit` and the S3 path of every stage (images decoded from
+    S3, Ray Train checkpoints on S3, atomic shard writes, model files read back by actors).
+    """
+    from ray_wsis.labels import iter_pseudo_labels
+    from ray_wsis.pipeline.context import check_output
+    from tests.pipeline_helpers import tiny_config
+    from tests.s3_server import CREDENTIALS, s3_client, upload_tree
+
+    endpoint = s3_env
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket="data")
+    client.create_bucket(Bucket="labels")
+    upload_tree(make_tiny_voc(tmp_path / "voc"), "data", "voc", endpoint)
+    overrides = ["dataset.root=s3://data/voc", "output=s3://labels/job1", f"storage.endpoint_url={endpoint}",
+                 "run_name=tiny-job", *TINY_SETTINGS]
+    config = tiny_config("s3://data/voc", "s3://labels/job1", f"storage.endpoint_url={endpoint}")
+    check_output(config)
     entrypoint = ["python", "jobs/run_pipeline.py", "--config", "configs/demo.yaml",
                   *[arg for item in overrides for arg in ("--set", item)]]
     with local_head() as head:
+        env = {k: v for k, v in head["env"].items() if k not in CREDENTIALS}  # not inherited by the job
+        runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", **CREDENTIALS}}
         submit = [_ray_cli(), "job", "submit", "--address", head["address"], "--working-dir", ".",
                   "--submission-id", f"ray-wsis-test-{uuid.uuid4().hex[:8]}",
-                  "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--", *entrypoint]
-        done = subprocess.run(submit, cwd=ROOT, env=head["env"], capture_output=True, text=True,
-                              timeout=SUBMIT_TIMEOUT_S)
+                  "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+        done = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S)
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in log, log[-6000:]
     assert "pseudo-labels:" in log and "make-pseudo-labels" in log  # the summary table was printed
-    folder = out / "pseudo_labels"
-    shards = sorted(folder.glob("part-*.parquet"))
-    assert shards, f"no shards in {folder}"
-    ids = [i for shard in shards for i in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist()]
-    assert len(set(ids)) == 8 and len(ids) == 8
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="labels", Prefix="job1/")["Contents"]]
+    assert any(k.startswith("job1/pseudo_labels/part-") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("job1/checkpoints/tiny-job-cam/epoch_000/") for k in keys)
+    assert "job1/models/irnet.pt" in keys and "job1/metrics.json" in keys
+    metrics = json.loads(client.get_object(Bucket="labels", Key="job1/metrics.json")["Body"].read())
+    assert metrics["images"]["semantic"] == 8
+    rows = list(iter_pseudo_labels("s3://labels/job1", config.storage))
+    ids = [r["image_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 8

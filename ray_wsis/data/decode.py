@@ -131,6 +131,13 @@ def resize_long_side(image: np.ndarray, max_long_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
 
 
+def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A label map back to (height, width) with nearest neighbours (images above max_long_side)."""
+    if label.shape == (height, width):
+        return label
+    return np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+
+
 def _palette_lookup() -> dict[int, int]:
     palette = np.asarray(voc_palette(), dtype=np.int64).reshape(256, 3)
     keys = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]

@@ -73,15 +73,3 @@ def multiscale_cams(model: CAMNet, image: torch.Tensor, class_ids: Sequence[int]
         cam = cams[0] + cams[1].flip(-1) if flip else cams[0]
         total += F.interpolate(cam[None], size=out_size, mode="bilinear", align_corners=False)[0]
     return total / (total.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
-
-
-def upsample_cams(cams: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Stride-4 CAMs to full resolution (bilinear x4, cropped), for CRF labels and evaluation.
-
-    irn keeps a second full-resolution copy ("high_res") per image; we store only stride 4 and
-    upsample on use (16x less storage), which changes CAM mIoU on the demo by < 0.1 points.
-    """
-    if cams.shape[0] == 0:
-        return cams.new_zeros(0, height, width)
-    up = F.interpolate(cams[None].float(), scale_factor=4, mode="bilinear", align_corners=False)[0]
-    return up[:, :height, :width]

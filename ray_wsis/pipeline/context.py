@@ -165,11 +165,26 @@ def init_ray(config: Config) -> None:
     else:
         cpus = config.ray.num_cpus or os.cpu_count() or 1
         check_cpu_room(config, cpus)
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        # No dashboard on a local run (4 s less start-up on 2 cores); the hook quiets the one
+        # warning that Ray Train then repeats every second (its state API lives in the dashboard).
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"worker_process_setup_hook": "ray_wsis.pipeline.context.quiet_local_workers"})
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars
     context.enable_operator_progress_bars = config.ray.progress_bars
     context.print_on_execution_start = False
+
+
+def quiet_local_workers() -> None:
+    """Worker setup hook of a local Ray started without its dashboard.
+
+    Ray Train's placement-group cleaner polls the state API, which lives in the dashboard, and
+    logs "Failed to query Ray Train Controller actor state" each second of a training run. A
+    local Ray ends with its driver, placement groups included, so nothing is left to clean.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def check_cpu_room(config: Config, cpus: float) -> None:

@@ -18,7 +18,9 @@ import ray
 from ray_wsis.pipeline.context import SplitRecords, StageContext
 from ray_wsis.pipeline.schema import CAMS, ERRORS, IR_LABELS, PSEUDO_LABELS
 from ray_wsis.pipeline.sink import ShardSink, committed_ids, read_table, shard_paths, write_split
-from ray_wsis.pipeline.udfs import CamActor, PseudoLabelActor, decode_images, ir_label_batch
+from ray_wsis.pipeline.crf_task import ir_label_batch
+from ray_wsis.pipeline.decode_task import decode_images
+from ray_wsis.pipeline.udfs import CamActor, PseudoLabelActor
 from ray_wsis.storage import Location, delete_tree
 
 

@@ -52,6 +52,12 @@ def error_text(kind: str, reason: str) -> str:
     return f"{kind}: {reason}"
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for the errors table: the exception type and the first line of its message."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
 def split_error(text: str) -> tuple[str, str]:
     kind, _, reason = text.partition(": ")
     return (kind, reason) if kind in ERROR_KINDS else ("failed", text)

@@ -2,6 +2,7 @@
 
 They run as CPU `map_batches` tasks in Ray Data and are called directly by plain loops.
 Images that fail to decode are dropped from training batches (make-cams records them).
+This module must stay free of torch and ray.train: each Ray Data worker imports it once.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from ray_wsis.config import Config
+from ray_wsis.config import Config, config_from_dict
 from ray_wsis.data.decode import ImageDecodeError, resize_long_side
 from ray_wsis.data.records import ImageRecord
 from ray_wsis.data.sources import load_image
@@ -91,3 +93,22 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A list of row dicts -> a columnar batch as Ray Data hands it to map_batches."""
     keys = rows[0].keys() if rows else ()
     return {k: [row[k] for row in rows] for k in keys}
+
+
+# Ray Data entry points (batch_format="pyarrow"): the config travels as a plain dict.
+
+
+def classifier_batch(batch: pa.Table, config: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
+    return ClassifierBatches(config_from_dict(config), num_classes)(batch.to_pydict())
+
+
+def relation_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    cfg = config_from_dict(config)
+    if cfg.method == "irnet":
+        return RelationBatches(cfg, cfg.irn.crop_size, cfg.irn.rescale, 4)(batch.to_pydict())
+    return RelationBatches(cfg, cfg.affinity.crop_size, (0.9, 1.1), 8)(batch.to_pydict())
+
+
+def top_left_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
+    cfg = config_from_dict(config)
+    return TopLeftBatches(cfg, cfg.irn.crop_size)(batch.to_pydict())

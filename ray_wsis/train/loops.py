@@ -20,7 +20,7 @@ from ray_wsis.config import Config
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.relations import irn_loss, psa_loss
 from ray_wsis.models.checkpoints import build_model
-from ray_wsis.train.optim import poly_sgd, set_poly_lr
+from ray_wsis.train.optim import poly_optimizer, set_poly_lr
 
 Batch = dict[str, torch.Tensor]
 
@@ -30,8 +30,8 @@ def build_classifier(config: Config, num_classes: int) -> tuple[nn.Module, torch
     model = build_model("cam", config.model.backbone, num_classes, weights=config.model.weights,
                         batch_norm=config.model.batch_norm, frozen_stages=c.frozen_stages)
     backbone, head = model.parameter_groups()
-    optimizer = poly_sgd([(backbone, c.learning_rate), (head, c.head_lr_scale * c.learning_rate)], c.weight_decay,
-                         c.momentum)
+    optimizer = poly_optimizer(c.optimizer, [(backbone, c.learning_rate), (head, c.head_lr_scale * c.learning_rate)],
+                               c.weight_decay, c.momentum)
     return model, optimizer
 
 
@@ -59,14 +59,15 @@ def build_relation_net(config: Config, num_classes: int,
         groups = [(edge, c.learning_rate), (dp, c.dp_lr_scale * c.learning_rate)]
         if c.train_backbone:
             groups.append((backbone, c.backbone_lr_scale * c.learning_rate))
-        return model, poly_sgd(groups, c.weight_decay, c.momentum)
+        return model, poly_optimizer(c.optimizer, groups, c.weight_decay, c.momentum)
     a = config.affinity
     model = build_model("affinitynet", config.model.backbone, num_classes, weights=config.model.weights,
                         batch_norm=config.model.batch_norm, frozen_stages=("conv1", "layer1"))
     if classifier_state is not None:  # psa starts AffinityNet from the trained classifier
         model.backbone.load_state_dict(backbone_state(classifier_state))
     backbone, head = model.parameter_groups()
-    return model, poly_sgd([(backbone, a.learning_rate), (head, 10 * a.learning_rate)], a.weight_decay, a.momentum)
+    return model, poly_optimizer("sgd", [(backbone, a.learning_rate), (head, 10 * a.learning_rate)], a.weight_decay,
+                                 a.momentum)
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -115,8 +116,14 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
     """One pass over `batches`; returns the new global step and the epoch's mean losses."""
     model.train()
     sums: dict[str, float] = {}
-    count, samples, start = 0, 0, time.perf_counter()
-    for batch in batches:
+    count, samples, start, waited = 0, 0, time.perf_counter(), 0.0
+    iterator = iter(batches)
+    while True:
+        fetch = time.perf_counter()
+        batch = next(iterator, None)
+        waited += time.perf_counter() - fetch  # time the step waited for its input (data-bound if large)
+        if batch is None:
+            break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if batch["image"].shape[0] == 0:
             continue
@@ -131,7 +138,7 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
     metrics = {k: v / max(count, 1) for k, v in sums.items()}
-    metrics.update(steps=count, samples=samples, seconds=time.perf_counter() - start)
+    metrics.update(steps=count, samples=samples, seconds=time.perf_counter() - start, data_wait_seconds=waited)
     return global_step, metrics
 
 

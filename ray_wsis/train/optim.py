@@ -1,8 +1,8 @@
-"""SGD with irn's poly learning-rate decay, lr = lr0 * (1 - step / max_step) ** 0.9 per group."""
+"""SGD (or AdamW) with irn's poly learning-rate decay, lr = lr0 * (1 - step / max_step) ** 0.9 per group."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -19,6 +19,24 @@ def poly_sgd(groups: Sequence[tuple[list[torch.nn.Parameter], float]], weight_de
     if not param_groups:
         raise ValueError("no trainable parameters")
     return torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
+
+
+def poly_optimizer(kind: Literal["sgd", "adamw"], groups: Sequence[tuple[list[torch.nn.Parameter], float]],
+                   weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """irn's SGD, or AdamW with the same groups and poly decay.
+
+    AdamW is a from-scratch finding (README, "From scratch"): the same 15-epoch classifier gave
+    relation labels 97.8% precise with AdamW (lr 1e-3) against 72.9% with irn's SGD.
+    """
+    if kind == "sgd":
+        return poly_sgd(groups, weight_decay, momentum)
+    if kind != "adamw":
+        raise ValueError(f"optimizer must be sgd or adamw, got {kind!r}")
+    param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
+                    for params, lr in groups if params]
+    if not param_groups:
+        raise ValueError("no trainable parameters")
+    return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"], weight_decay=weight_decay)
 
 
 def set_poly_lr(optimizer: torch.optim.Optimizer, step: int, max_step: int, power: float = 0.9) -> float:

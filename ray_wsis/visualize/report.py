@@ -177,13 +177,11 @@ def ground_truth(source: DatasetSource, image_id: str) -> Optional[np.ndarray]:
 
 def upsample_stride4(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, ceil(H/4), ceil(W/4)) -> (C, H, W), the pipeline's own bilinear x4 and crop."""
-    import torch
-
-    from ray_wsis.method.cam import upsample_cams
+    from ray_wsis.method.upsample import upsample_cams
 
     if maps.shape[1:] != (math.ceil(height / 4), math.ceil(width / 4)):
         height, width = maps.shape[1] * 4, maps.shape[2] * 4  # another max_long_side: keep it whole
-    return upsample_cams(torch.from_numpy(np.ascontiguousarray(maps, np.float32)), height, width).numpy()
+    return upsample_cams(maps, height, width)
 
 
 def boundary_displacement(predictor: Any, image: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
