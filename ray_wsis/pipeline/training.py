@@ -96,8 +96,9 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
         step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device)
         if ray.train.get_context().get_world_rank() == 0:
             # sys.stdout, not print: Ray Train's print patch would forward each line twice
-            sys.stdout.write(f"[train-{kind}] epoch {epoch + 1}/{epochs}: loss {metrics.get('loss', float('nan')):.4f}, "
-                             f"{metrics['seconds']:.1f} s ({metrics['data_wait_seconds']:.1f} s waiting for data)\n")
+            loss = metrics.get("loss", float("nan"))
+            sys.stdout.write(f"[train-{kind}] epoch {epoch + 1}/{epochs}: loss {loss:.4f}, {metrics['seconds']:.1f} s "
+                             f"({metrics['data_wait_seconds']:.1f} s waiting for data)\n")
             sys.stdout.flush()
         if kind == "irnet" and epoch == epochs - 1:
             _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)

@@ -25,6 +25,7 @@ from ray_wsis.pipeline.schema import (CAMS, ERROR_COLUMN, PSEUDO_LABELS, cam_arr
                                       error_text, pseudo_label_row, rows_to_table)
 from ray_wsis.storage import read_bytes, resolve
 
+
 def _rows(batch: pa.Table) -> list[dict[str, Any]]:
     return batch.to_pylist()
 
