@@ -13,7 +13,7 @@ from ray_wsis.config import config_from_dict
 from ray_wsis.masks import encode_label_png
 from ray_wsis.method.ir_labels import relation_labels
 from ray_wsis.method.upsample import upsample_cams
-from ray_wsis.pipeline.decode_task import pixels
+from ray_wsis.pipeline.decode_task import decode_images, pixels
 from ray_wsis.pipeline.schema import (ERROR_COLUMN, IR_LABELS, cam_array, describe_error, error_row, error_text,
                                       rows_to_table)
 
@@ -35,3 +35,8 @@ def ir_label_batch(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
         except Exception as exc:  # recorded per image
             rows.append(error_row(IR_LABELS, row["image_id"], error_text("failed", describe_error(exc)), **base))
     return rows_to_table(rows, IR_LABELS)
+
+
+def decode_and_label(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
+    """CPU task of make-ir-labels: decode the images of CAM rows, then ir_label_batch."""
+    return ir_label_batch(decode_images(batch, config), config)
