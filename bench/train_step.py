@@ -5,8 +5,10 @@
 Both sides train the same models with the same step functions (ray_wsis.train.loops) on the
 same pre-augmented tensors: Ray Train + Ray Data ingest (iter_torch_batches) against a plain
 Python loop over in-memory tensors. Steady state only: the first epoch (warm-up, worker
-start) is excluded. Prints one JSON object with samples/s and train_overhead_ratio
-(plain samples/s / Ray samples/s; 1.0 = no overhead).
+start) is excluded, and each side's rate is the median over the other epochs (on the shared
+2-core box single epochs of one side varied by +-10% and one took 10x as long: a mean of
+three epochs could not resolve a 5% target). Prints one JSON object with samples/s and
+train_overhead_ratio (plain samples/s / Ray samples/s; 1.0 = no overhead).
 """
 
 from __future__ import annotations
@@ -43,19 +45,20 @@ def config_for(kind: str, backbone: str, crop: int, batch: int) -> Any:
                               "irn.train_backbone=true", "model.amp=true"])
 
 
-def timed_epochs(model, optimizer, step_fn, epochs_of_batches, device) -> tuple[float, int, float]:
-    """Seconds, samples and seconds spent waiting for input, over every epoch after the first."""
+def timed_epochs(model, optimizer, step_fn, epochs_of_batches, device) -> tuple[float, float]:
+    """Median samples/s and mean seconds waiting for input, over every epoch after the first."""
+    from statistics import median
+
     from ray_wsis.train.loops import run_epoch
 
-    seconds, samples, waited, step = 0.0, 0, 0.0, 0
+    rates, waits, step = [], [], 0
     for epoch, batches in enumerate(epochs_of_batches):
         start = time.perf_counter()
         step, metrics = run_epoch(model, optimizer, step_fn, batches, step, 10_000, device)
         if epoch:
-            seconds += time.perf_counter() - start
-            samples += int(metrics["samples"])
-            waited += metrics["data_wait_seconds"]
-    return seconds, samples, waited
+            rates.append(int(metrics["samples"]) / (time.perf_counter() - start))
+            waits.append(metrics["data_wait_seconds"])
+    return median(rates), sum(waits) / len(waits)
 
 
 def build(kind: str, config: Any):
@@ -81,8 +84,7 @@ def plain(kind: str, args: argparse.Namespace) -> tuple[float, float]:
         for i in range(0, len(tensors["image"]), args.batch):
             yield {k: v[i:i + args.batch] for k, v in tensors.items()}
 
-    seconds, samples, waited = timed_epochs(model, optimizer, step_fn, (epoch() for _ in range(args.epochs)), device)
-    return samples / seconds, waited / (args.epochs - 1)
+    return timed_epochs(model, optimizer, step_fn, (epoch() for _ in range(args.epochs)), device)
 
 
 def with_ray(kind: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -106,11 +108,11 @@ def with_ray(kind: str, args: argparse.Namespace) -> tuple[float, float]:
         device = ray.train.torch.get_device()
         shard = ray.train.get_dataset_shard("train")
         epochs = (shard.iter_torch_batches(batch_size=args.batch, drop_last=True) for _ in range(args.epochs))
-        seconds, samples, waited = timed_epochs(model, optimizer, step_fn, epochs, device)
+        rate, wait = timed_epochs(model, optimizer, step_fn, epochs, device)
         # Train V2 keeps Result.metrics only alongside a checkpoint: the number goes through a file
         # (one node: the worker and this driver share the disk).
         with open(result_file, "w") as f:
-            json.dump({"samples_per_second": samples / seconds, "wait": waited / (args.epochs - 1)}, f)
+            json.dump({"samples_per_second": rate, "wait": wait}, f)
 
     use_gpu = bool(args.gpu)
     name = f"bench-{kind}-{time.time_ns()}"
@@ -133,7 +135,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=12, help="steps per epoch")
-    parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up")
+    parser.add_argument("--epochs", type=int, default=6, help="the first is warm-up")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--storage", default="/tmp/ray_wsis_bench")
@@ -143,7 +145,8 @@ def main() -> None:
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     report: dict[str, Any] = {"machine": machine(), "backbone": args.backbone, "crop": args.crop,
-                              "batch": args.batch, "threads": args.threads}
+                              "batch": args.batch, "threads": args.threads, "epochs": args.epochs,
+                              "rate": "median over epochs 2.."}
     ratios = []
     for kind in ("cam", "irnet"):
         base, base_wait = plain(kind, args)
