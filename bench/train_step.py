@@ -7,7 +7,7 @@ same pre-augmented tensors: Ray Train + Ray Data ingest (iter_torch_batches) aga
 Python loop over in-memory tensors. Steady state only: the first epoch (warm-up, worker
 start) is excluded, and each side's rate is the median over the other epochs (on the shared
 2-core box single epochs of one side varied by +-10% and one took 10x as long: a mean of
-three epochs could not resolve a 5% target). Prints one JSON object with samples/s and
+the two epochs after warm-up (the old default of 3) could not resolve a 5% target). Prints one JSON object with samples/s and
 train_overhead_ratio (plain samples/s / Ray samples/s; 1.0 = no overhead).
 """
 
