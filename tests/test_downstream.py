@@ -17,7 +17,8 @@ import torch
 
 from ray_wsis.config import ConfigError, load_config
 from ray_wsis.data.sources import build_source
-from ray_wsis.downstream.data import detection_inputs, instance_batch, semantic_batch
+from ray_wsis.downstream.batches import instance_batch, semantic_batch
+from ray_wsis.downstream.data import detection_inputs
 from ray_wsis.downstream.demo import comparison_table, demo_config
 from ray_wsis.downstream.evaluate import coco_mask_ap
 from ray_wsis.downstream.models import ModelSpec, build, load_model, model_bytes

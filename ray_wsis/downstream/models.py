@@ -9,7 +9,6 @@ rebuilds its model without the config or the backbone weights it started from.
 from __future__ import annotations
 
 import io
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -25,15 +24,12 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ray_wsis.config import Config, ConfigError
+from ray_wsis.downstream.batches import detector_sizes
 from ray_wsis.models.backbone import load_backbone_weights
 from ray_wsis.models.checkpoints import CheckpointError
 
 FORMAT = "ray_wsis/downstream-1"
 KINDS = ("deeplab", "maskrcnn")
-DETECTOR_ASPECT = 1333 / 800
-"""torchvision's max_size / min_size ratio for detection inputs."""
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the architecture depends on; stored in the model file's header."""
@@ -49,11 +45,6 @@ class ModelSpec:
     def header(self) -> dict[str, Any]:
         return {"kind": self.kind, "arch": self.arch, "num_classes": self.num_classes,
                 "crop_size": self.crop_size, "frozen_bn": self.frozen_bn}
-
-
-def detector_sizes(crop_size: int) -> tuple[int, int]:
-    """Mask R-CNN transform (min_size, max_size): the short side is crop_size, as torchvision's 800/1333."""
-    return crop_size, int(math.ceil(crop_size * DETECTOR_ASPECT))
 
 
 def check_weights(weights: str) -> None:

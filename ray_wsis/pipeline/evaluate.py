@@ -15,7 +15,7 @@ import numpy as np
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator
 from ray_wsis.eval.semantic import SemanticEvaluator
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.inference import READ_BLOCK_ROWS, read_stage
+from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.layout import STAGES
 from ray_wsis.pipeline.eval_tasks import CAM_SWEEP, eval_cams, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.storage import Location, write_bytes_atomic

@@ -13,20 +13,16 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from ray_wsis.pipeline.context import SplitRecords, StageContext
 from ray_wsis.pipeline.schema import CAMS, ERRORS, IR_LABELS, PSEUDO_LABELS
-from ray_wsis.pipeline.sink import ShardSink, committed_ids, read_table, shard_paths, write_split
+from ray_wsis.pipeline.reads import read_stage
+from ray_wsis.pipeline.sink import ShardSink, committed_ids, read_table, write_split
 from ray_wsis.pipeline.crf_task import decode_and_label
 from ray_wsis.pipeline.decode_task import decode_images
 from ray_wsis.pipeline.udfs import CamActor, PseudoLabelActor
 from ray_wsis.storage import Location, delete_tree
-
-
-def keep_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch.column("image_id"), value_set=pa.array(ids, pa.string())))
 
 
 def _record_driver_errors(ctx: StageContext, stage: str, records: SplitRecords, output: Location) -> None:
@@ -136,24 +132,6 @@ def make_cams(ctx: StageContext) -> dict[str, Any]:
         return _actor_stage(ctx, _decode(ctx, ds), CamActor)
 
     return _run_stage(ctx, "make-cams", ctx.layout.cams, records, build, CAMS, ctx.parquet_metadata("cam"))
-
-
-READ_BLOCK_ROWS = 16
-"""Block size for reads that feed CPU tasks (training batches, evaluation), not an actor pool."""
-
-
-def read_stage(location: Location, ids: list[str], rows_per_block: int) -> Optional["ray.data.Dataset"]:
-    """The previous stage's rows for `ids`, in blocks of `rows_per_block` rows.
-
-    A shard file is one block when read; without the split, a 1000-row shard fed a single actor
-    while the others idled (bench/scaling.py: 2 actors ran at 0.91x of 1 before this split).
-    """
-    paths = shard_paths(location)
-    if not paths:
-        return None
-    ds = ray.data.read_parquet(paths, filesystem=location.fs)
-    ds = ds.map_batches(keep_ids, fn_kwargs={"ids": ids}, batch_format="pyarrow")
-    return ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
 
 
 def _from_previous(ctx: StageContext, stage: str, previous: Location, records: SplitRecords) -> SplitRecords:

@@ -26,7 +26,7 @@ from ray_wsis.config import Config, config_from_dict
 from ray_wsis.models.checkpoints import checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
-from ray_wsis.pipeline.inference import READ_BLOCK_ROWS, read_stage
+from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import exists, is_remote, read_bytes, write_bytes_atomic
 # The batch UDFs live in a module without torch or ray.train: every Ray Data worker that runs them
