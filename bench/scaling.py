@@ -5,11 +5,12 @@
 CAMs are made once (Ray make-cams); then the pseudo-label stage runs (--force) with 1 and with
 2 actors, `repeats` times in turn. speedup_2_actors is the ratio of the median wall times of the
 whole stage, start-up included. That start-up is fixed per stage and does not halve with two
-actors: each actor process boots Ray's worker and imports torch and torchvision (~9 s of CPU,
-/proc times of the actor before its first image), and on two cores the two actors pay it at
-once. So the ratio grows with the number of images: 1.63 at 16 images and 1.56-1.74 at 32 (one
-run each, this 2-core box, README "Performance"); a cluster run, with thousands of images per
-actor, sits at the per-image ratio.
+actors: each actor process boots Ray's worker and imports torch and torchvision (~9 s of CPU and
+~12 s of wall time before its first image, from a scratch run that logged the actors' times),
+and on two cores the two actors pay it at once. Past it, one actor took 2.65 s per image and
+each of two 2.9 s (the cores share memory bandwidth), a per-image ratio of 1.83 that a long
+run (thousands of images per actor, as on a cluster) tends to; 32 images are not long enough
+(README "Performance": 1.52-1.74 in four runs).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def main() -> None:
             start = time.perf_counter()
             make_pseudo_labels(StageContext(cfg, force=True, log=lambda _m: None))
             seconds[actors].append(round(time.perf_counter() - start, 2))
-    median = {a: statistics.median(s) for a, s in seconds.items()}
+    median = {a: round(statistics.median(s), 2) for a, s in seconds.items()}
     print(json.dumps({"machine": machine(), "images": args.images, "size": list(args.size),
                       "backbone": args.backbone, "threads_per_actor": 1,
                       "seconds_1_actor": median[1], "seconds_2_actors": median[2],
