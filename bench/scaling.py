@@ -1,16 +1,16 @@
 """make-pseudo-labels with 1 and 2 inference actors (1 thread each) on this machine.
 
-    python bench/scaling.py [--images 32] [--repeats 1] [--backbone resnet50] [--size 375 500]
+    python bench/scaling.py [--images 64] [--repeats 1] [--backbone resnet50] [--size 375 500]
 
-CAMs are made once (Ray make-cams); then the pseudo-label stage runs (--force) with 1 and with
+CAMs are made once (Ray make-cams, one scale); then the pseudo-label stage runs (--force) with 1 and with
 2 actors, `repeats` times in turn. speedup_2_actors is the ratio of the median wall times of the
 whole stage, start-up included. That start-up is fixed per stage and does not halve with two
 actors: each actor process boots Ray's worker and imports torch and torchvision (~9 s of CPU and
 ~12 s of wall time before its first image, from a scratch run that logged the actors' times),
 and on two cores the two actors pay it at once. Past it, one actor took 2.65 s per image and
 each of two 2.9 s (the cores share memory bandwidth), a per-image ratio of 1.83 that a long
-run (thousands of images per actor, as on a cluster) tends to; 32 images are not long enough
-(README "Performance": 1.52-1.74 in four runs).
+run (thousands of images per actor, as on a cluster) tends to. Hence 64 images by default:
+32 gave 1.52-1.74 in four runs, 64 gave 1.76 (median of two; README "Performance").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from stages import write_models  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--size", type=int, nargs=2, default=(375, 500))
@@ -51,7 +51,10 @@ def main() -> None:
             f"ray.num_cpus={os.cpu_count() + 1}"]
     config = load_config(None, base + ["ray.inference_actors=2"])
     init_ray(config)
-    make_cams(StageContext(config, log=lambda _m: None))
+    # The CAMs are only this stage's input, and its cost does not depend on how they were made
+    # (one map per class at stride 4 either way): scale 1.0 alone has 1/7.5 of the pixels of four scales.
+    make_cams(StageContext(load_config(None, base + ["ray.inference_actors=2", "cam.scales=[1.0]"]),
+                           log=lambda _m: None))
     seconds: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(max(1, args.repeats)):
         for actors in (1, 2):  # in turn, so that a drift of the box hits both sides
