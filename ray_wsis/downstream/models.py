@@ -30,6 +30,8 @@ from ray_wsis.models.checkpoints import CheckpointError
 
 FORMAT = "ray_wsis/downstream-1"
 KINDS = ("deeplab", "maskrcnn")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the architecture depends on; stored in the model file's header."""
