@@ -1,17 +1,31 @@
 """Per-stage throughput: the real Ray Data stages against the same work in a plain loop.
 
-    python bench/stages.py [--images 24] [--backbone resnet50] [--size 375 500] [--actors 1]
+    python bench/stages.py [--cam-images 16] [--images 64] [--repeats 2] [--backbone resnet50] [--size 375 500]
 
 Images are synthetic 375x500 VOC-layout pictures; models are ResNet-50 with random weights
 (speed does not depend on training; both sides run the same models). Ray side: the
 make-cams, make-ir-labels and make-pseudo-labels stage functions on a local Ray with
 `--actors` actors of 1 thread; the CRF of make-ir-labels runs in CPU tasks, one per logical
 CPU (`ray_cpus`). Plain side: the same predictors, encoders and shard writes in one process
-with 1 thread. Stage times include model loading and actor start-up. The two short stages
-then run again (--force) on the same Ray, whose worker processes are now started with their
-imports done; the difference to the first pass is that one-time start-up. Prints one JSON object: images_per_second per stage for both,
-ray_overhead_ratio (Ray seconds / plain seconds, worst stage, cold),
-warm_stage_overhead_ratio, cold_start_seconds, and where the plain loop's time goes.
+with 1 thread. Stage times include model loading and actor start-up (its process, torch
+import and model load), which the plain loop, already running, does not pay.
+
+Each stage runs on both sides in ABBA order (plain, Ray, Ray, plain for --repeats 2), so
+that a drift of this box during the run hits both sides of a ratio alike: it drifts by
++-10% (one actor's per-batch times rose from 5.4 to 6.5-8 s over one 64-image stage), and one
+pair of runs could not resolve a 10% limit. make-cams (4 scales + flip, ~15 s an image on one
+CPU thread) runs on `--cam-images` images; the two short stages on `--images` images, whose
+CAMs the Ray make-cams makes first at one scale (untimed: those stages' work does not depend
+on how their CAMs were made), and both sides read those CAM shards. An actor stage's fixed
+start-up (~10-12 s: worker process, torch import, model load) is 28% of a 16-image
+make-pseudo-labels and 7% of a 64-image one. Ray's session start-up (ray.init and Ray Data's
+own actors, which the first Dataset execution of a driver starts) is timed and reported
+apart, once. A stage's first Ray run is its cold run (its task workers not yet started).
+
+Prints one JSON object: images_per_second per stage for both sides (means of the runs),
+stage_overhead_ratio (Ray seconds / plain seconds), ray_overhead_ratio (the worst stage),
+cold_stage_overhead_ratio (first runs only), every run's seconds, ray_session_start_seconds
+and where the plain loop's time goes (its first run).
 """
 
 from __future__ import annotations
@@ -19,10 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,155 +61,229 @@ def write_models(output: str, backbone: str) -> None:
                            checkpoint_bytes(model, kind, backbone, 20))
 
 
-def ray_side(config: Any) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds per stage on a fresh local Ray (cold), then the two short stages again (--force)."""
-    from ray_wsis.pipeline.context import StageContext, init_ray
-    from ray_wsis.pipeline.inference import make_cams, make_ir_labels, make_pseudo_labels
+@dataclass
+class PlainTimer:
+    """Seconds of the plain loop, summed per step of a stage."""
 
-    init_ray(config)
-    stages = (("make-cams", make_cams), ("make-ir-labels", make_ir_labels), ("make-pseudo-labels", make_pseudo_labels))
-    cold, warm = {}, {}
-    for name, fn in stages:
-        start = time.perf_counter()
-        fn(StageContext(config, log=lambda _m: None))
-        cold[name] = time.perf_counter() - start
-    for name, fn in stages[1:]:
-        start = time.perf_counter()
-        fn(StageContext(config, force=True, log=lambda _m: None))
-        warm[name] = time.perf_counter() - start
-    return cold, warm
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, key: str, start: float) -> None:
+        self.parts[key] = self.parts.get(key, 0.0) + time.perf_counter() - start
 
 
-def plain_side(config: Any) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """The same per-image work in one process, instrumented per step."""
-    import numpy as np
-    import pyarrow as pa
-    import torch
+class PlainLoop:
+    """The work of each stage in this process, 1 thread, instrumented per step."""
 
-    from ray_wsis.data.sources import build_source
-    from ray_wsis.infer.predictors import CamPredictor, IRNetPredictor
-    from ray_wsis.masks import encode_label_png
-    from ray_wsis.method.upsample import upsample_cams
-    from ray_wsis.method.ir_labels import relation_labels
-    from ray_wsis.models.checkpoints import model_from_checkpoint
-    from ray_wsis.pipeline.schema import CAMS, IR_LABELS, PSEUDO_LABELS, pseudo_label_row, rows_to_table
-    from ray_wsis.pipeline.sink import commit, split_rows
-    from ray_wsis.storage import read_bytes, resolve
+    def __init__(self, config: Any) -> None:
+        import torch
 
-    torch.set_num_threads(1)
-    source = build_source(config.dataset, config.storage)
-    records = source.records(config.dataset.train_split)
-    out = resolve(os.path.join(config.output, "plain"))
-    parts: dict[str, dict[str, float]] = {s: {} for s in ("make-cams", "make-ir-labels", "make-pseudo-labels")}
+        from ray_wsis.data.sources import build_source
+        from ray_wsis.storage import resolve
 
-    def add(stage: str, key: str, value: float) -> None:
-        parts[stage][key] = parts[stage].get(key, 0.0) + value
+        torch.set_num_threads(1)
+        self.config = config
+        self.records = build_source(config.dataset, config.storage).records(config.dataset.train_split)
+        self.out = resolve(os.path.join(config.output, "plain"))
+        self.models = resolve(os.path.join(config.output, "models"))
 
-    def decode(stage: str) -> dict[str, np.ndarray]:
+    def decode(self, timer: PlainTimer) -> dict[str, Any]:
         from ray_wsis.data.sources import load_image
 
         start = time.perf_counter()
-        images = {r.image_id: load_image(r, config.storage) for r in records}
-        add(stage, "decode", time.perf_counter() - start)
+        images = {r.image_id: load_image(r, self.config.storage) for r in self.records}
+        timer.add("decode", start)
         return images
 
-    def write(stage: str, rows: list[dict], schema: pa.Schema, folder: str) -> None:
+    def read_cams(self, timer: PlainTimer) -> dict[str, Any]:
+        """The CAMs of every image from the CAM shards, as the Ray stages read them."""
+        from ray_wsis.pipeline.layout import Layout
+        from ray_wsis.pipeline.schema import cam_array
+        from ray_wsis.pipeline.sink import read_table
+
+        start = time.perf_counter()
+        table = read_table(Layout.of(self.config).cams)
+        cams = {row["image_id"]: cam_array(row) for row in table.to_pylist()} if table is not None else {}
+        timer.add("read_cams", start)
+        return cams
+
+    def write(self, timer: PlainTimer, stage: str, rows: list[dict], schema: Any, folder: str) -> None:
+        from ray_wsis.pipeline.schema import rows_to_table
+        from ray_wsis.pipeline.sink import commit, split_rows
+
         start = time.perf_counter()
         good, _ = split_rows(rows_to_table(rows, schema), stage, schema)
-        commit(out.child(folder), good, retries=0)
-        add(stage, "write", time.perf_counter() - start)
+        commit(self.out.child(folder), good, retries=0)
+        timer.add("write", start)
 
-    seconds = {}
-    models = resolve(os.path.join(config.output, "models"))
-    # make-cams
+    def make_cams(self, timer: PlainTimer) -> None:
+        import numpy as np
+
+        from ray_wsis.infer.predictors import CamPredictor
+        from ray_wsis.models.checkpoints import model_from_checkpoint
+        from ray_wsis.pipeline.schema import CAMS
+        from ray_wsis.storage import read_bytes
+
+        start = time.perf_counter()
+        model, _ = model_from_checkpoint(read_bytes(self.models.child("cam.pt")), "cam")
+        predictor = CamPredictor(model, self.config.cam.scales)
+        timer.add("load_model", start)
+        images, rows = self.decode(timer), []
+        for r in self.records:
+            start = time.perf_counter()
+            cam = predictor(images[r.image_id], r.class_ids).astype(np.float16)
+            timer.add("model", start)
+            h, w = images[r.image_id].shape[:2]
+            rows.append({"image_id": r.image_id, "uri": r.uri, "height": h, "width": w, "labels": list(r.class_ids),
+                         "cam_height": cam.shape[1], "cam_width": cam.shape[2], "cam": cam.tobytes(), "error": ""})
+        self.write(timer, "make-cams", rows, CAMS, "cams")
+
+    def make_ir_labels(self, timer: PlainTimer) -> None:
+        from ray_wsis.masks import encode_label_png
+        from ray_wsis.method.ir_labels import relation_labels
+        from ray_wsis.method.upsample import upsample_cams
+        from ray_wsis.pipeline.schema import IR_LABELS
+
+        cams, images, rows = self.read_cams(timer), self.decode(timer), []
+        for r in self.records:
+            start = time.perf_counter()
+            image = images[r.image_id]
+            label = relation_labels(image, upsample_cams(cams[r.image_id], *image.shape[:2]), r.class_ids,
+                                    self.config.ir_label)
+            timer.add("crf", start)
+            start = time.perf_counter()
+            rows.append({"image_id": r.image_id, "uri": r.uri, "height": image.shape[0], "width": image.shape[1],
+                         "labels": list(r.class_ids), "ir_label": encode_label_png(label), "error": ""})
+            timer.add("encode", start)
+        self.write(timer, "make-ir-labels", rows, IR_LABELS, "ir_labels")
+
+    def make_pseudo_labels(self, timer: PlainTimer) -> None:
+        from ray_wsis.infer.predictors import IRNetPredictor
+        from ray_wsis.models.checkpoints import model_from_checkpoint
+        from ray_wsis.pipeline.schema import PSEUDO_LABELS, pseudo_label_row
+        from ray_wsis.storage import read_bytes
+
+        start = time.perf_counter()
+        model, _ = model_from_checkpoint(read_bytes(self.models.child("irnet.pt")), "irnet")
+        labeler = IRNetPredictor(model, self.config.walk)
+        timer.add("load_model", start)
+        cams, images, rows = self.read_cams(timer), self.decode(timer), []
+        for r in self.records:
+            image = images[r.image_id]
+            result = labeler(image, cams[r.image_id], r.class_ids)
+            for key, value in result.seconds.items():
+                timer.parts[key] = timer.parts.get(key, 0.0) + value
+            start = time.perf_counter()
+            inst = result.instances
+            rows.append(pseudo_label_row(r.image_id, image.shape[0], image.shape[1], r.class_ids, result.semantic,
+                                         inst.masks, inst.class_ids, inst.scores))
+            timer.add("encode", start)
+        self.write(timer, "make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
+
+
+def timed(run: Callable[..., Any], *args: Any) -> float:
     start = time.perf_counter()
-    cam_model, _ = model_from_checkpoint(read_bytes(models.child("cam.pt")), "cam")
-    predictor = CamPredictor(cam_model, config.cam.scales)
-    images = decode("make-cams")
-    cams, rows = {}, []
-    for r in records:
-        t = time.perf_counter()
-        cams[r.image_id] = predictor(images[r.image_id], r.class_ids).astype(np.float16)
-        add("make-cams", "model", time.perf_counter() - t)
-        c = cams[r.image_id]
-        rows.append({"image_id": r.image_id, "uri": r.uri, "height": images[r.image_id].shape[0],
-                     "width": images[r.image_id].shape[1], "labels": list(r.class_ids), "cam_height": c.shape[1],
-                     "cam_width": c.shape[2], "cam": c.tobytes(), "error": ""})
-    write("make-cams", rows, CAMS, "cams")
-    seconds["make-cams"] = time.perf_counter() - start
-    # make-ir-labels
+    run(*args)
+    return time.perf_counter() - start
+
+
+def start_ray_session(config: Any) -> float:
+    """ray.init plus one trivial Dataset execution: Ray Data starts its own actors (stats,
+    autoscaling coordinator, actor location tracker; ~11 s of CPU on this box) at the first
+    execution of a driver, once per job, not per stage."""
+    import ray
+
+    from ray_wsis.pipeline.context import init_ray
+
     start = time.perf_counter()
-    images = decode("make-ir-labels")
-    rows = []
-    for r in records:
-        t = time.perf_counter()
-        image = images[r.image_id]
-        full = upsample_cams(cams[r.image_id], *image.shape[:2])
-        label = relation_labels(image, full, r.class_ids, config.ir_label)
-        add("make-ir-labels", "crf", time.perf_counter() - t)
-        t = time.perf_counter()
-        rows.append({"image_id": r.image_id, "uri": r.uri, "height": image.shape[0], "width": image.shape[1],
-                     "labels": list(r.class_ids), "ir_label": encode_label_png(label), "error": ""})
-        add("make-ir-labels", "encode", time.perf_counter() - t)
-    write("make-ir-labels", rows, IR_LABELS, "ir_labels")
-    seconds["make-ir-labels"] = time.perf_counter() - start
-    # make-pseudo-labels
-    start = time.perf_counter()
-    irn, _ = model_from_checkpoint(read_bytes(models.child("irnet.pt")), "irnet")
-    labeler = IRNetPredictor(irn, config.walk)
-    images = decode("make-pseudo-labels")
-    rows = []
-    for r in records:
-        image = images[r.image_id]
-        result = labeler(image, cams[r.image_id].astype(np.float32), r.class_ids)
-        for key, value in result.seconds.items():
-            add("make-pseudo-labels", key, value)
-        t = time.perf_counter()
-        inst = result.instances
-        rows.append(pseudo_label_row(r.image_id, image.shape[0], image.shape[1], r.class_ids, result.semantic,
-                                     inst.masks, inst.class_ids, inst.scores))
-        add("make-pseudo-labels", "encode", time.perf_counter() - t)
-    write("make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
-    seconds["make-pseudo-labels"] = time.perf_counter() - start
-    return seconds, parts
+    init_ray(config)
+    ray.data.range(2, override_num_blocks=1).map_batches(lambda b: b).materialize()
+    return time.perf_counter() - start
+
+
+def ray_stage(fn: Callable, config: Any, force: bool) -> float:
+    from ray_wsis.pipeline.context import StageContext
+
+    return timed(fn, StageContext(config, force=force, log=lambda _m: None))
+
+
+def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]:
+    """Each stage plain and on Ray in ABBA order (plain, Ray, Ray, plain, ...), `repeats` runs a side.
+
+    The order cancels a linear drift of the box between the two sides of a ratio; every run is
+    reported. The first Ray run of a stage is its cold run (task workers not yet started).
+    """
+    from ray_wsis.pipeline.inference import make_cams, make_ir_labels, make_pseudo_labels
+
+    session = start_ray_session(config_cams)
+    loops = {"cams": PlainLoop(config_cams), "short": PlainLoop(config_short)}
+    stages = (("make-cams", make_cams, loops["cams"].make_cams, config_cams),
+              ("make-ir-labels", make_ir_labels, loops["short"].make_ir_labels, config_short),
+              ("make-pseudo-labels", make_pseudo_labels, loops["short"].make_pseudo_labels, config_short))
+    timers = {s[0]: PlainTimer() for s in stages}
+    plain: dict[str, list[float]] = {s[0]: [] for s in stages}
+    ray_runs: dict[str, list[float]] = {s[0]: [] for s in stages}
+    prep = 0.0
+    for name, fn, method, config in stages:
+        if name == "make-ir-labels":
+            prep = ray_stage(make_cams, config_short, force=False)  # the short stages' input, one scale
+        for i in range(repeats):
+            for side in (("plain", "ray") if i % 2 == 0 else ("ray", "plain")):
+                if side == "plain":
+                    plain[name].append(timed(method, timers[name] if i == 0 else PlainTimer()))
+                else:
+                    ray_runs[name].append(ray_stage(fn, config, force=bool(ray_runs[name])))
+    return {"session": session, "prep": prep, "plain": plain, "ray": ray_runs,
+            "parts": {s: t.parts for s, t in timers.items()}}
+
+
+def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
+    images = {"make-cams": args.cam_images, "make-ir-labels": args.images, "make-pseudo-labels": args.images}
+    plain = {s: statistics.mean(v) for s, v in m["plain"].items()}
+    ray_s = {s: statistics.mean(v) for s, v in m["ray"].items()}
+    out: dict[str, Any] = {"machine": machine(), "images": images, "size": list(args.size),
+                           "backbone": args.backbone, "threads_per_worker": 1, "ray_actors": args.actors,
+                           "ray_cpus": os.cpu_count(), "weights": "random", "repeats": args.repeats,
+                           "order": "per stage ABBA: plain, Ray, Ray, plain, ...; figures are means of the runs"}
+    out["images_per_second"] = {s: round(images[s] / t, 3) for s, t in ray_s.items()}
+    out["plain_images_per_second"] = {s: round(images[s] / t, 3) for s, t in plain.items()}
+    out["seconds_per_image"] = {s: round(t / images[s], 3) for s, t in ray_s.items()}
+    out["plain_seconds_per_image"] = {s: round(t / images[s], 3) for s, t in plain.items()}
+    out["ray_runs_seconds"] = {s: [round(t, 2) for t in v] for s, v in m["ray"].items()}
+    out["plain_runs_seconds"] = {s: [round(t, 2) for t in v] for s, v in m["plain"].items()}
+    out["stage_overhead_ratio"] = {s: round(ray_s[s] / plain[s], 3) for s in ray_s}
+    out["ray_overhead_ratio"] = max(out["stage_overhead_ratio"].values())
+    out["cold_stage_overhead_ratio"] = {s: round(v[0] / m["plain"][s][0], 3) for s, v in m["ray"].items()}
+    out["ray_session_start_seconds"] = round(m["session"], 2)
+    out["first_stage_ratio_with_session_start"] = round(
+        (m["ray"]["make-cams"][0] + m["session"]) / m["plain"]["make-cams"][0], 3)
+    out["short_stage_cams_prep_seconds"] = round(m["prep"], 2)
+    out["plain_time_breakdown_seconds_per_image"] = {
+        s: {k: round(v / images[s], 3) for k, v in p.items()} for s, p in m["parts"].items()}
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=24)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cam-images", type=int, default=16, help="images of make-cams")
+    parser.add_argument("--images", type=int, default=64, help="images of make-ir-labels and make-pseudo-labels")
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--size", type=int, nargs=2, default=(375, 500))
     parser.add_argument("--actors", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side per stage, in ABBA order")
     parser.add_argument("--workdir", default="")
     args = parser.parse_args()
     from ray_wsis.config import load_config
     from ray_wsis.data.synthetic import make_synthetic_voc
 
     work = args.workdir or tempfile.mkdtemp(prefix="ray_wsis_stages_")
-    root, output = os.path.join(work, "voc"), os.path.join(work, "out")
-    if not os.path.isdir(os.path.join(root, "JPEGImages")):
-        make_synthetic_voc(root, n_train=args.images, n_val=0, size=tuple(args.size), seed=11)
-    write_models(output, args.backbone)
-    config = load_config(None, settings(root, output, args))
-    plain_seconds, parts = plain_side(config)
-    ray_seconds, warm_seconds = ray_side(config)
-    n = args.images
-    report: dict[str, Any] = {"machine": machine(), "images": n, "size": list(args.size), "backbone": args.backbone,
-                              "threads_per_worker": 1, "ray_actors": args.actors, "ray_cpus": os.cpu_count(),
-                              "weights": "random"}
-    report["images_per_second"] = {s: round(n / t, 3) for s, t in ray_seconds.items()}
-    report["plain_images_per_second"] = {s: round(n / t, 3) for s, t in plain_seconds.items()}
-    report["seconds_per_image"] = {s: round(t / n, 3) for s, t in ray_seconds.items()}
-    report["plain_seconds_per_image"] = {s: round(t / n, 3) for s, t in plain_seconds.items()}
-    report["stage_overhead_ratio"] = {s: round(ray_seconds[s] / plain_seconds[s], 3) for s in ray_seconds}
-    report["ray_overhead_ratio"] = max(report["stage_overhead_ratio"].values())
-    # the same short stages again on the same Ray: its worker processes are started and warm
-    report["warm_images_per_second"] = {s: round(n / t, 3) for s, t in warm_seconds.items()}
-    report["warm_stage_overhead_ratio"] = {s: round(t / plain_seconds[s], 3) for s, t in warm_seconds.items()}
-    report["cold_start_seconds"] = {s: round(ray_seconds[s] - warm_seconds[s], 2) for s in warm_seconds}
-    report["plain_time_breakdown_seconds_per_image"] = {
-        s: {k: round(v / n, 3) for k, v in p.items()} for s, p in parts.items()}
-    print(json.dumps(report))
+    configs = []
+    for name, n, extra in (("cams", args.cam_images, []), ("short", args.images, ["cam.scales=[1.0]"])):
+        root, output = os.path.join(work, f"voc_{name}"), os.path.join(work, f"out_{name}")
+        if not os.path.isdir(os.path.join(root, "JPEGImages")):
+            make_synthetic_voc(root, n_train=n, n_val=0, size=tuple(args.size), seed=11)
+        write_models(output, args.backbone)
+        configs.append(load_config(None, settings(root, output, args) + extra))
+    print(json.dumps(report(args, measure(*configs, max(1, args.repeats)))))
 
 
 if __name__ == "__main__":
