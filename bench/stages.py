@@ -116,11 +116,9 @@ class PlainLoop:
         timer.add("write", start)
 
     def make_cams(self, timer: PlainTimer) -> None:
-        import numpy as np
-
         from ray_wsis.infer.predictors import CamPredictor
         from ray_wsis.models.checkpoints import model_from_checkpoint
-        from ray_wsis.pipeline.schema import CAMS
+        from ray_wsis.pipeline.schema import CAMS, cam_row
         from ray_wsis.storage import read_bytes
 
         start = time.perf_counter()
@@ -130,11 +128,10 @@ class PlainLoop:
         images, rows = self.decode(timer), []
         for r in self.records:
             start = time.perf_counter()
-            cam = predictor(images[r.image_id], r.class_ids).astype(np.float16)
+            cam = predictor(images[r.image_id], r.class_ids)
             timer.add("model", start)
             h, w = images[r.image_id].shape[:2]
-            rows.append({"image_id": r.image_id, "uri": r.uri, "height": h, "width": w, "labels": list(r.class_ids),
-                         "cam_height": cam.shape[1], "cam_width": cam.shape[2], "cam": cam.tobytes(), "error": ""})
+            rows.append(cam_row(r.image_id, r.uri, h, w, list(r.class_ids), cam))
         self.write(timer, "make-cams", rows, CAMS, "cams")
 
     def make_ir_labels(self, timer: PlainTimer) -> None:

@@ -98,6 +98,14 @@ def pseudo_label_row(image_id: str, height: int, width: int, labels: Sequence[in
             ERROR_COLUMN: ""}
 
 
+def cam_row(image_id: str, uri: str, height: int, width: int, labels: Sequence[int], cams: np.ndarray
+            ) -> dict[str, Any]:
+    """A row of the CAM table: (K, h, w) CAMs stored as float16 bytes; :func:`cam_array` reads it back."""
+    cams = cams.astype(np.float16)
+    return {"image_id": image_id, "uri": uri, "height": height, "width": width, "labels": labels,
+            "cam_height": cams.shape[1], "cam_width": cams.shape[2], "cam": cams.tobytes(), ERROR_COLUMN: ""}
+
+
 def cam_array(row: dict[str, Any]) -> np.ndarray:
     """The (K, h, w) float32 CAMs of a row of the CAM table."""
     k = len(row["labels"])

@@ -21,8 +21,8 @@ from ray_wsis.infer.predictors import AffinityPredictor, CamPredictor, IRNetPred
 from ray_wsis.models.checkpoints import model_from_checkpoint
 from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
-from ray_wsis.pipeline.schema import (CAMS, ERROR_COLUMN, PSEUDO_LABELS, cam_array, describe_error, error_row,
-                                      error_text, pseudo_label_row, rows_to_table)
+from ray_wsis.pipeline.schema import (CAMS, ERROR_COLUMN, PSEUDO_LABELS, cam_array, cam_row, describe_error,
+                                      error_row, error_text, pseudo_label_row, rows_to_table)
 from ray_wsis.storage import read_bytes, resolve
 
 
@@ -58,9 +58,8 @@ class CamActor:
                 rows.append(error_row(CAMS, row["image_id"], row[ERROR_COLUMN], **base))
                 continue
             try:
-                cams = self.predictor(pixels(row), row["labels"]).astype(np.float16)
-                rows.append({**base, "image_id": row["image_id"], "cam_height": cams.shape[1],
-                             "cam_width": cams.shape[2], "cam": cams.tobytes(), ERROR_COLUMN: ""})
+                cams = self.predictor(pixels(row), row["labels"])
+                rows.append(cam_row(row["image_id"], base["uri"], base["height"], base["width"], base["labels"], cams))
             except Exception as exc:  # one image must not fail the batch; recorded with its reason
                 rows.append(error_row(CAMS, row["image_id"], error_text("failed", describe_error(exc)), **base))
         return rows_to_table(rows, CAMS)
