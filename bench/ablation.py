@@ -20,7 +20,7 @@ from ray_wsis import local
 from ray_wsis.config import load_config
 from ray_wsis.data.sources import build_source
 from ray_wsis.data.synthetic import make_synthetic_voc
-from ray_wsis.infer.predictors import AffinityPredictor, CamPredictor, IRNetPredictor
+from ray_wsis.method.predictors import AffinityPredictor, CamPredictor, IRNetPredictor
 from ray_wsis.models.checkpoints import build_model
 
 

@@ -27,7 +27,7 @@ def child(height: int, width: int, backbone: str) -> None:
 
     from ray_wsis.config import WalkConfig
     from ray_wsis.data.synthetic import synthesize
-    from ray_wsis.infer.predictors import CamPredictor, IRNetPredictor
+    from ray_wsis.method.predictors import CamPredictor, IRNetPredictor
     from ray_wsis.models.checkpoints import build_model
 
     torch.set_num_threads(1)

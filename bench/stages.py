@@ -116,7 +116,7 @@ class PlainLoop:
         timer.add("write", start)
 
     def make_cams(self, timer: PlainTimer) -> None:
-        from ray_wsis.infer.predictors import CamPredictor
+        from ray_wsis.method.predictors import CamPredictor
         from ray_wsis.models.checkpoints import model_from_checkpoint
         from ray_wsis.pipeline.schema import CAMS, cam_row
         from ray_wsis.storage import read_bytes
@@ -154,7 +154,7 @@ class PlainLoop:
         self.write(timer, "make-ir-labels", rows, IR_LABELS, "ir_labels")
 
     def make_pseudo_labels(self, timer: PlainTimer) -> None:
-        from ray_wsis.infer.predictors import IRNetPredictor
+        from ray_wsis.method.predictors import IRNetPredictor
         from ray_wsis.models.checkpoints import model_from_checkpoint
         from ray_wsis.pipeline.schema import PSEUDO_LABELS, pseudo_label_row
         from ray_wsis.storage import read_bytes
@@ -172,7 +172,7 @@ class PlainLoop:
             start = time.perf_counter()
             inst = result.instances
             rows.append(pseudo_label_row(r.image_id, image.shape[0], image.shape[1], r.class_ids, result.semantic,
-                                         inst.masks, inst.class_ids, inst.scores))
+                                         result.confidence, inst.masks, inst.class_ids, inst.scores))
             timer.add("encode", start)
         self.write(timer, "make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
 

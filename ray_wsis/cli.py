@@ -1,7 +1,10 @@
-"""`ray-wsis`: the command line. Every command takes --config FILE.yaml and --set key=value.
+"""`ray-wsis` (also `python -m ray_wsis`): the command line.
 
-User errors (bad config, missing data, unreachable storage, wrong checkpoint) end with one
-`error: ...` line and exit status 2, without a traceback.
+Commands that make or change an output (run, demo, each stage) take --config FILE.yaml and
+repeatable --set key=value; commands that read an output (status, export, visualize,
+train-downstream, and the stages when no --config is given) take their config from the
+output's config.yaml. User errors (bad config, missing data, unreachable storage, wrong
+checkpoint) end with one `error: ...` line and exit status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ from importlib import resources
 from typing import Callable, Optional, Sequence
 
 from ray_wsis.config import Config, ConfigError, load_config
-from ray_wsis.data.records import DatasetError
-from ray_wsis.models.checkpoints import CheckpointError
-from ray_wsis.storage import StorageError
 
-USER_ERRORS = (ConfigError, DatasetError, StorageError, CheckpointError, FileNotFoundError)
-STAGE_COMMANDS = ("train-cam", "make-cams", "make-ir-labels", "train-irn", "make-pseudo-labels", "evaluate")
+STAGE_NAMES = ("train-cam", "make-cams", "make-ir-labels", "make-affinity-labels", "train-irn",
+               "make-pseudo-labels", "calibrate", "evaluate")
+"""The stage commands (the same names as stages/registry.py's NAMES, checked by a test; listed here
+so that `--help` needs no torch import)."""
 
 
 def builtin_config(name: str) -> str:
@@ -27,9 +29,23 @@ def builtin_config(name: str) -> str:
 
 
 def _common(parser: argparse.ArgumentParser, default_config: Optional[str] = None) -> None:
-    parser.add_argument("--config", default=default_config, help="YAML config file")
+    parser.add_argument("--config", default=default_config,
+                        help="YAML config file (default: the output's config.yaml when it has one)")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="override a config key (dotted), e.g. --set cam.epochs=3; repeatable")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the console too")
+
+
+def _rerun_flags(parser: argparse.ArgumentParser, stage: Optional[str]) -> None:
+    if stage is None:
+        parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
+                            help="redo these stages and everything after them (no name: every stage)")
+    else:
+        parser.add_argument("--force", action="store_true", help="redo it even if nothing changed")
+    parser.add_argument("--retrain", action="store_true",
+                        help="retrain models when their training images changed (default: keep them)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="re-attempt the images recorded as failed in errors/, and only those")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="make the synthetic dataset and run every stage on a local Ray")
     _common(demo, builtin_config("demo"))
-    demo.add_argument("--force", action="store_true", help="redo finished stages")
+    _rerun_flags(demo, None)
     demo.add_argument("--downstream", action="store_true", help="also train DeepLab and Mask R-CNN on the labels")
-    run = sub.add_parser("run", help="every stage in order (finished stages are skipped)")
+    run = sub.add_parser("run", help="every stage in order (a stage whose inputs and settings are unchanged is skipped)")
     _common(run)
-    run.add_argument("--force", action="store_true")
-    for name in STAGE_COMMANDS:
+    _rerun_flags(run, None)
+    for name in STAGE_NAMES:
         stage = sub.add_parser(name, help=f"run the {name} stage alone")
         _common(stage)
-        stage.add_argument("--force", action="store_true", help="redo it even if it finished")
+        _rerun_flags(stage, name)
+    status = sub.add_parser("status", help="what is done, stale or missing in an output, with counts and metrics")
+    status.add_argument("output", help="the run's output folder or URI")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    config = sub.add_parser("config", help="config tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="the resolved config, with where each value came from")
+    _common(show)
     export = sub.add_parser("export", help="write COCO JSON or VOC PNGs from pseudo-label shards")
     _common(export)
     export.add_argument("--labels", required=True, help="the run's output URI or its pseudo_labels folder")
@@ -59,36 +83,98 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--n", type=int, default=32)
     down = sub.add_parser("train-downstream", help="train DeepLabV3 or Mask R-CNN on the pseudo-labels")
     _common(down)
+    down.add_argument("--labels", default=None, help="the run's output URI (default: the config's output)")
     down.add_argument("--task", choices=("semantic", "instance"), required=True)
     down.add_argument("--force", action="store_true")
     return parser
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
+# --------------------------------------------------------------------------- configs
+def _output_of(args: argparse.Namespace) -> Optional[str]:
+    """The output a command names: a positional/--labels argument or `--set output=...`."""
+    for name in ("output", "labels"):
+        value = getattr(args, name, None)
+        if value:
+            return _run_root(value)
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "output" and value.strip():
+            return value.strip()
+    return None
 
 
-def _stage_context(args: argparse.Namespace, config: Config, stages: Sequence[str]):
+def _run_root(uri: str) -> str:
+    """A run's output folder from itself or its pseudo_labels folder."""
+    stripped = uri.rstrip("/")
+    return stripped[: -len("/pseudo_labels")] if stripped.endswith("/pseudo_labels") else stripped
+
+
+def resolve_config(args: argparse.Namespace, warn: Callable[[str], None]) -> Config:
+    """--config (+ --set), else the named output's config.yaml (+ --set), else the defaults (+ --set).
+
+    A --config that contradicts the output's recorded config is reported field by field."""
+    from ray_wsis.pipeline.output_config import differences, recorded_config
+
+    output = _output_of(args)
+    overrides = list(args.overrides)
+    if output and not any(o.partition("=")[0].strip() == "output" for o in overrides):
+        overrides.append(f"output={output}")
+    if args.config:
+        config = load_config(args.config, overrides)
+        saved = recorded_config(config.output, config.storage)
+        if saved is not None and args.command not in ("run", "demo", *STAGE_NAMES):
+            changed = [d for d in differences(saved, config) if not d.startswith("output:")]
+            for line in changed:
+                warn(f"note: --config differs from {config.output}/config.yaml: {line}")
+        return config
+    if output:
+        saved = recorded_config(output)
+        if saved is not None:
+            return load_config(None, overrides, base=saved.to_dict())
+    return load_config(None, overrides)
+
+
+# --------------------------------------------------------------------------- commands
+def _options(args: argparse.Namespace, config: Config, names: Sequence[str]):  # type: ignore[no-untyped-def]
+    from ray_wsis.stages import registry
+    from ray_wsis.stages.base import RunOptions
+
+    force: set[str] = set()
+    if args.command in ("run", "demo"):
+        if args.force is not None:
+            asked = set(args.force) or {s.name for s in registry.pipeline(config)}
+            for name in asked:
+                registry.stage(config, name)  # an unknown stage is a user error
+            force = registry.downstream_of(config, asked)
+    elif args.force:
+        force = set(names)
+    return RunOptions(frozenset(force), retrain=args.retrain, retry_failed=args.retry_failed)
+
+
+def _start(args: argparse.Namespace, config: Config, names: Optional[Sequence[str]]):  # type: ignore[no-untyped-def]
     """Everything that can fail on user input is checked here, before Ray starts."""
+    from ray_wsis.console import configure_console
     from ray_wsis.pipeline.context import StageContext, check_output, init_ray, preflight
+    from ray_wsis.pipeline.run import may_run, selected
 
     check_output(config)
-    ctx = StageContext(config, force=getattr(args, "force", False))
+    configure_console(config, verbose=args.verbose)
+    ctx = StageContext(config)
     ctx.source  # validate the dataset before starting Ray
-    preflight(ctx, list(stages))
-    init_ray(config)
-    return ctx
+    options = _options(args, config, names or [])
+    preflight(ctx, may_run(ctx, selected(ctx, names), options))
+    init_ray(config, verbose=args.verbose)
+    return ctx, options
 
 
-def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from ray_wsis.pipeline.run import run_all, summary_table
+def cmd_run(args: argparse.Namespace, config: Config, names: Optional[Sequence[str]] = None) -> int:
+    from ray_wsis.pipeline.run import run_pipeline, summary_table
+    from ray_wsis.storage import exists, read_bytes
 
-    from ray_wsis.pipeline.run import STAGE_FUNCTIONS
-
-    ctx = _stage_context(args, config, list(STAGE_FUNCTIONS))
-    results = run_all(ctx)
-    metrics = results.get("evaluate")
-    print(summary_table(results, config.output, metrics if isinstance(metrics, dict) else None))
+    ctx, options = _start(args, config, names)
+    results = run_pipeline(ctx, names, options)
+    metrics = json.loads(read_bytes(ctx.layout.metrics)) if exists(ctx.layout.metrics) else None
+    print(summary_table(results, config.output, metrics), flush=True)
     return 0
 
 
@@ -103,38 +189,42 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     if args.downstream:
         from ray_wsis.downstream.demo import run_downstream_demo
 
-        run_downstream_demo(config, force=args.force)
+        run_downstream_demo(config, force=bool(args.force is not None))
     return code
 
 
 def cmd_stage(args: argparse.Namespace, config: Config) -> int:
-    from ray_wsis.pipeline.run import STAGE_FUNCTIONS
+    return cmd_run(args, config, [args.command])
 
-    ctx = _stage_context(args, config, [args.command])
-    result = STAGE_FUNCTIONS[args.command](ctx)
-    print(json.dumps(result, indent=2, default=str))
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.status import output_status, status_text
+
+    report = output_status(config)
+    print(json.dumps(report, indent=2, default=str) if args.json else status_text(report))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.config import show_config
+
+    sources: dict[str, str] = {}
+    load_config(args.config, args.overrides, sources=sources)
+    print(show_config(config, sources))
     return 0
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.data.sources import build_source
     from ray_wsis.export import export_coco, export_voc
 
     if args.format == "coco":
-        from ray_wsis.data.sources import build_source
-
-        names = build_source(config.dataset, config.storage).class_names if config.dataset.root \
-            or config.dataset.manifest else None
-        result = export_coco(args.labels, args.out, names or _voc(), config.storage, args.min_score)
+        names = build_source(config.dataset, config.storage).class_names
+        result = export_coco(args.labels, args.out, names, config.storage, args.min_score)
     else:
         result = export_voc(args.labels, args.out, config.storage, args.min_score)
     print(json.dumps(result))
     return 0
-
-
-def _voc() -> Sequence[str]:
-    from ray_wsis.classes import VOC_CLASSES
-
-    return VOC_CLASSES
 
 
 def cmd_visualize(args: argparse.Namespace, config: Config) -> int:
@@ -145,24 +235,35 @@ def cmd_visualize(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_downstream(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.console import configure_console
     from ray_wsis.downstream.train import train_downstream
     from ray_wsis.pipeline.context import check_output, init_ray
 
     check_output(config)
-    init_ray(config)
+    configure_console(config, verbose=args.verbose)
+    init_ray(config, verbose=args.verbose)
     print(json.dumps(train_downstream(config, args.task, force=args.force), indent=2, default=str))
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "export": cmd_export, "visualize": cmd_visualize,
-            "train-downstream": cmd_downstream, **{name: cmd_stage for name in STAGE_COMMANDS}}
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "run": cmd_run, "demo": cmd_demo, "status": cmd_status, "config": cmd_config, "export": cmd_export,
+    "visualize": cmd_visualize, "train-downstream": cmd_downstream, **{name: cmd_stage for name in STAGE_NAMES}}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from ray_wsis.data.records import DatasetError
+    from ray_wsis.models.checkpoints import CheckpointError
+    from ray_wsis.storage import StorageError
+
+    return (ConfigError, DatasetError, StorageError, CheckpointError, FileNotFoundError)
 
 
 def reporting_user_errors(body: Callable[[], int]) -> int:
     """Run a command: user errors become one `error:` line and status 2, Ctrl-C status 130."""
     try:
         return body()
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -172,7 +273,12 @@ def reporting_user_errors(body: Callable[[], int]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return reporting_user_errors(lambda: COMMANDS[args.command](args, _config(args)))
+
+    def body() -> int:
+        config = resolve_config(args, lambda line: print(line, file=sys.stderr))
+        return COMMANDS[args.command](args, config)
+
+    return reporting_user_errors(body)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class DatasetConfig:
     infer_split: str = "train"
     eval_split: str = ""
     """Split with ground truth for `evaluate`; empty means the infer split."""
+    calibration_split: str = ""
+    """Split with masks (10-50 images) for few-shot threshold calibration; empty: label-free."""
     segmentation_class_dir: str = "SegmentationClass"
     """VOC only; SBD users set `SegmentationClassAug`."""
     coco_annotations: str = ""
@@ -173,8 +175,24 @@ class IRNConfig:
 
 @dataclass(frozen=True)
 class AffinityConfig:
-    """AffinityNet (psa train_aff.py / infer_aff.py)."""
+    """AffinityNet (psa infer_cls.py labels, train_aff.py, infer_aff.py)."""
 
+    labels: Literal["psa", "irn"] = "psa"
+    """psa: its own relation labels (make-affinity-labels: two CRFs of the CAMs with background
+    powers la_alpha / ha_alpha); irn: IRN's relation labels (make-ir-labels)."""
+    la_alpha: float = 4.0
+    ha_alpha: float = 32.0
+    """psa's low / high background powers (its CVPR submission used 24 for ha)."""
+    crf_iterations: int = 10
+    crf_gaussian_sxy: float = 3.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 80.0
+    crf_bilateral_srgb: float = 13.0
+    crf_bilateral_compat: float = 10.0
+    color_jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.1)
+    """Brightness, contrast, saturation, hue of psa's ColorJitter in training."""
+    rescale: tuple[float, float] = (1.0, 1.0)
+    """Random rescale range of training images (psa: none)."""
     crop_size: int = 448
     batch_size: int = 8
     epochs: int = 8
@@ -205,6 +223,22 @@ class WalkConfig:
     """Average boundary logits over the image and its mirror (irn)."""
 
 
+CALIBRATION_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 19))
+"""0.05, 0.10, ..., 0.90."""
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Choosing the walk's background thresholds for the data at hand (calibrate stage)."""
+
+    enabled: bool = True
+    """false: the labels keep walk.sem_bg_threshold / walk.ins_bg_threshold (irn's fixed values)."""
+    candidates: tuple[float, ...] = CALIBRATION_CANDIDATES
+    """Background thresholds tried; the walk keeps every instance channel that can win at the lowest."""
+    per_class_instances: bool = False
+    """Label-free: an instance threshold per class (each class's best agreement) instead of one."""
+
+
 @dataclass(frozen=True)
 class DownstreamConfig:
     """Training ordinary segmentation models on the pseudo-labels (torchvision DeepLabV3 / Mask R-CNN)."""
@@ -226,6 +260,10 @@ class DownstreamConfig:
     """DeepLab: random scale range before the crop (torchvision's segmentation reference)."""
     min_score: float = 0.0
     """Instances scoring below this are dropped from Mask R-CNN targets (zero-score fragments always are)."""
+    ignore_uncertain: bool = False
+    """DeepLab: pixels whose pseudo-label confidence is below min_confidence are ignored (255) in the loss."""
+    min_confidence: float = 0.1
+    """Confidence cut-off of ignore_uncertain, 0..1 of the decision margin (pseudo-label `confidence` / 255)."""
     eval_split: str = "val"
     """Split with ground truth to evaluate the trained model on; empty skips evaluation."""
     max_eval_images: int = 0
@@ -249,6 +287,7 @@ class Config:
     irn: IRNConfig = field(default_factory=IRNConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     walk: WalkConfig = field(default_factory=WalkConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,26 +309,81 @@ class Config:
 # Loading, overrides and validation
 
 
-def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file <- `dotted.key=value` overrides, then validated."""
+BUILTIN_CONFIGS = Path(__file__).parent / "configs"
+"""configs/*.yaml shipped with the package (demo, voc12, coco14, cluster); a `base:` may name them."""
+
+
+def _base_path(name: str, relative_to: Path) -> Path:
+    """A `base:` entry: a path relative to the file that names it, else a built-in config."""
+    candidate = (relative_to / name)
+    if candidate.exists():
+        return candidate
+    builtin = BUILTIN_CONFIGS / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
+    if builtin.exists():
+        return builtin
+    raise ConfigError(f"base config {name!r} (named in {relative_to}) not found: neither {candidate} nor a "
+                      f"built-in one ({', '.join(sorted(p.stem for p in BUILTIN_CONFIGS.glob('*.yaml')))})")
+
+
+def read_tree(path: str, sources: Optional[dict[str, str]] = None, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a tree, its `base:` chain merged under it; ``sources`` gets each leaf's file."""
+    resolved = str(Path(path).resolve())
+    if resolved in _seen:
+        raise ConfigError(f"config {path} inherits from itself (base: chain {' -> '.join(_seen)})")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    base = loaded.pop("base", None)
     tree: dict[str, Any] = {}
+    if base:
+        if not isinstance(base, str):
+            raise ConfigError(f"base in {path} must name one config file, got {base!r}")
+        tree = read_tree(str(_base_path(base, Path(path).parent)), sources, (*_seen, resolved))
+    _merge(tree, loaded, sources, path)
+    return tree
+
+
+def _merge(into: dict[str, Any], tree: dict[str, Any], sources: Optional[dict[str, str]], origin: str,
+           prefix: str = "") -> None:
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, sources, origin, name + ".")
+            continue
+        into[key] = value
+        if sources is not None:
+            for leaf in _leaves(value, name):
+                sources[leaf] = origin
+
+
+def _leaves(value: Any, name: str) -> list[str]:
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{name}.{k}")]
+    return [name]
+
+
+def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = (),
+                base: Optional[dict[str, Any]] = None, sources: Optional[dict[str, str]] = None) -> Config:
+    """Defaults <- ``base`` tree <- YAML file (and its `base:` chain) <- `dotted.key=value` overrides,
+    then validated. ``sources``, when given, is filled with where each set value came from."""
+    tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
     if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        tree = loaded
+        _merge(tree, read_tree(path, sources), None, path)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects dotted.key=value, got {item!r}")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        if sources is not None:
+            for leaf in _leaves(yaml.safe_load(raw) if raw.strip() else "", key.strip()):
+                sources[leaf] = "--set"
     config = absolute_paths(_build(Config, tree, prefix=""))
     validate(config)
     return config
@@ -392,6 +486,47 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     raise ConfigError(f"{name}: unsupported type {tp}")
 
 
+def show_config(config: Config, sources: dict[str, str]) -> str:
+    """The resolved config as YAML, each value commented with where it came from."""
+    lines = []
+    previous: tuple[str, ...] = ()
+    for name in leaf_fields(config):
+        parts = tuple(name.split("."))
+        for depth in range(len(parts) - 1):
+            if previous[:depth + 1] != parts[:depth + 1]:
+                lines.append("  " * depth + f"{parts[depth]}:")
+        value = yaml.safe_dump(config_field(config, name), default_flow_style=True).strip()
+        value = value.removesuffix("...").strip()
+        lines.append("  " * (len(parts) - 1) + f"{parts[-1]}: {value}".ljust(48) + f"  # {sources.get(name, 'default')}")
+        previous = parts
+    return "\n".join(lines)
+
+
+def leaf_fields(config: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the leaf fields under ``prefix`` ("" = all, "walk" = a section, "walk.beta" = one)."""
+    node = _node(config, prefix) if prefix else config
+    if not dataclasses.is_dataclass(node):
+        return [prefix]
+    names = []
+    for f in dataclasses.fields(node):
+        names += leaf_fields(config, f"{prefix}.{f.name}" if prefix else f.name)
+    return names
+
+
+def config_field(config: Any, dotted: str) -> Any:
+    """The plain value (dicts, lists, scalars) at a dotted name; ConfigError when there is none."""
+    return _to_plain(_node(config, dotted))
+
+
+def _node(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigError(f"unknown config key {dotted}")
+        node = getattr(node, part)
+    return node
+
+
 def _to_plain(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
@@ -434,7 +569,8 @@ def validate(config: Config) -> None:
     for name in ("cam.weight_decay", "cam.momentum", "cam.color_jitter", "irn.weight_decay", "irn.momentum",
                  "affinity.weight_decay", "affinity.momentum", "walk.exp_times", "ray.num_cpus",
                  "ray.max_failures", "ray.actor_max_restarts", "storage.retries", "dataset.limit",
-                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations"):
+                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations", "affinity.la_alpha",
+                 "affinity.ha_alpha", "affinity.crf_iterations"):
         section, attr = name.split(".")
         non_negative(name, getattr(getattr(c, section), attr))
     non_negative("seed", c.seed)
@@ -459,6 +595,8 @@ def validate(config: Config) -> None:
     lo_s, hi_s = c.irn.rescale
     if not 0 < lo_s <= hi_s:
         raise ConfigError(f"irn.rescale must be 0 < low <= high, got {c.irn.rescale}")
+    if not c.calibration.candidates or any(not 0 < t < 1 for t in c.calibration.candidates):
+        raise ConfigError(f"calibration.candidates must be numbers in (0, 1), got {list(c.calibration.candidates)}")
     if not c.cam.scales or any(s <= 0 for s in c.cam.scales):
         raise ConfigError(f"cam.scales must be positive numbers, got {c.cam.scales}")
     valid_stages = {"conv1", "layer1", "layer2", "layer3", "layer4"}
@@ -469,6 +607,7 @@ def validate(config: Config) -> None:
     if not 0 < lo_d <= hi_d:
         raise ConfigError(f"downstream.rescale must be 0 < low <= high, got {c.downstream.rescale}")
     non_negative("downstream.min_score", c.downstream.min_score)
+    unit("downstream.min_confidence", c.downstream.min_confidence)
     non_negative("downstream.max_eval_images", c.downstream.max_eval_images)
     non_negative("downstream.momentum", c.downstream.momentum)
     non_negative("downstream.weight_decay", c.downstream.weight_decay)

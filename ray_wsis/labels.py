@@ -42,7 +42,9 @@ def shard_files(uri: str, storage: Optional[StorageConfig] = None) -> tuple[Loca
 
 
 def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
-    """One Parquet row -> arrays: semantic (H, W) uint8, masks (N, H, W) bool, boxes (N, 4) xyxy."""
+    """One Parquet row -> arrays: semantic (H, W) uint8, confidence (H, W) uint8 0..255 (how far
+    each pixel's decision is from flipping; None in labels made before it existed), masks
+    (N, H, W) bool, boxes (N, 4) xyxy."""
     h, w = int(row["height"]), int(row["width"])
     instances = [i for i in (row.get("instances") or []) if i["score"] >= min_score]
     masks = np.stack([decode_rle(i["rle"]) for i in instances]) if instances else np.zeros((0, h, w), bool)
@@ -50,7 +52,9 @@ def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
                         for i in instances], np.float32).reshape(-1, 4)
     return {"image_id": row["image_id"], "height": h, "width": w,
             "image_labels": np.asarray(row.get("labels") or [], np.int64),
-            "semantic": decode_label_png(row["semantic"]), "masks": masks, "boxes": boxes,
+            "semantic": decode_label_png(row["semantic"]),
+            "confidence": decode_label_png(row["confidence"]) if row.get("confidence") else None,
+            "masks": masks, "boxes": boxes,
             "labels": np.asarray([i["category_id"] for i in instances], np.int64),
             "scores": np.asarray([i["score"] for i in instances], np.float32)}
 
@@ -124,8 +128,8 @@ def read_pseudo_labels(uri: str, *, storage: Optional[StorageConfig] = None, min
                        dataset_config: Optional[Any] = None) -> "ray.data.Dataset":  # noqa: F821
     """Stream the shards as a Ray Dataset with decoded masks (CPU map_batches).
 
-    Columns: image_id, height, width, image_labels, semantic, masks, boxes, labels, scores
-    [, image]. `min_score` drops weaker instances. With `with_images`, images are read from
+    Columns: image_id, height, width, image_labels, semantic, confidence, masks, boxes, labels,
+    scores [, image]. `min_score` drops weaker instances. With `with_images`, images are read from
     `image_uris` (image_id -> URI) or, given `dataset_config` (a Config), from its dataset.
     """
     import dataclasses

@@ -18,7 +18,7 @@ from ray_wsis.data.records import DatasetSource, ImageRecord
 from ray_wsis.data.sources import load_image
 from ray_wsis.eval.instance import InstanceEvaluator
 from ray_wsis.eval.semantic import SemanticEvaluator, cam_to_label, precision_of_ir_labels
-from ray_wsis.infer.predictors import AffinityPredictor, CamPredictor, IRNetPredictor, PseudoLabel
+from ray_wsis.method.predictors import AffinityPredictor, CamPredictor, IRNetPredictor, PseudoLabel
 from ray_wsis.masks import encode_label_png
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.method.ir_labels import relation_labels

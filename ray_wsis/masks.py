@@ -47,6 +47,16 @@ def encode_label_png(label: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def encode_gray_png(values: np.ndarray) -> bytes:
+    """(H, W) uint8 map (a confidence, not labels) -> grayscale PNG bytes; read with decode_label_png."""
+    values = np.asarray(values)
+    if values.ndim != 2 or values.dtype != np.uint8 or values.size == 0:
+        raise ValueError(f"values must be a non-empty 2-D uint8 map, got {values.shape} {values.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(values)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def decode_label_png(data: bytes) -> np.ndarray:
     """PNG bytes -> (H, W) uint8 raw indices; accepts palette ('P') and grayscale ('L') PNGs.
 

@@ -41,3 +41,23 @@ def start_local_ray(num_cpus: int = 2) -> Any:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray
+
+
+def run_stages(config: Config, *names: str, force: tuple[str, ...] = (), retrain: bool = False,
+               retry_failed: bool = False, log: Any = None) -> dict[str, Any]:
+    """Run the named stages (all of the pipeline when none) as `ray-wsis run` would, quietly."""
+    from ray_wsis.pipeline.context import StageContext
+    from ray_wsis.pipeline.run import run_pipeline
+    from ray_wsis.stages.base import RunOptions
+
+    ctx = StageContext(config, log=log or (lambda _m: None))
+    options = RunOptions(frozenset(force), retrain=retrain, retry_failed=retry_failed)
+    return run_pipeline(ctx, list(names) or None, options)
+
+
+def markers(config: Config) -> dict[str, dict[str, Any]]:
+    """stage name -> its marker, for the stages that have one."""
+    import json
+
+    folder = Path(config.output) / "stages"
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.exists() else {}

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.sink import read_table
-from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
+from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
 from tests.test_reliability import _untrained_models
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,6 @@ def _xml(name: str, objects: list[str]) -> str:
 def test_odd_and_broken_images_are_processed_or_recorded(tmp_path, capsys):
     import ray
 
-    from ray_wsis.pipeline.inference import make_cams
     from ray_wsis.pipeline.run import summary_table
 
     root = make_tiny_voc(tmp_path / "voc", n_train=4, n_val=0)
@@ -78,11 +77,11 @@ def test_odd_and_broken_images_are_processed_or_recorded(tmp_path, capsys):
     ray.shutdown()
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
-    summary = make_cams(ctx)
+    summary = run_stages(config, "make-cams")["make-cams"]
 
     total = 4 + len(files)
     assert summary["input"] == total
-    assert summary["processed"] + summary["resumed"] + summary["skipped"] + summary["failed"] == total
+    assert summary["processed"] + summary["kept"] + summary["skipped"] + summary["failed"] == total
     errors = {row["image_id"]: row for row in read_table(ctx.layout.errors("make-cams")).to_pylist()}
     assert set(errors) == {"bad_empty", "bad_truncated", "bad_text", "bad_unknown_class", "bad_no_labels"}
     assert errors["bad_no_labels"]["kind"] == "skipped"

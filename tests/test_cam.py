@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_wsis.infer.predictors import CamPredictor
+from ray_wsis.method.predictors import CamPredictor
 from ray_wsis.method.cam import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from ray_wsis.cli import STAGE_NAMES
 import ray
 import yaml
 
@@ -180,9 +182,8 @@ def _group_problems(group: dict[str, Any]) -> list[str]:
 def _entrypoint_problems(spec: dict[str, Any]) -> list[str]:
     problems = []
     words = shlex.split(spec.get("entrypoint", ""))
-    scripts = [w for w in words if w.startswith("jobs/") and w.endswith(".py")]
-    if not scripts or not all((ROOT / s).is_file() for s in scripts):
-        problems.append(f"entrypoint {spec.get('entrypoint')!r} names no existing jobs/*.py")
+    if words[:3] != ["python", "-m", "ray_wsis"] or len(words) < 4 or words[3] not in (*STAGE_NAMES, "run"):
+        problems.append(f"entrypoint {spec.get('entrypoint')!r} is not `python -m ray_wsis <run|stage> ...`")
     config = words[words.index("--config") + 1] if "--config" in words[:-1] else ""
     if not config or not (ROOT / config).is_file():
         problems.append(f"entrypoint config {config!r} does not exist")
@@ -203,7 +204,7 @@ def test_rayjob_runs_the_pipeline_with_a_loadable_config() -> None:
 
     spec = _yaml(CLUSTER / "rayjob.yaml")["spec"]
     words = shlex.split(spec["entrypoint"])
-    assert words[:2] == ["python", "jobs/run_pipeline.py"]
+    assert words[:4] == ["python", "-m", "ray_wsis", "run"]
     load_config(str(ROOT / words[words.index("--config") + 1]))
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     env.pop("working_dir")  # a path inside the image; Ray checks local paths exist
@@ -233,8 +234,8 @@ BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "old-image": lambda d: _worker_container(d).update(image="rayproject/ray:2.52.0-py311-gpu"),
 }
 JOB_BREAKS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "missing-job-file": lambda d: d["spec"].update(entrypoint="python jobs/nope.py --config configs/cluster.yaml"),
-    "missing-config": lambda d: d["spec"].update(entrypoint="python jobs/run_pipeline.py --config configs/nope.yaml"),
+    "unknown-command": lambda d: d["spec"].update(entrypoint="python -m ray_wsis nope --config configs/cluster.yaml"),
+    "missing-config": lambda d: d["spec"].update(entrypoint="python -m ray_wsis run --config configs/nope.yaml"),
     "relative-working-dir": lambda d: d["spec"].update(runtimeEnvYAML="working_dir: ."),
 }
 
@@ -268,8 +269,8 @@ def test_working_dir_upload_is_small_and_complete(tmp_path: Path) -> None:
     _zip_files(str(ROOT), env["excludes"], str(package), include_gitignore=True)
     names = set(zipfile.ZipFile(package).namelist())
     assert package.stat().st_size < 64 * 2**20  # Ray's limit is 512 MiB; .venv alone is ~6 GB
-    for needed in ("ray_wsis/__init__.py", "ray_wsis/data/voc.py", "ray_wsis/pipeline/run.py",
-                   "jobs/run_pipeline.py", "jobs/_entry.py", "configs/cluster.yaml", "configs/demo.yaml"):
+    for needed in ("ray_wsis/__init__.py", "ray_wsis/__main__.py", "ray_wsis/data/voc.py", "ray_wsis/pipeline/run.py",
+                   "ray_wsis/stages/registry.py", "jobs/submit.sh", "configs/cluster.yaml", "configs/demo.yaml"):
         assert needed in names, needed
     for left_out in (".venv/", "demo_data/", "outputs/", ".git/"):
         assert not any(n.startswith(left_out) for n in names), left_out

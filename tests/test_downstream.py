@@ -26,6 +26,7 @@ from ray_wsis.labels import PseudoLabelDataset, read_pseudo_labels
 from ray_wsis.masks import encode_rles
 from ray_wsis.models.checkpoints import CheckpointError
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.output_config import save_output_config
 from ray_wsis.pipeline.schema import PSEUDO_LABELS, pseudo_label_row, rows_to_table
 from ray_wsis.pipeline.sink import commit, split_rows
 from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
@@ -46,7 +47,8 @@ def write_pseudo_labels(config, n: int = 4) -> list[str]:
         masks = np.concatenate([gt.instance_masks, fragment])
         class_ids = np.concatenate([gt.instance_class_ids, [record.class_ids[0]]])
         scores = np.concatenate([np.full(len(gt.instance_class_ids), 0.9), [0.0]])
-        rows.append(pseudo_label_row(record.image_id, *semantic.shape, record.class_ids, semantic, masks,
+        rows.append(pseudo_label_row(record.image_id, *semantic.shape, record.class_ids, semantic,
+                                     np.full_like(semantic, 255), masks,
                                      class_ids, scores))
     location = Layout.of(config).pseudo_labels
     for part in (rows[: n // 2], rows[n // 2:]):
@@ -167,6 +169,7 @@ def labelled(tmp_path_factory):
     data = make_tiny_voc(root / "voc")
     output = str(root / "out")
     write_pseudo_labels(tiny_config(data, output))
+    save_output_config(tiny_config(data, output))  # as a run does: commands then need no --config
     start_local_ray(num_cpus=4)
     return data, output
 
@@ -211,9 +214,20 @@ def test_deeplab_trains_checkpoints_and_resumes(labelled):
         payload = torch.load(f, map_location="cpu", weights_only=True)
     assert payload["meta"]["epochs"] == 2 and payload["num_classes"] == 21
 
-    with pytest.raises(ConfigError, match="resnet34"):
-        train_downstream(tiny_config(data, output, *DOWNSTREAM, "downstream.epochs=3", "downstream.backbone=resnet34"),
-                         "semantic", log=quiet)
+    # the output's own config.yaml stands in for --config; the same settings find the finished run
+    from ray_wsis.cli import main
+
+    sets = [arg for item in (*DOWNSTREAM, "downstream.epochs=2") for arg in ("--set", item)]
+    assert main(["train-downstream", "--labels", output, "--task", "semantic", *sets]) == 0
+
+    # another backbone is not a continuation: the stage is redone from scratch
+    from ray_wsis.downstream.train import STAGES
+    from ray_wsis.pipeline.context import StageContext
+    from ray_wsis.stages.base import RunOptions, plan_stage
+
+    other = tiny_config(data, output, *DOWNSTREAM, "downstream.epochs=3", "downstream.backbone=resnet34")
+    plan = plan_stage(StageContext(other), STAGES["semantic"], RunOptions())
+    assert plan.action == "redo" and "downstream.backbone" in plan.why
 
 
 @pytest.mark.slow

@@ -161,7 +161,8 @@ def test_small_fragments_score_zero_but_are_kept():
     label[30:33, 0:3] = 2  # 9 px of another channel
     value = np.full((50, 50), 0.5, np.float32)
     value[5, 5], value[22, 22], value[41, 41] = 0.9, 0.7, 0.8
-    masks, classes, scores = detections_from_label(label, value, np.array([3, 8]), 0.01)
+    found = detections_from_label(label, value, np.array([3, 8]), 0.01)
+    masks, classes, scores = found.masks, found.class_ids, found.scores
     assert masks.shape == (4, 50, 50)
     areas = masks.sum(axis=(1, 2)).tolist()
     by_area = dict(zip(areas, zip(classes.tolist(), scores.tolist())))
@@ -172,15 +173,15 @@ def test_small_fragments_score_zero_but_are_kept():
 
 
 def test_no_detections():
-    masks, classes, scores = detections_from_label(np.zeros((4, 5), np.int64), np.zeros((4, 5), np.float32),
-                                                   np.array([1]), 0.01)
+    found = detections_from_label(np.zeros((4, 5), np.int64), np.zeros((4, 5), np.float32), np.array([1]), 0.01)
+    masks, classes, scores = found.masks, found.class_ids, found.scores
     assert masks.shape == (0, 4, 5) and classes.shape == (0,) and scores.shape == (0,)
 
 
 def test_components_are_four_connected():
     label = np.zeros((6, 6), np.int64)
     label[1, 1] = label[2, 2] = 1  # diagonal neighbours: two detections
-    masks, _, _ = detections_from_label(label, np.ones((6, 6), np.float32), np.array([1]), 0.0)
+    masks = detections_from_label(label, np.ones((6, 6), np.float32), np.array([1]), 0.0).masks
     assert len(masks) == 2
 
 
@@ -237,7 +238,8 @@ def test_pruning_does_not_change_the_result():
         return walk(x, steps)
 
     got = instances_from_cams(cams, boundary, dp, class_ids, 78, 80, walk=counting_walk)
-    (masks, classes, scores), n_clusters = unpruned_instances(cams, boundary, dp, class_ids, 78, 80)
+    found, n_clusters = unpruned_instances(cams, boundary, dp, class_ids, 78, 80)
+    masks, classes, scores = found.masks, found.class_ids, found.scores
     assert n_clusters == 4 and 5 * n_clusters > 16  # more than one chunk of 16 channels
     assert sum(walked_channels) < 5 * n_clusters  # the pruning did skip channels
     assert len(got) == len(masks) >= 3
@@ -330,7 +332,7 @@ def small_image():
 
 def test_irnet_predictor_flip_average_is_flip_equivariant(small_image):
     from ray_wsis.config import WalkConfig
-    from ray_wsis.infer.predictors import IRNetPredictor
+    from ray_wsis.method.predictors import IRNetPredictor
     from ray_wsis.models.backbone import Backbone
     from ray_wsis.models.irnet import IRNet
 
@@ -350,7 +352,7 @@ def test_irnet_predictor_flip_average_is_flip_equivariant(small_image):
 
 def test_irnet_predictor_outputs(small_image):
     from ray_wsis.config import WalkConfig
-    from ray_wsis.infer.predictors import IRNetPredictor
+    from ray_wsis.method.predictors import IRNetPredictor
     from ray_wsis.models.backbone import Backbone
     from ray_wsis.models.irnet import IRNet
 
@@ -365,14 +367,14 @@ def test_irnet_predictor_outputs(small_image):
     assert out.boundary.shape == (10, 13) and out.displacement.shape == (2, 10, 13)
     assert out.instances.masks.shape[1:] == (37, 50)
     assert set(out.instances.class_ids.tolist()) <= {4, 11}
-    assert {"model", "walk", "instances"} <= set(out.seconds)
+    assert {"model", "walk", "instance_walk", "cut"} <= set(out.seconds)
     with pytest.raises(ValueError, match="stride-4"):
         predictor(small_image, np.zeros((1, 9, 13), np.float32), [4])
 
 
 def test_affinity_predictor_outputs(small_image):
     from ray_wsis.config import AffinityConfig
-    from ray_wsis.infer.predictors import AffinityPredictor
+    from ray_wsis.method.predictors import AffinityPredictor
     from ray_wsis.models.affinitynet import AffinityNet
     from ray_wsis.models.backbone import Backbone
 

@@ -1,4 +1,4 @@
-"""jobs/*.py: CLI-like user errors, stage wiring, uninstalled imports, and one real `ray job submit`.
+"""Ray jobs: the CLI as entrypoint (`python -m ray_wsis`), jobs/submit.sh, and one real `ray job submit`.
 
 The submit test starts its own Ray head (private --temp-dir and ports, so it never touches another
 Ray on the machine nor leaves a stale /tmp/ray/ray_current_cluster) and stops it by process id.
@@ -6,7 +6,6 @@ Ray on the machine nor leaves a stale /tmp/ray/ray_current_cluster) and stops it
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -27,13 +26,11 @@ from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
 from tests.s3_server import moto_endpoint, s3_env  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGE_JOBS = {"train_cam": "train-cam", "make_cams": "make-cams", "make_ir_labels": "make-ir-labels",
-              "train_irn": "train-irn", "make_pseudo_labels": "make-pseudo-labels", "evaluate": "evaluate"}
 SUBMIT_TIMEOUT_S = 360
 
 
-def _run_job_file(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -42,53 +39,52 @@ def _run_job_file(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     (["--set", "cam.epochs=zero"], "cam.epochs must be an integer"),
     (["--set", "dataset.root=/nonexistent/voc"], "dataset.root /nonexistent/voc does not exist"),
 ])
-def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch, args: list[str], message: str) -> None:
-    """Like the CLI: no traceback, one `error:` line, status 2, before any Ray is started."""
+def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                             message: str) -> None:
+    """The job entrypoint is the CLI: no traceback, one `error:` line, status 2, before any Ray is started."""
     import ray
 
-    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # main() prepends the repo root
-    from jobs.run_pipeline import main
+    from ray_wsis.cli import main
 
     ray.shutdown()  # an earlier test may have left a Ray running in this process
-    assert main(["--set", f"output={tmp_path / 'out'}", *args]) == 2
+    assert main(["run", "--set", f"output={tmp_path / 'out'}", *args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not ray.is_initialized()
 
 
-def test_stage_jobs_run_the_stage_they_are_named_after(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each jobs/<stage>.py calls STAGE_FUNCTIONS[<stage>] (wiring only: Ray is faked away)."""
-    from jobs import _entry
-    from ray_wsis.pipeline import run
-
-    called: list[str] = []
-    for name in run.STAGE_FUNCTIONS:
-        monkeypatch.setitem(run.STAGE_FUNCTIONS, name, lambda ctx, name=name: called.append(name) or {"ok": name})
-    monkeypatch.setattr(_entry, "run_job", lambda description, body, argv=None: 0 if body(object()) else 1)
-    for module, stage in STAGE_JOBS.items():
-        assert importlib.import_module(f"jobs.{module}").main([]) == 0
-        assert called[-1] == stage
-    assert sorted(called) == sorted(run.STAGE_FUNCTIONS)
-
-
-def test_job_imports_ray_wsis_from_its_own_checkout(tmp_path: Path) -> None:
-    """Run as a script from elsewhere, a copy of the repo (a job's working dir) uses its own ray_wsis,
+def test_module_entrypoint_imports_the_working_dirs_ray_wsis(tmp_path: Path) -> None:
+    """`python -m ray_wsis` run in a copy of the repo (a job's working dir) uses that copy's ray_wsis,
     installed package or not, and fails like the CLI."""
     copy = tmp_path / "checkout"
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "ray_wsis", copy / "ray_wsis", ignore=ignore)
-    shutil.copytree(ROOT / "jobs", copy / "jobs", ignore=ignore)
+    shutil.copytree(ROOT / "ray_wsis", copy / "ray_wsis", ignore=shutil.ignore_patterns("__pycache__"))
     probe = ("import runpy, sys\n"
-             f"sys.argv = ['run_pipeline.py', '--config', '/nonexistent.yaml']\n"
+             "sys.argv = ['ray_wsis', 'run', '--config', '/nonexistent.yaml']\n"
              "try:\n"
-             f"    runpy.run_path({str(copy / 'jobs' / 'run_pipeline.py')!r}, run_name='__main__')\n"
+             "    runpy.run_module('ray_wsis', run_name='__main__', alter_sys=True)\n"
              "except SystemExit as exc:\n"
              "    print(sys.modules['ray_wsis'].__file__, exc.code)\n")
-    done = _run_job_file("-c", probe, cwd=tmp_path)
+    done = _run("-c", probe, cwd=copy)
     path, code = done.stdout.split()
     assert Path(path).is_relative_to(copy) and code == "2", done.stdout + done.stderr
     assert done.stderr.startswith("error: cannot read config file") and "Traceback" not in done.stderr
+
+
+def test_submit_script_needs_a_command_and_passes_it_through(tmp_path: Path) -> None:
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ray").write_text("#!/usr/bin/env bash\necho \"$@\"\n")
+    (fake / "ray").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    usage = subprocess.run(["bash", str(ROOT / "jobs" / "submit.sh"), "--address", "x"], env=env,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    done = subprocess.run(["bash", str(ROOT / "jobs" / "submit.sh"), "--address", "http://h:8265", "--",
+                           "run", "--config", "configs/cluster.yaml"], env=env, capture_output=True, text=True)
+    words = done.stdout.split()
+    assert words[:3] == ["job", "submit", "--working-dir"] and words[3] == str(ROOT)
+    assert "--runtime-env" in words and words[words.index("--runtime-env") + 1].endswith("cluster/runtime_env.yaml")
+    assert words[-7:] == ["--", "python", "-m", "ray_wsis", "run", "--config", "configs/cluster.yaml"]
 
 
 # -- one real Ray job ------------------------------------------------------------------------
@@ -215,14 +211,14 @@ def test_submit_pipeline_job_reading_and_writing_s3(tmp_path: Path, s3_env: str)
                  "run_name=tiny-job", *TINY_SETTINGS]
     config = tiny_config("s3://data/voc", "s3://labels/job1", f"storage.endpoint_url={endpoint}")
     check_output(config)
-    entrypoint = ["python", "jobs/run_pipeline.py", "--config", "configs/demo.yaml",
-                  *[arg for item in overrides for arg in ("--set", item)]]
+    command = ["run", "--config", "configs/demo.yaml", *[arg for item in overrides for arg in ("--set", item)]]
     with local_head() as head:
         env = {k: v for k, v in head["env"].items() if k not in CREDENTIALS}  # not inherited by the job
         runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", **CREDENTIALS}}
-        submit = [_ray_cli(), "job", "submit", "--address", head["address"], "--working-dir", ".",
+        env["PATH"] = os.pathsep.join([str(Path(_ray_cli()).parent), env.get("PATH", "")])  # submit.sh's `ray`
+        submit = ["bash", "jobs/submit.sh", "--address", head["address"],
                   "--submission-id", f"ray-wsis-test-{uuid.uuid4().hex[:8]}",
-                  "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+                  "--runtime-env-json", json.dumps(runtime_env), "--", *command]
         done = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S)
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in log, log[-6000:]

@@ -14,7 +14,7 @@ from PIL import Image
 from ray_wsis.cli import main as cli_main
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.schema import PSEUDO_LABELS
-from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
+from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +22,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """One full `run` shared by the tests of this module."""
-    from ray_wsis.pipeline.run import run_all
-
     base = tmp_path_factory.mktemp("pipeline")
     data = make_tiny_voc(base / "voc")
     config = tiny_config(data, str(base / "out"))
     start_local_ray()
-    results = run_all(StageContext(config, log=lambda _m: None))
+    results = run_stages(config)
     return config, results
 
 
@@ -36,11 +34,12 @@ def test_every_stage_ran_and_counts_add_up(finished_run):
     config, results = finished_run
     for stage in ("make-cams", "make-ir-labels", "make-pseudo-labels"):
         s = results[stage]
-        assert s["input"] == s["processed"] + s["resumed"] + s["skipped"] + s["failed"]
+        assert s["input"] == s["processed"] + s["kept"] + s["skipped"] + s["failed"]
         assert s["unaccounted"] == 0
         assert s["processed"] > 0
     assert results["train-cam"]["images"] == 8
-    for name in ("models/cam.pt", "models/irnet.pt", "metrics.json", "stages/evaluate.json"):
+    for name in ("models/cam.pt", "models/irnet.pt", "metrics.json", "stages/evaluate.json", "calibration.json",
+                 "config.yaml"):
         assert os.path.exists(os.path.join(config.output, name)), name
 
 
@@ -82,29 +81,19 @@ def test_metrics_file_has_the_contract_keys(finished_run):
         assert metrics[key] is None or 0.0 <= metrics[key] <= 100.0
     assert metrics["images"]["semantic"] == 8
     assert len(metrics["per_class"]["sem_iou"]) == 21
-    assert set(metrics["seconds_per_stage"]) >= {"train-cam", "make-cams", "make-pseudo-labels"}
+    sweep = metrics["sem_miou_by_threshold"]
+    assert len(sweep) == len(config.calibration.candidates) and set(metrics["ins_map50_by_threshold"]) == set(sweep)
+    assert metrics["calibrated"]["mode"] == "label-free" and metrics["oracle"]["semantic"]["value"] == max(sweep.values())
 
 
 def test_rerun_is_a_noop(finished_run):
-    from ray_wsis.pipeline.run import run_all
-
     config, results = finished_run
     logs: list[str] = []
-    again = run_all(StageContext(config, log=logs.append))
-    assert sum("already done" in line for line in logs) == 6
-    assert again["make-pseudo-labels"] == results["make-pseudo-labels"]
-
-
-def test_force_redoes_one_stage_without_duplicates(finished_run):
-    from ray_wsis.pipeline.inference import make_ir_labels
-    from ray_wsis.pipeline.sink import committed_ids
-
-    config, _ = finished_run
-    ctx = StageContext(config, force=True, log=lambda _m: None)
-    summary = make_ir_labels(ctx)
-    assert summary["processed"] == 8 and summary["resumed"] == 0
-    ids = committed_ids(ctx.layout.ir_labels)
-    assert sorted(ids) == sorted(set(ids)) and len(ids) == 8
+    again = run_stages(config, log=logs.append)
+    assert sum("done, nothing changed" in line for line in logs) == 7, logs
+    assert {name: s.get("action") for name, s in again.items() if isinstance(s, dict)} == \
+        {name: "skip" for name in again if name != "seconds"}
+    assert again["make-pseudo-labels"]["kept"] == 8 and again["make-pseudo-labels"]["processed"] == 0
 
 
 def test_export_coco_opens_in_pycocotools(finished_run, tmp_path):

@@ -9,8 +9,8 @@ import torch
 
 from ray_wsis.models.checkpoints import model_from_checkpoint
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.training import latest_checkpoint_epoch, train_cam
-from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
+from ray_wsis.pipeline.training import latest_checkpoint_epoch
+from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_two_worker_trainer_checkpoints_every_epoch(tmp_path):
                          "ray.cpus_per_worker=0.5")
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
-    summary = train_cam(ctx)
+    summary = run_stages(config, "train-cam")["train-cam"]
     assert summary["epochs"] == 2
     assert latest_checkpoint_epoch(ctx, "cam") == 1
     with open(os.path.join(config.output, "models", "cam.pt"), "rb") as f:

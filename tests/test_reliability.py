@@ -6,6 +6,7 @@ before Ray starts (workers inherit them) and fire once, guarded by a flag file.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from ray_wsis.pipeline import faults
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import resolve, write_bytes_atomic
-from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc, start_local_ray, tiny_config
+from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc, run_stages, start_local_ray, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +52,13 @@ def _arm(monkeypatch, tmp_path: Path, **hooks: str) -> Path:
 
 
 def test_training_worker_failure_restarts_from_checkpoint(tmp_path, monkeypatch, fresh_ray):
-    from ray_wsis.pipeline.training import latest_checkpoint_epoch, train_cam
+    from ray_wsis.pipeline.training import latest_checkpoint_epoch
 
     flag = _arm(monkeypatch, tmp_path, **{faults.TRAIN_EPOCH: "1"})
     config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"), "cam.epochs=2", "ray.max_failures=2")
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
-    summary = train_cam(ctx)
+    summary = run_stages(config, "train-cam")["train-cam"]
     assert flag.exists(), "the fault never fired"
     assert summary["resumed_from_epoch"] == 1, "the restarted worker did not start from the epoch-0 checkpoint"
     assert latest_checkpoint_epoch(ctx, "cam") == 1
@@ -65,22 +66,21 @@ def test_training_worker_failure_restarts_from_checkpoint(tmp_path, monkeypatch,
 
 
 def test_inference_actor_crash_loses_and_duplicates_nothing(tmp_path, monkeypatch, fresh_ray):
-    from ray_wsis.pipeline.inference import make_cams
-
     flag = _arm(monkeypatch, tmp_path, **{faults.ACTOR: "cam"})
     config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"))
     _untrained_models(config.output)
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
-    summary = make_cams(ctx)
+    summary = run_stages(config, "make-cams")["make-cams"]
     assert flag.exists(), "the actor was never killed"
     ids = committed_ids(ctx.layout.cams)
     assert len(ids) == len(set(ids)) == 8  # the train split (infer_split defaults to train)
-    assert summary == {"input": 8, "processed": 8, "resumed": 0, "skipped": 0, "failed": 0, "unaccounted": 0}
+    assert summary == {"input": 8, "processed": 8, "kept": 0, "skipped": 0, "failed": 0, "unaccounted": 0,
+                       "action": "run"}
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ray_wsis.cli", *args], env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "ray_wsis", *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -105,9 +105,12 @@ def _wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
     raise AssertionError("timed out waiting for the process to make progress")
 
 
-def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ray):
-    from ray_wsis.pipeline.inference import make_cams
+def _row(out: str, stage: str) -> list[str]:
+    """The words of a stage's line in the summary table `run` and the stage commands print."""
+    return next(line.split() for line in out.splitlines() if line.startswith(stage + " "))
 
+
+def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ray):
     data = make_tiny_voc(tmp_path / "voc24", n_train=24, n_val=0)
     settings = [f"dataset.root={data}", f"output={tmp_path / 'out'}", "run_name=tiny", *TINY_SETTINGS,
                 "ray.rows_per_file=2", "ray.inference_batch_size=1", "walk.centroid_iterations=300",
@@ -115,12 +118,12 @@ def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ra
     config = tiny_config(data, str(tmp_path / "out"), *settings[2:])
     _untrained_models(config.output)
     start_local_ray()
-    make_cams(StageContext(config, log=lambda _m: None))
+    run_stages(config, "make-cams")
     import ray
 
     ray.shutdown()
     shards = Path(config.output) / "pseudo_labels"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = dict(os.environ)
     first = _cli(["make-pseudo-labels", *_sets(settings)], env)
     _wait_for(lambda: shards.exists() and len(list(shards.glob("part-*.parquet"))) >= 1, first, timeout=300)
     _kill_group(first)  # SIGKILL: no cleanup, no marker
@@ -131,14 +134,15 @@ def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ra
     assert second.returncode == 0, out
     ids = committed_ids(resolve(str(shards)))
     assert len(ids) == len(set(ids)) == 24
-    assert f'"resumed": {before}' in out
+    action, total, processed, kept = _row(out, "make-pseudo-labels")[1:5]
+    assert (action, total, processed, kept) == ("run", "24", str(24 - before), str(before)), out
 
 
 def test_rerun_after_killed_driver_resumes_training(tmp_path, fresh_ray):
     data = make_tiny_voc(tmp_path / "voc")
     settings = [f"dataset.root={data}", f"output={tmp_path / 'out'}", "run_name=tiny", *TINY_SETTINGS,
                 "cam.epochs=3"]
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = dict(os.environ)
     first = _cli(["train-cam", *_sets(settings)], env)
     epoch0 = tmp_path / "out" / "checkpoints" / "tiny-cam" / "epoch_000" / "state.pt"
     _wait_for(epoch0.exists, first, timeout=300)
@@ -147,13 +151,14 @@ def test_rerun_after_killed_driver_resumes_training(tmp_path, fresh_ray):
     second = _cli(["train-cam", *_sets(settings)], env)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
-    assert '"resumed_from_epoch": 0' not in out and '"resumed_from_epoch": null' not in out, out
+    marker = json.loads((tmp_path / "out" / "stages" / "train-cam.json").read_text())
+    assert marker["summary"]["resumed_from_epoch"] >= 1, marker
 
 
 def test_wrong_architecture_checkpoint_fails_before_cluster_work(tmp_path):
     config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"))
     _untrained_models(config.output)  # resnet18 files
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = dict(os.environ)
     settings = [f"dataset.root={config.dataset.root}", f"output={config.output}", *TINY_SETTINGS,
                 "model.backbone=resnet50"]
     process = _cli(["make-cams", *_sets(settings)], env)

@@ -13,14 +13,17 @@ import sys
 
 from ray_wsis.downstream.batches import instance_batch, semantic_batch
 from ray_wsis.labels import _decode_batch
-from ray_wsis.pipeline.crf_task import decode_and_label
 from ray_wsis.pipeline.decode_task import decode_images
-from ray_wsis.pipeline.eval_tasks import eval_cams, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.pipeline.reads import keep_ids
 from ray_wsis.pipeline.sink import ShardSink
+from ray_wsis.stages.calibrate import agreement_task, few_shot_task, label_free_task, recut_task
+from ray_wsis.stages.evaluate import eval_cams, eval_ir_labels, eval_pseudo_labels, eval_sweep
+from ray_wsis.stages.make_affinity_labels import make_affinity_labels
+from ray_wsis.stages.make_ir_labels import decode_and_label
 from ray_wsis.train.batches import classifier_batch, relation_batch, top_left_batch
 
-TASK_CODE = [keep_ids, decode_images, decode_and_label, eval_cams, eval_ir_labels, eval_pseudo_labels,
+TASK_CODE = [keep_ids, decode_images, decode_and_label, make_affinity_labels, eval_cams, eval_ir_labels,
+             eval_pseudo_labels, eval_sweep, label_free_task, agreement_task, few_shot_task, recut_task,
              classifier_batch, relation_batch, top_left_batch, _decode_batch, semantic_batch, instance_batch, ShardSink]
 
 

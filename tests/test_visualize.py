@@ -40,7 +40,8 @@ def _label_row(source: VOCSource, image_id: str, labels: tuple[int, ...]) -> dic
     truth = source.ground_truth(image_id)
     semantic = np.where(truth.semantic == 255, 0, truth.semantic).astype(np.uint8)
     masks = truth.instance_masks if truth.instance_masks is not None else np.zeros((0, HEIGHT, WIDTH), bool)
-    return pseudo_label_row(image_id, HEIGHT, WIDTH, labels, semantic, masks, truth.instance_class_ids,
+    return pseudo_label_row(image_id, HEIGHT, WIDTH, labels, semantic, np.full_like(semantic, 255), masks,
+                            truth.instance_class_ids,
                             np.full(len(masks), 0.9, np.float32))
 
 

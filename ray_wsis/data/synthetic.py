@@ -528,19 +528,28 @@ def _write_sample(location: Location, image_id: str, sample: SyntheticSample, pa
 
 
 def make_synthetic_voc(root: str, n_train: int = 240, n_val: int = 80, size: tuple[int, int] = (128, 160),
-                       classes: tuple[str, ...] = DEFAULT_CLASSES, seed: int = 0,
-                       storage: Optional[StorageConfig] = None) -> None:
-    """Write the synthetic dataset as a VOC 2012 folder (local path or URI) with train and val splits.
+                       classes: Optional[tuple[str, ...]] = None, seed: int = 0,
+                       storage: Optional[StorageConfig] = None, kind: str = "parts") -> None:
+    """Write a synthetic dataset as a VOC 2012 folder (local path or URI) with train and val splits.
 
-    ``size`` is (height, width). ``classes`` are VOC class names; their class ids are their
-    VOC ids (so ``bird`` is 3 in any subset), and the part pattern follows their order here.
-    Ids are ``syn_000001``...: train first, then val.
+    ``kind`` "parts" (this module: blobs with a class-specific part, every image ``size``,
+    (height, width)) or "scenes" (:mod:`ray_wsis.data.synthetic_scenes`: outdoor scenes with
+    co-occurring context, each image its own size; ``size`` is ignored). ``classes`` are VOC
+    class names (default: the kind's own); their class ids are their VOC ids (so ``bird`` is
+    3 in any subset). Ids are ``syn_000001``...: train first, then val.
     """
+    from ray_wsis.data.synthetic_scenes import SCENE_CLASSES, synthesize_scene
+
+    if kind not in ("parts", "scenes"):
+        raise ValueError(f"kind must be 'parts' or 'scenes', got {kind!r}")
+    classes = classes or (DEFAULT_CLASSES if kind == "parts" else SCENE_CLASSES)
     unknown = [c for c in classes if c not in VOC_CLASSES]
     if unknown or not classes:
         raise ValueError(f"classes must be VOC class names, got unknown {unknown or 'none'}")
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes must not repeat: {classes}")
+    if kind == "scenes" and any(c not in SCENE_CLASSES for c in classes):
+        raise ValueError(f"the scenes kind draws only {SCENE_CLASSES}, got {classes}")
     if n_train < 0 or n_val < 0 or min(size) < 32:
         raise ValueError("n_train and n_val must be >= 0 and both sides of size >= 32")
     class_ids = tuple(VOC_CLASSES.index(c) + 1 for c in classes)
@@ -553,9 +562,21 @@ def make_synthetic_voc(root: str, n_train: int = 240, n_val: int = 80, size: tup
             number += 1
             image_id = f"syn_{number:06d}"
             rng = np.random.default_rng([seed, split_index, index])
-            _write_sample(location, image_id, synthesize(rng, size, class_ids), palette)
+            if kind == "parts":
+                sample = synthesize(rng, size, class_ids)
+            else:
+                sample = _first_scene(rng, class_ids, synthesize_scene)
+            _write_sample(location, image_id, sample, palette)
             splits[split].append(image_id)
     write_split_lists(root, splits, storage)
+
+
+def _first_scene(rng: np.random.Generator, class_ids: tuple[int, ...], draw) -> SyntheticSample:  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        sample = draw(rng, class_ids)
+        if sample is not None:
+            return sample
+    raise RuntimeError("could not lay out a synthetic scene in 100 attempts")  # pragma: no cover
 
 
 __all__ = ["DEFAULT_CLASSES", "BODY_PALETTE", "PartStyle", "SyntheticObject", "SyntheticSample",

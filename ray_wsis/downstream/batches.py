@@ -35,14 +35,27 @@ def semantic_sample(image: np.ndarray, semantic: np.ndarray, crop_size: int, res
     return relation_sample(image, semantic, crop_size, rescale, rng, stride=1)
 
 
-def semantic_batch(batch: dict[str, Any], crop_size: int, rescale: tuple[float, float]) -> dict[str, np.ndarray]:
-    """Decoded rows (image, semantic) -> {'image': (B, 3, S, S) float32, 'label': (B, S, S) uint8}."""
+def uncertain_as_ignore(semantic: np.ndarray, confidence: np.ndarray | None, min_confidence: float) -> np.ndarray:
+    """The label with pixels whose confidence (0..255) is below min_confidence x 255 set to 255 (ignored)."""
+    if confidence is None or min_confidence <= 0:
+        return semantic
+    return np.where(np.asarray(confidence) < round(min_confidence * 255), np.uint8(255), semantic).astype(np.uint8)
+
+
+def semantic_batch(batch: dict[str, Any], crop_size: int, rescale: tuple[float, float],
+                   min_confidence: float = 0.0) -> dict[str, np.ndarray]:
+    """Decoded rows (image, semantic[, confidence]) -> {'image': (B, 3, S, S) float32, 'label': (B, S, S) uint8}.
+
+    With min_confidence > 0 (downstream.ignore_uncertain) pixels decided close to the threshold
+    are ignored by the loss."""
     rng = np.random.default_rng()
     images, labels = [], []
-    for image, semantic in zip(batch["image"], batch["semantic"]):
+    confidences = batch.get("confidence", [None] * len(batch["semantic"]))
+    for image, semantic, confidence in zip(batch["image"], batch["semantic"], confidences):
         image, semantic = np.asarray(image), np.asarray(semantic)
         if image.shape[:2] != semantic.shape:
             continue  # a label of another image size cannot be aligned; the pipeline never makes one
+        semantic = uncertain_as_ignore(semantic, confidence, min_confidence)
         x, y = semantic_sample(image, semantic, crop_size, tuple(rescale), rng)
         images.append(x)
         labels.append(y)

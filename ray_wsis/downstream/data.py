@@ -58,7 +58,8 @@ def training_dataset(config: Config, task: str) -> "ray.data.Dataset":  # noqa: 
     ds = read_pseudo_labels(labels_uri(config), storage=config.storage, min_score=d.min_score, with_images=True,
                             dataset_config=config)
     if task == "semantic":
-        return ds.map_batches(semantic_batch, fn_kwargs={"crop_size": d.crop_size, "rescale": tuple(d.rescale)},
+        return ds.map_batches(semantic_batch, fn_kwargs={"crop_size": d.crop_size, "rescale": tuple(d.rescale),
+                                                         "min_confidence": d.min_confidence if d.ignore_uncertain else 0.0},
                               batch_format="numpy", batch_size=16, num_cpus=1)
     return ds.map_batches(instance_batch, fn_kwargs={"crop_size": d.crop_size, "min_score": d.min_score},
                           batch_format="numpy", batch_size=16, num_cpus=1)

@@ -7,21 +7,21 @@ the same run name resumes from the latest one (Train V2). The final weights go t
 <output>/models/deeplab.pt|maskrcnn.pt, the model is evaluated on downstream.eval_split, and
 <output>/downstream_<task>_metrics.json plus the stage marker are written.
 
-A finished run is a no-op unless ``force`` (which deletes its checkpoints, model and marker)
-or unless the downstream settings changed since it finished: then it continues from its
-checkpoints, so raising downstream.epochs trains only the extra epochs.
+The driver runs in the stage skeleton (stages/base.py): a finished run is a no-op unless
+``force`` or its settings changed; a change of downstream.epochs continues from its checkpoints,
+so raising it trains only the extra epochs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow.parquet as pq
 import ray
 import ray.train
 import torch
@@ -35,14 +35,11 @@ from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, t
 from ray_wsis.downstream.evaluate import evaluate_model
 from ray_wsis.downstream.models import ModelSpec, build, check_weights, model_bytes, spec_for
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.training import (
-    STATE_FILE,
-    latest_checkpoint_epoch,
-    report_epoch,
-    restore_state,
-    run_config,
-    scaling_config,
-)
+from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.training import (STATE_FILE, checkpoint_folder, latest_checkpoint_epoch, report_epoch,
+                                        restore_state, run_config, scaling_config)
+from ray_wsis.labels import shard_files
+from ray_wsis.stages.base import RunOptions, Stage, StageRun, run_stage
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
 from ray_wsis.train.loops import max_steps
 from ray_wsis.train.optim import poly_sgd, set_poly_lr
@@ -58,15 +55,6 @@ def _check_task(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return task
-
-
-def settings_hash(config: Config) -> str:
-    """What a finished run was trained with: the downstream section (less evaluation) and its labels."""
-    d = dataclasses.asdict(config.downstream)
-    for key in ("eval_split", "max_eval_images"):
-        d.pop(key)
-    blob = json.dumps({"downstream": d, "labels": labels_uri(config), "seed": config.seed}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -159,18 +147,9 @@ def _export(ctx: StageContext, result: Any, spec: ModelSpec) -> tuple[str, dict[
     model.load_state_dict(state["model"])
     location = ctx.layout.model(spec.kind)
     meta = {"epochs": int(state["epoch"]) + 1, "global_step": int(state["global_step"]),
-            "config_hash": ctx.config.hash(), "settings_hash": settings_hash(ctx.config)}
+            "config_hash": ctx.config.hash()}
     write_bytes_atomic(location, model_bytes(model, spec, meta))
     return location.uri, meta
-
-
-def _finished(ctx: StageContext, stage: str) -> Optional[dict[str, Any]]:
-    """The marker when the run is done with today's settings (and no force); else None."""
-    done = ctx.marker(stage)
-    if done and not ctx.force and done["summary"].get("train", {}).get("settings_hash") != settings_hash(ctx.config):
-        ctx.log(f"[{stage}] downstream settings changed since it finished: continuing from its checkpoints")
-        return None
-    return ctx.should_skip(stage)
 
 
 def _check_enough(config: Config, task: str, num_images: int) -> None:
@@ -201,27 +180,11 @@ def _check_resumable(ctx: StageContext, spec: ModelSpec, resumed: Optional[int])
     write_bytes_atomic(location, json.dumps(wanted).encode())
 
 
-def train_downstream(config: Config, task: str, force: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train DeepLabV3 ("semantic") or Mask R-CNN ("instance") on the pseudo-labels; returns the metrics.
-
-    Needs a running Ray (``ray_wsis.pipeline.context.init_ray``). The returned dict (also in
-    <output>/downstream_<task>_metrics.json) holds ``train`` (images, epochs, start_epoch,
-    final_loss, model) and, when downstream.eval_split has ground truth, the evaluation:
-    semantic ``miou``/``pixel_accuracy``/``iou``; instance ``map25``/``map50``/``map70``/
-    ``map75`` (VOC mask AP, our evaluator) and ``coco_ap``/``coco_ap50`` (pycocotools).
-    """
-    task, kind, stage = _check_task(task), MODEL_KINDS[task], stage_name(task)
+def _train(run: StageRun, task: str) -> dict[str, Any]:
+    ctx, config = run.ctx, run.config
+    kind = MODEL_KINDS[task]
     if task == "semantic" and config.downstream.batch_size < 2:
         raise ConfigError("downstream.batch_size must be at least 2 for DeepLab (BatchNorm after image pooling)")
-    ctx = StageContext(config, force=force, log=log)
-    done = _finished(ctx, stage)
-    if done:
-        return done["summary"]
-    run_folder = ctx.layout.checkpoints.child(f"{config.run_name}-{kind}")
-    metrics_location = ctx.layout.root.child(f"downstream_{task}_metrics.json")
-    ctx.reset(stage, ctx.layout.model(kind), run_folder, metrics_location, _spec_file(ctx, kind))
-    start = time.perf_counter()
     num_images = count_rows(config)
     _check_enough(config, task, num_images)
     spec = spec_for(kind, config, ctx.num_classes + 1)
@@ -229,7 +192,7 @@ def train_downstream(config: Config, task: str, force: bool = False,
     resumed = latest_checkpoint_epoch(ctx, kind)
     _check_resumable(ctx, spec, resumed)
     if resumed is not None:
-        log(f"[{stage}] resuming after epoch {resumed} from {run_folder.uri}")
+        run.log(f"resuming after epoch {resumed} from {checkpoint_folder(ctx, kind).uri}")
     trainer = TorchTrainer(downstream_train_loop,
                            train_loop_config={"config": config.to_dict(), "task": task,
                                               "spec": dataclasses.asdict(spec), "num_images": num_images},
@@ -240,11 +203,62 @@ def train_downstream(config: Config, task: str, force: bool = False,
     last = result.metrics or {}
     train = {"backbone": spec.arch, "images": num_images, "epochs": meta["epochs"],
              "start_epoch": 0 if resumed is None else resumed + 1, "global_step": meta["global_step"],
-             "final_loss": last.get("loss"), "model": model_uri, "labels": labels_uri(config),
-             "settings_hash": meta["settings_hash"], "seconds": round(time.perf_counter() - start, 2)}
-    log(f"[{stage}] trained: {train}")
-    evaluation = evaluate_model(config, task, model_uri, log) or {}
-    summary = {"task": task, "model": kind, **evaluation, "train": train}
-    write_bytes_atomic(metrics_location, json.dumps(summary, indent=2).encode())
-    ctx.mark_done(stage, summary, time.perf_counter() - start)
+             "final_loss": last.get("loss"), "model": model_uri, "labels": labels_uri(config)}
+    run.log(f"trained: {train}")
+    evaluation = evaluate_model(config, task, model_uri, run.ctx.log) or {}
+    summary = {"task": task, "model": kind, **evaluation, "train": train, "model_id": ctx.model_id(kind)}
+    write_bytes_atomic(_metrics_file(ctx.layout, task), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _metrics_file(layout: Layout, task: str) -> Location:
+    return layout.root.child(f"downstream_{task}_metrics.json")
+
+
+def _stage(task: str) -> Stage:
+    kind = MODEL_KINDS[task]
+
+    def outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
+        return (layout.model(kind), layout.checkpoints.child(f"{config.run_name}-{kind}"), _metrics_file(layout, task),
+                layout.checkpoints.child(f"{config.run_name}-{kind}.spec.json"))
+
+    def inputs(ctx: StageContext) -> list[str]:
+        location, paths = shard_files(labels_uri(ctx.config), ctx.config.storage)
+        return [i for p in paths for i in pq.read_table(p, columns=["image_id"], filesystem=location.fs)
+                .column("image_id").to_pylist()]
+
+    return Stage(name=stage_name(task), about=f"train {'DeepLabV3' if task == 'semantic' else 'Mask R-CNN'} on the "
+                 f"pseudo-labels (Ray Train)", kind="train",
+                 reads=("seed", "model.amp", "downstream.labels", "downstream.backbone", "downstream.weights",
+                        "downstream.epochs", "downstream.batch_size", "downstream.learning_rate",
+                        "downstream.momentum", "downstream.weight_decay", "downstream.crop_size",
+                        "downstream.rescale", "downstream.min_score", "downstream.ignore_uncertain",
+                        "downstream.min_confidence", "downstream.eval_split", "downstream.max_eval_images"),
+                 consumes=("calibrate",), body=lambda run: _train(run, task), outputs=outputs, inputs=inputs,
+                 resume_on=("downstream.epochs", "downstream.eval_split", "downstream.max_eval_images"))
+
+
+STAGES = {task: _stage(task) for task in TASKS}
+"""The downstream trainers as stages (outside the pipeline: run by train-downstream and the demo)."""
+
+
+def train_downstream(config: Config, task: str, force: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train DeepLabV3 ("semantic") or Mask R-CNN ("instance") on the pseudo-labels; returns the metrics.
+
+    Needs a running Ray (``ray_wsis.pipeline.context.init_ray``). A finished run is a no-op
+    unless ``force`` or its settings changed; a change of downstream.epochs continues from its
+    checkpoints (so raising it trains only the extra epochs). The returned dict (also in
+    <output>/downstream_<task>_metrics.json) holds ``train`` (images, epochs, start_epoch,
+    final_loss, model) and, when downstream.eval_split has ground truth, the evaluation:
+    semantic ``miou``/``pixel_accuracy``/``iou``; instance ``map25``/``map50``/``map70``/
+    ``map75`` (VOC mask AP, our evaluator) and ``coco_ap``/``coco_ap50`` (pycocotools).
+    """
+    stage = STAGES[_check_task(task)]
+    ctx = StageContext(config, log=log)
+    options = RunOptions(frozenset({stage.name}) if force else frozenset())
+    result = run_stage(ctx, stage, options, announce=lambda s, p, pos: log(f"[{s.name}] {p.action}: {p.why}"))
+    if result["action"] in ("skip", "kept"):
+        return json.loads(read_bytes(_metrics_file(ctx.layout, task)))
+    result.pop("action")
+    return result

@@ -20,8 +20,9 @@ from scipy import ndimage
 
 from ray_wsis.method.labels import argmax_with_background, boundary_walk
 from ray_wsis.method.random_walk import WalkOperator
+from ray_wsis.method.scores import UPSAMPLE_PEAK_KEPT, detections_from_label
 
-_UPSAMPLE_PEAK_KEPT = 0.625 ** 2
+_UPSAMPLE_PEAK_KEPT = UPSAMPLE_PEAK_KEPT
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
@@ -73,33 +74,29 @@ def cluster_centroids(centroids: np.ndarray, displacement: np.ndarray, threshold
     return compressed.reshape(h, w)
 
 
-def detections_from_label(label: np.ndarray, value: np.ndarray, channel_class: np.ndarray,
-                          min_fragment: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each 4-connected component of each winning channel -> (masks, class ids, scores)."""
-    h, w = label.shape
-    masks, classes, scores = [], [], []
-    for channel in np.unique(label):
-        if channel == 0:
-            continue
-        components, count = ndimage.label(label == channel, structure=_FOUR_CONNECTED)
-        index = np.arange(1, count + 1)
-        areas = ndimage.sum_labels(np.ones_like(components), components, index)
-        peaks = ndimage.maximum(value, components, index)
-        for comp, area, peak in zip(index, areas, peaks):
-            masks.append(components == comp)
-            classes.append(channel_class[channel - 1])
-            scores.append(0.0 if area < min_fragment * h * w else float(peak))
-    if not masks:
-        return np.zeros((0, h, w), bool), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.stack(masks), np.asarray(classes, np.int64), np.asarray(scores, np.float32)
+@dataclass
+class InstanceWalk:
+    """The walked (class x cluster) maps of one image before the background cut."""
+
+    walked: torch.Tensor
+    """(C, h, w) walked maps of the channels that can win; the others are dropped."""
+    channel_class: np.ndarray
+    """(C,) 1-based class id of each channel (class-major order, as irn)."""
+    clusters: np.ndarray
+    """(h, w) cluster id of every stride-4 pixel."""
 
 
-def instances_from_cams(cams: torch.Tensor, boundary: torch.Tensor, displacement: torch.Tensor,
-                        class_ids: Sequence[int], height: int, width: int, *, radius: int = 5,
-                        beta: float = 10.0, exp_times: int = 8, bg_threshold: float = 0.25,
-                        centroid_iterations: int = 300, cluster_threshold: float = 2.5,
-                        min_fragment_fraction: float = 0.01, walk: WalkOperator | None = None) -> Instances:
-    """IRNet instance pseudo-labels of one image from stride-4 CAMs, boundary and displacement."""
+def walk_instances(cams: torch.Tensor, boundary: torch.Tensor, displacement: torch.Tensor,
+                   class_ids: Sequence[int], *, walk: WalkOperator, exp_times: int = 8,
+                   lowest_threshold: float = 0.25, centroid_iterations: int = 300,
+                   cluster_threshold: float = 2.5) -> InstanceWalk:
+    """Steps 1-3 of irn's instance assembly: centroids, clusters, walked instance CAMs.
+
+    Exact pruning: a walk never raises a map above its input max (each step averages), and
+    x4 bilinear upsampling keeps at least 0.625^2 of a peak, so a channel whose input max is
+    below lowest_threshold x 0.39 x (a walked channel's max) can never beat a background plane
+    at lowest_threshold or above; it is neither walked nor returned.
+    """
     if cams.dim() != 3 or cams.shape[1:] != boundary.shape or displacement.shape[1:] != boundary.shape:
         raise ValueError(f"cams {tuple(cams.shape)}, boundary {tuple(boundary.shape)} and displacement "
                          f"{tuple(displacement.shape)} must share (h, w)")
@@ -111,22 +108,35 @@ def instances_from_cams(cams: torch.Tensor, boundary: torch.Tensor, displacement
     onehot = torch.nn.functional.one_hot(torch.from_numpy(clusters).to(cams.device), n_clusters)
     instance_cams = (cams.float()[:, None] * onehot.permute(2, 0, 1)[None].float()).flatten(0, 1)  # class-major
     channel_class = np.repeat(np.asarray(class_ids, np.int64), n_clusters)
-    walk = walk or boundary_walk(boundary, radius, beta)
     seeds = instance_cams * (1.0 - boundary)
-    # Exact pruning: a walk never raises a map above its input max (each step averages), and
-    # x4 bilinear upsampling keeps at least 0.625^2 of a peak, so a channel whose input max is
-    # below bg_threshold x 0.39 x (a walked channel's max) can never beat the background plane.
     peaks = seeds.flatten(1).amax(dim=1)
     order = torch.argsort(peaks, descending=True)
     walked = torch.zeros_like(seeds)
+    done = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device)
     best = 0.0
     for start in range(0, len(order), 16):
         chunk = order[start:start + 16]
-        chunk = chunk[peaks[chunk] >= bg_threshold * _UPSAMPLE_PEAK_KEPT * best]
+        chunk = chunk[peaks[chunk] >= lowest_threshold * _UPSAMPLE_PEAK_KEPT * best]
         if len(chunk) == 0:
             break
         walked[chunk] = walk(seeds[chunk], 2 ** exp_times)
+        done[chunk] = True
         best = max(best, float(walked[chunk].amax()))
-    result = argmax_with_background(walked, height, width, bg_threshold)
-    masks, classes, scores = detections_from_label(result.label, result.value, channel_class, min_fragment_fraction)
-    return Instances(masks, classes, scores, clusters)
+    keep = done.cpu().numpy()
+    return InstanceWalk(walked[done], channel_class[keep], clusters)
+
+
+def instances_from_cams(cams: torch.Tensor, boundary: torch.Tensor, displacement: torch.Tensor,
+                        class_ids: Sequence[int], height: int, width: int, *, radius: int = 5,
+                        beta: float = 10.0, exp_times: int = 8, bg_threshold: float = 0.25,
+                        centroid_iterations: int = 300, cluster_threshold: float = 2.5,
+                        min_fragment_fraction: float = 0.01, walk: WalkOperator | None = None) -> Instances:
+    """IRNet instance pseudo-labels of one image from stride-4 CAMs, boundary and displacement,
+    cut in float (the pipeline cuts from quantised stored maps: method/scores.py)."""
+    walk = walk or boundary_walk(boundary, radius, beta)
+    walked = walk_instances(cams, boundary, displacement, class_ids, walk=walk, exp_times=exp_times,
+                            lowest_threshold=bg_threshold, centroid_iterations=centroid_iterations,
+                            cluster_threshold=cluster_threshold)
+    result = argmax_with_background(walked.walked, height, width, bg_threshold)
+    found = detections_from_label(result.label, result.value, walked.channel_class, min_fragment_fraction)
+    return Instances(found.masks, found.class_ids, found.scores, walked.clusters)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -16,8 +15,7 @@ from ray_wsis.config import Config, ConfigError
 from ray_wsis.data.records import DatasetSource, ImageRecord
 from ray_wsis.data.sources import build_source
 from ray_wsis.pipeline.layout import Layout
-from ray_wsis.storage import (Location, StorageError, check_access, delete_tree, exists, read_bytes,
-                              write_bytes_atomic)
+from ray_wsis.storage import StorageError, check_access, exists, read_bytes
 
 
 @dataclass
@@ -35,10 +33,12 @@ class SplitRecords:
 
 @dataclass
 class StageContext:
+    """The config of a run with the things its stages share: output layout, dataset, markers."""
+
     config: Config
-    force: bool = False
     log: Callable[[str], None] = print
     _source: Optional[DatasetSource] = None
+    _splits: dict[str, SplitRecords] = field(default_factory=dict)
 
     @property
     def layout(self) -> Layout:
@@ -55,14 +55,18 @@ class StageContext:
         return len(self.source.class_names)
 
     def split(self, name: str) -> SplitRecords:
-        """Records with labels to process; images without labels are skipped, broken ones failed."""
-        scan = getattr(self.source, "scan", None)
-        records, invalid = scan(name) if scan else (self.source.records(name), [])
-        if self.config.dataset.limit:
-            records = records[:self.config.dataset.limit]
-        labelled = [r for r in records if r.class_ids]
-        skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
-        return SplitRecords(labelled, skipped, list(invalid))
+        """Records with labels to process; images without labels are skipped, broken ones failed.
+
+        Listed once per run: planning and the stages all ask for the same splits."""
+        if name not in self._splits:
+            scan = getattr(self.source, "scan", None)
+            records, invalid = scan(name) if scan else (self.source.records(name), [])
+            if self.config.dataset.limit:
+                records = records[:self.config.dataset.limit]
+            labelled = [r for r in records if r.class_ids]
+            skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
+            self._splits[name] = SplitRecords(labelled, skipped, list(invalid))
+        return self._splits[name]
 
     def splits(self, *names: str) -> SplitRecords:
         """The union of splits (by image_id, first occurrence wins)."""
@@ -75,37 +79,9 @@ class StageContext:
             out.failed += [e for e in part.failed if not (e[0] in seen or seen.add(e[0]))]
         return out
 
-    # -- markers -------------------------------------------------------------------------
-
     def marker(self, stage: str) -> Optional[dict[str, Any]]:
         location = self.layout.marker(stage)
         return json.loads(read_bytes(location)) if exists(location) else None
-
-    def mark_done(self, stage: str, summary: dict[str, Any], seconds: float) -> dict[str, Any]:
-        payload = {"stage": stage, "summary": summary, "seconds": round(seconds, 2),
-                   "config_hash": self.config.hash(), "version": __version__,
-                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_bytes_atomic(self.layout.marker(stage), json.dumps(payload, indent=2).encode())
-        return payload
-
-    def should_skip(self, stage: str) -> Optional[dict[str, Any]]:
-        """The earlier marker if the stage already finished and --force was not given."""
-        done = self.marker(stage)
-        if done and not self.force:
-            self.log(f"[{stage}] already done ({done['finished_at']}); re-run with --force to redo it")
-            return done
-        return None
-
-    def reset(self, stage: str, *locations: Location) -> None:
-        """--force: remove the stage's outputs and marker before running it again."""
-        if not self.force:
-            return
-        for location in (*locations, self.layout.marker(stage)):
-            if exists(location):
-                if location.path.endswith((".json", ".pt")):
-                    location.fs.delete_file(location.path)
-                else:
-                    delete_tree(location)
 
     def check_model(self, kind: str, made_by: str) -> None:
         """Fail before any cluster work when a stage's model is missing or does not fit."""
@@ -134,25 +110,23 @@ class StageContext:
 
 def preflight(ctx: StageContext, stages: list[str]) -> None:
     """Check, before Ray starts, every model file a stage will read but no earlier stage makes."""
-    method_model = "irnet" if ctx.config.method == "irnet" else "affinitynet"
+    method_model = ctx.config.method
     uses_classifier = ctx.config.method == "affinitynet" or ctx.config.irn.backbone_init == "classifier"
     consumes = {"make-cams": ["cam"], "train-irn": ["cam"] if uses_classifier else [],
                 "make-pseudo-labels": [method_model]}
     makers = {"cam": "train-cam", method_model: "train-irn"}
     produced: set[str] = set()
     for stage in stages:
-        pending = ctx.force or ctx.marker(stage) is None
-        if pending:
-            for kind in consumes.get(stage, []):
-                if kind not in produced:
-                    ctx.check_model(kind, makers[kind])
-            if stage == "train-cam":
-                produced.add("cam")
-            if stage == "train-irn":
-                produced.add(method_model)
+        for kind in consumes.get(stage, []):
+            if kind not in produced:
+                ctx.check_model(kind, makers[kind])
+        if stage == "train-cam":
+            produced.add("cam")
+        if stage == "train-irn":
+            produced.add(method_model)
 
 
-def init_ray(config: Config) -> None:
+def init_ray(config: Config, verbose: bool = False) -> None:
     """Connect to ray.address / RAY_ADDRESS, else start a local Ray sized by ray.num_cpus.
 
     Inside a Ray job RAY_ADDRESS is set; we pass no runtime_env so the job's own env is kept.

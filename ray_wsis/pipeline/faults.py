@@ -4,6 +4,8 @@ Set in the environment before Ray starts (workers inherit it):
   RAY_WSIS_FAULT_FLAG=<path>              the once-only guard (required to arm any hook)
   RAY_WSIS_FAULT_TRAIN_EPOCH=<n>          a Ray Train worker raises when epoch n starts
   RAY_WSIS_FAULT_ACTOR=<cam|pseudo_labels> an inference actor's process exits mid-stage
+  RAY_WSIS_FAULT_SLOW_RECUT=<seconds>     calibrate's re-cut tasks sleep after each shard (no flag
+                                          needed), so a test can kill the driver half-way
 Unset (the default), the hooks do nothing.
 """
 
@@ -14,6 +16,7 @@ import os
 FLAG = "RAY_WSIS_FAULT_FLAG"
 TRAIN_EPOCH = "RAY_WSIS_FAULT_TRAIN_EPOCH"
 ACTOR = "RAY_WSIS_FAULT_ACTOR"
+SLOW_RECUT = "RAY_WSIS_FAULT_SLOW_RECUT"
 
 
 def _arm_once() -> bool:
@@ -37,3 +40,11 @@ def maybe_fail_epoch(epoch: int) -> None:
 def maybe_kill_actor(stage: str) -> None:
     if os.environ.get(ACTOR) == stage and _arm_once():
         os._exit(1)  # a hard crash: no exception handling, the process is gone
+
+
+def maybe_slow_recut() -> None:
+    seconds = os.environ.get(SLOW_RECUT)
+    if seconds:
+        import time
+
+        time.sleep(float(seconds))

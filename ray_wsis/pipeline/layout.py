@@ -17,9 +17,12 @@ class Layout:
          models/cam.pt, models/irnet.pt     final weights (weights-only torch files)
          cams/part-*.parquet                stride-4 float16 CAMs of present classes
          ir_labels/part-*.parquet           relation labels (PNG)
+         affinity_labels/part-*.parquet     psa's relation labels for AffinityNet (PNG)
          pseudo_labels/part-*.parquet       the product: semantic PNG + instance RLEs
+         scores/part-*.parquet              the walked maps the labels are cut from
          errors/<stage>/part-*.parquet      image_id, stage, kind, reason
          stages/<stage>.json                completion marker with the stage summary
+         calibration.json                   the chosen background thresholds (calibrate)
          metrics.json                       evaluation
     """
 
@@ -45,14 +48,26 @@ class Layout:
         return self.root.child("ir_labels")
 
     @property
+    def affinity_labels(self) -> Location:
+        return self.root.child("affinity_labels")
+
+    @property
     def pseudo_labels(self) -> Location:
         return self.root.child("pseudo_labels")
+
+    @property
+    def scores(self) -> Location:
+        return self.root.child("scores")
 
     def errors(self, stage: str) -> Location:
         return self.root.child("errors", stage)
 
     def marker(self, stage: str) -> Location:
         return self.root.child("stages", f"{stage}.json")
+
+    @property
+    def calibration(self) -> Location:
+        return self.root.child("calibration.json")
 
     @property
     def metrics(self) -> Location:

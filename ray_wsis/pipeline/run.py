@@ -1,45 +1,76 @@
-"""`run`: every stage in order, each skipped when its marker says it is done."""
+"""`run`: the registry's stages in order, each planned against its marker (stages/base.py)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.evaluate import evaluate, metrics_table
-from ray_wsis.pipeline.inference import make_cams, make_ir_labels, make_pseudo_labels
-from ray_wsis.pipeline.training import train_cam, train_irn
+from ray_wsis.pipeline.output_config import save_output_config
+from ray_wsis.stages import registry
+from ray_wsis.stages.base import Plan, RunOptions, Stage, plan_stage, run_stage
 
-STAGE_FUNCTIONS: dict[str, Callable[[StageContext], Any]] = {
-    "train-cam": train_cam,
-    "make-cams": make_cams,
-    "make-ir-labels": make_ir_labels,
-    "train-irn": train_irn,
-    "make-pseudo-labels": make_pseudo_labels,
-    "evaluate": evaluate,
-}
+Announce = Callable[[Stage, Plan, tuple[int, int]], None]
 
 
-def run_all(ctx: StageContext) -> dict[str, Any]:
+def banner(stage: Stage, plan: Plan, position: tuple[int, int]) -> str:
+    """`[3/7] make-ir-labels: 240 images (new: the input set changed ...)`."""
+    index, total = position
+    what = {"run": "run", "skip": "done", "kept": "kept", "redo": "redo", "new": "new images", "retry": "retry"}
+    return f"[{index}/{total}] {stage.name}: {what[plan.action]}, {plan.why} ({plan.inputs_count} images)"
+
+
+def selected(ctx: StageContext, names: Optional[Sequence[str]]) -> list[Stage]:
+    stages = registry.pipeline(ctx.config)
+    if names is None:
+        return list(stages)
+    return [registry.stage(ctx.config, name) for name in names]
+
+
+def may_run(ctx: StageContext, stages: Sequence[Stage], options: RunOptions) -> list[str]:
+    """Stages that will or may run: their own plan says so, or a stage they consume may run.
+
+    Planned from today's markers, before anything runs (preflight checks these stages' models)."""
+    running: set[str] = set()
+    for stage in stages:
+        plan = plan_stage(ctx, stage, options)
+        if plan.action not in ("skip", "kept") or running & set(stage.consumes):
+            running.add(stage.name)
+    return [s.name for s in stages if s.name in running]
+
+
+def run_pipeline(ctx: StageContext, names: Optional[Sequence[str]] = None, options: RunOptions = RunOptions(),
+                 announce: Optional[Announce] = None) -> dict[str, Any]:
+    """Run the named stages (default: the whole pipeline of the config's method) in order."""
+    save_output_config(ctx.config)
+    stages = selected(ctx, names)
+    show = announce or (lambda s, p, pos: ctx.log(banner(s, p, pos)))
     results: dict[str, Any] = {}
     start = time.perf_counter()
-    for name, fn in STAGE_FUNCTIONS.items():
-        results[name] = fn(ctx)
+    for index, stage in enumerate(stages, start=1):
+        results[stage.name] = run_stage(ctx, stage, options, (index, len(stages)), show)
     results["seconds"] = round(time.perf_counter() - start, 1)
     return results
 
 
 def summary_table(results: dict[str, Any], output: str, metrics: Optional[dict[str, Any]] = None) -> str:
-    """One screen: per-stage image counts, metrics, and where the labels are."""
-    lines = ["", "stage                 input processed resumed skipped failed", "-" * 62]
-    for name in ("make-cams", "make-ir-labels", "make-pseudo-labels"):
-        s = results.get(name) or {}
-        if s:
-            lines.append(f"{name:<20} {s['input']:>6} {s['processed']:>9} {s['resumed']:>7} {s['skipped']:>7} "
-                         f"{s['failed']:>6}")
+    """One screen: what each stage did, image counts, metrics, and where the labels are."""
+    from ray_wsis.stages.evaluate import metrics_table
+
+    lines = ["", f"{'stage':<22}{'action':<8}{'input':>7}{'processed':>10}{'kept':>6}{'skipped':>8}{'failed':>7}",
+             "-" * 68]
+    for name, s in results.items():
+        if not isinstance(s, dict):
+            continue
+        if "processed" in s:
+            lines.append(f"{name:<22}{s.get('action', ''):<8}{s['input']:>7}{s['processed']:>10}{s['kept']:>6}"
+                         f"{s['skipped']:>8}{s['failed']:>7}")
+        else:
+            lines.append(f"{name:<22}{s.get('action', ''):<8}")
     if metrics:
         lines += ["", metrics_table(metrics)]
-    lines += ["", f"pseudo-labels: {output.rstrip('/')}/pseudo_labels/  (errors: {output.rstrip('/')}/errors/)"]
+    root = output.rstrip("/")
+    lines += ["", f"pseudo-labels: {root}/pseudo_labels/  (errors: {root}/errors/, status: ray-wsis status {root})"]
     if "seconds" in results:
         lines.append(f"total {results['seconds']} s")
     return "\n".join(lines)

@@ -8,12 +8,15 @@ ragged tensor columns, so plain pyarrow readers need nothing from Ray.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from ray_wsis.masks import encode_label_png, encode_rles, rle_area, rle_bbox
+from ray_wsis.data.decode import resize_label
+from ray_wsis.masks import encode_gray_png, encode_label_png, encode_rles, rle_area, rle_bbox
+from ray_wsis.method.scores import ThresholdLike, WalkScores, as_thresholds
 
 ERROR_KINDS = ("failed", "skipped")
 
@@ -23,7 +26,19 @@ INSTANCE_TYPE = pa.struct([("category_id", pa.int16()), ("score", pa.float32()),
 
 PSEUDO_LABELS = pa.schema([("image_id", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
                            ("labels", pa.list_(pa.int16())), ("semantic", pa.binary()),
-                           ("instances", pa.list_(INSTANCE_TYPE))])
+                           ("confidence", pa.binary()), ("instances", pa.list_(INSTANCE_TYPE))])
+"""semantic: PNG of the class map; confidence: grayscale PNG, 0..255, of each pixel's distance
+from flipping its decision (method/scores.py ``confidence``)."""
+
+SCORES = pa.schema([("image_id", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+                    ("labels", pa.list_(pa.int16())), ("infer_height", pa.int32()), ("infer_width", pa.int32()),
+                    ("scale", pa.int8()), ("score_height", pa.int32()), ("score_width", pa.int32()),
+                    ("semantic_scores", pa.binary()), ("instance_classes", pa.list_(pa.int16())),
+                    ("instance_scores", pa.binary())])
+"""The walk's evidence (method/scores.py): uint8 bytes of (len(labels), score_height,
+score_width) walked class maps and of (len(instance_classes), score_height, score_width)
+walked (class x cluster) maps, each group quantised to its own peak; labels are cut from them
+at infer_height x infer_width and resized to height x width. Same shard names as pseudo_labels/."""
 
 CAMS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
                   ("labels", pa.list_(pa.int16())), ("cam_height", pa.int32()), ("cam_width", pa.int32()),
@@ -31,6 +46,9 @@ CAMS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa
 """cam: float16 bytes of a (len(labels), cam_height, cam_width) array (C order); cam_height
 and cam_width are ceil(h/4), ceil(w/4) of the inference resolution, which differs from
 height x width only for images above dataset.max_long_side."""
+
+WALK_OUTPUT = pa.unify_schemas([PSEUDO_LABELS, SCORES])
+"""What the make-pseudo-labels actor returns: the columns of both tables it writes."""
 
 IR_LABELS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa.int32()),
                        ("width", pa.int32()), ("labels", pa.list_(pa.int16())), ("ir_label", pa.binary())])
@@ -40,9 +58,18 @@ ERRORS = pa.schema([("image_id", pa.string()), ("stage", pa.string()), ("kind", 
 
 ERROR_COLUMN = "error"
 
+THRESHOLDS_KEY = "ray_wsis.thresholds"
+"""Parquet metadata key of pseudo-label shards: the background thresholds they were cut at (JSON)."""
+
+
+def thresholds_metadata(semantic: ThresholdLike, instance: ThresholdLike, source: str) -> str:
+    """JSON of the thresholds a shard was cut at; ``source``: "config" or "calibration"."""
+    return json.dumps({"semantic": as_thresholds(semantic).as_dict(), "instance": as_thresholds(instance).as_dict(),
+                       "source": source}, sort_keys=True)
+
 
 def stage_schema(kind: str) -> pa.Schema:
-    return {"cams": CAMS, "ir_labels": IR_LABELS, "pseudo_labels": PSEUDO_LABELS}[kind]
+    return {"cams": CAMS, "ir_labels": IR_LABELS, "pseudo_labels": PSEUDO_LABELS, "scores": SCORES}[kind]
 
 
 def error_text(kind: str, reason: str) -> str:
@@ -92,10 +119,41 @@ def instances_column(masks: np.ndarray, class_ids: np.ndarray, scores: np.ndarra
 
 
 def pseudo_label_row(image_id: str, height: int, width: int, labels: Sequence[int], semantic: np.ndarray,
-                     masks: np.ndarray, class_ids: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+                     confidence: np.ndarray, masks: np.ndarray, class_ids: np.ndarray, scores: np.ndarray
+                     ) -> dict[str, Any]:
     return {"image_id": image_id, "height": int(height), "width": int(width), "labels": [int(v) for v in labels],
-            "semantic": encode_label_png(semantic), "instances": instances_column(masks, class_ids, scores),
-            ERROR_COLUMN: ""}
+            "semantic": encode_label_png(semantic), "confidence": encode_gray_png(confidence),
+            "instances": instances_column(masks, class_ids, scores), ERROR_COLUMN: ""}
+
+
+def at_original_size(semantic: np.ndarray, confidence: np.ndarray, masks: np.ndarray, height: int, width: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels cut at the inference size, resized (nearest) to the image's size when it was downscaled."""
+    if semantic.shape == (height, width):
+        return semantic, confidence, masks
+    resized = np.stack([resize_label(m.astype(np.uint8), height, width) > 0 for m in masks]) if len(masks) \
+        else np.zeros((0, height, width), bool)
+    return resize_label(semantic, height, width), resize_label(confidence, height, width), resized
+
+
+def scores_row(image_id: str, height: int, width: int, scores: WalkScores) -> dict[str, Any]:
+    """A row of the scores table (original size height x width; the cut size is in ``scores``)."""
+    return {"image_id": image_id, "height": int(height), "width": int(width),
+            "labels": [int(v) for v in scores.class_ids], "infer_height": scores.height,
+            "infer_width": scores.width, "scale": scores.scale, "score_height": int(scores.semantic.shape[1]),
+            "score_width": int(scores.semantic.shape[2]), "semantic_scores": scores.semantic.tobytes(),
+            "instance_classes": [int(v) for v in scores.instance_classes],
+            "instance_scores": scores.instance.tobytes(), ERROR_COLUMN: ""}
+
+
+def walk_scores(row: dict[str, Any]) -> WalkScores:
+    """The :class:`WalkScores` of a row of the scores table."""
+    h, w = int(row["score_height"]), int(row["score_width"])
+    labels, classes = row["labels"] or [], row["instance_classes"] or []
+    semantic = np.frombuffer(row["semantic_scores"], np.uint8).reshape(len(labels), h, w)
+    instance = np.frombuffer(row["instance_scores"], np.uint8).reshape(len(classes), h, w)
+    return WalkScores(int(row["infer_height"]), int(row["infer_width"]), np.asarray(labels, np.int16), semantic,
+                      np.asarray(classes, np.int16), instance, int(row["scale"]))
 
 
 def cam_row(image_id: str, uri: str, height: int, width: int, labels: Sequence[int], cams: np.ndarray

@@ -74,12 +74,21 @@ def split_rows(table: pa.Table, stage: str, schema: pa.Schema,
     return good, error_table.sort_by("image_id")
 
 
-class ShardSink(Datasink):
-    """Ray Data sink writing stage rows and error rows as atomically committed shards."""
+Output = tuple[Location, pa.Schema]
+"""A folder and the schema of the rows written to it."""
 
-    def __init__(self, output: Location, errors: Location, stage: str, schema: pa.Schema, rows_per_file: int,
+
+class ShardSink(Datasink):
+    """Ray Data sink writing stage rows and error rows as atomically committed shards.
+
+    ``outputs`` lists the tables a stage writes from the same rows, the commit table last:
+    each is written under the same shard name, so a shard of an earlier table without its
+    commit-table twin is an interrupted write (:func:`drop_orphans` removes it on resume).
+    """
+
+    def __init__(self, outputs: list[Output], errors: Location, stage: str, rows_per_file: int,
                  metadata: Optional[dict[str, str]] = None, retries: int = 5) -> None:
-        self.output, self.errors, self.stage, self.schema = output, errors, stage, schema
+        self.outputs, self.errors, self.stage = outputs, errors, stage
         self.rows_per_file, self.metadata, self.retries = rows_per_file, metadata or {}, retries
 
     @property
@@ -95,8 +104,16 @@ class ShardSink(Datasink):
         if not tables:
             return {"rows": 0, "failed": 0, "skipped": 0}
         table = pa.concat_tables(tables, promote_options="permissive")
-        good, bad = split_rows(table, self.stage, self.schema, self.metadata)
-        return write_split(self.output, self.errors, good, bad, self.retries)
+        bad = None
+        for location, schema in self.outputs:
+            good, bad = split_rows(table, self.stage, schema, self.metadata)
+            if good.num_rows:
+                commit(location, good, self.retries)
+        assert bad is not None
+        if bad.num_rows:
+            commit(self.errors, bad, self.retries)
+        kinds = bad.column("kind").to_pylist()
+        return {"rows": good.num_rows, "failed": kinds.count("failed"), "skipped": kinds.count("skipped")}
 
 
 def write_split(output: Location, errors: Location, good: pa.Table, bad: pa.Table, retries: int) -> dict[str, int]:
@@ -106,6 +123,18 @@ def write_split(output: Location, errors: Location, good: pa.Table, bad: pa.Tabl
         commit(errors, bad, retries)
     kinds = bad.column("kind").to_pylist()
     return {"rows": good.num_rows, "failed": kinds.count("failed"), "skipped": kinds.count("skipped")}
+
+
+def drop_orphans(commit_table: Location, others: Iterable[Location]) -> int:
+    """Delete shards of ``others`` whose twin in the commit table was never written; their count."""
+    committed = {base_name(p) for p in shard_paths(commit_table)}
+    dropped = 0
+    for location in others:
+        for path in shard_paths(location):
+            if base_name(path) not in committed:
+                location.fs.delete_file(path)
+                dropped += 1
+    return dropped
 
 
 def committed_ids(location: Location) -> list[str]:
@@ -118,6 +147,11 @@ def committed_ids(location: Location) -> list[str]:
 
 def shard_paths(location: Location) -> list[str]:
     return list_files(location, suffix=".parquet", prefix=PART_PREFIX)
+
+
+def shard_names(location: Location) -> list[str]:
+    """File names of the committed shards: they name their ids, so they stand for the row set."""
+    return [base_name(p) for p in shard_paths(location)]
 
 
 def read_table(location: Location, columns: Optional[list[str]] = None) -> Optional[pa.Table]:

@@ -1,4 +1,4 @@
-"""The Ray Train stages: train-cam (classifier) and train-irn (IRNet or AffinityNet).
+"""What the Ray Train stages share (train-cam, train-irn, the downstream trainers).
 
 Ray Data decodes and augments in CPU tasks; every worker pulls its shard with
 ``iter_torch_batches``; the model is wrapped by ``prepare_model`` (DDP when several
@@ -23,12 +23,12 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ray_wsis.config import Config, config_from_dict
-from ray_wsis.models.checkpoints import checkpoint_bytes, read_checkpoint
+from ray_wsis.models.checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
-from ray_wsis.storage import exists, is_remote, read_bytes, write_bytes_atomic
+from ray_wsis.storage import Location, exists, is_remote, read_bytes, write_bytes_atomic
 # The batch UDFs live in a module without torch or ray.train: every Ray Data worker that runs them
 # imports it (0.2 s instead of 5.3 s for this module; the first epoch waited 17-20 s on such imports).
 from ray_wsis.train.batches import classifier_batch, records_to_rows, relation_batch, top_left_batch
@@ -38,7 +38,7 @@ from ray_wsis.train.loops import (build_classifier, build_relation_net, displace
 STATE_FILE = "state.pt"
 
 
-def _classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Tensor]]:
+def classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Tensor]]:
     """The trained classifier's weights when the relation net starts from them."""
     if kind == "irnet" and config.irn.backbone_init != "classifier":
         return None
@@ -46,7 +46,7 @@ def _classifier_state(config: Config, kind: str) -> Optional[dict[str, torch.Ten
 
     location = Layout.of(config).model("cam")
     if not exists(location):
-        raise ValueError(f"{location.uri} is missing: run train-cam first")
+        raise CheckpointError(f"{location.uri} is missing: run train-cam first")
     return read_checkpoint(read_bytes(location), "cam", config.model.backbone, location.uri)["state_dict"]
 
 
@@ -80,7 +80,7 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
         model, optimizer = build_classifier(config, loop["num_classes"])
         batch_size, epochs = config.cam.batch_size, config.cam.epochs
     else:
-        model, optimizer = build_relation_net(config, loop["num_classes"], _classifier_state(config, kind))
+        model, optimizer = build_relation_net(config, loop["num_classes"], classifier_state(config, kind))
         c = config.irn if kind == "irnet" else config.affinity
         batch_size, epochs = c.batch_size, c.epochs
     start_epoch, step = restore_state(model, optimizer)
@@ -136,7 +136,7 @@ def scaling_config(config: Config) -> ScalingConfig:
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
 
 
-def _export(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
+def export_model(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
     if result.checkpoint is None:
         raise RuntimeError(f"training of {kind} reported no checkpoint")
     with result.checkpoint.as_directory() as folder:
@@ -152,80 +152,13 @@ def _export(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
     return ctx.layout.model(kind).uri
 
 
-def train_cam(ctx: StageContext) -> dict[str, Any]:
-    """Train the multi-label classifier on the train split with Ray Train."""
-    stage = "train-cam"
-    done = ctx.should_skip(stage)
-    if done:
-        return done["summary"]
-    ctx.reset(stage, ctx.layout.model("cam"), ctx.layout.checkpoints.child(f"{ctx.config.run_name}-cam"))
-    start = time.perf_counter()
-    split = ctx.split(ctx.config.dataset.train_split)
-    rows = records_to_rows(split.records)
-    if not rows:
-        raise ValueError(f"split {ctx.config.dataset.train_split!r} has no image with labels to train on")
-    config = ctx.config.to_dict()
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // 16)))
-    # Unseeded on purpose: Ray Train re-executes the dataset every epoch, and a seeded shuffle
-    # replays one order, so every epoch sees the same batches (README, "From scratch").
-    ds = ds.random_shuffle().map_batches(
-        classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
-        batch_format="pyarrow", batch_size=16, num_cpus=1)
-    trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                                              "num_images": len(rows)},
-                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
-                           datasets={"train": ds})
-    result = trainer.fit()
-    uri = _export(ctx, result, "cam", ctx.num_classes)
-    metrics = result.metrics or {}
-    summary = {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri,
-               "final_loss": metrics.get("loss"), "resumed_from_epoch": metrics.get("start_epoch")}
-    ctx.mark_done(stage, summary, time.perf_counter() - start)
-    ctx.log(f"[{stage}] {summary}")
-    return summary
-
-
-def train_irn(ctx: StageContext) -> dict[str, Any]:
-    """Train IRNet (or AffinityNet) on images joined with their relation labels."""
-    stage = "train-irn"
-    done = ctx.should_skip(stage)
-    if done:
-        return done["summary"]
-    kind = ctx.config.method
-    ctx.reset(stage, ctx.layout.model(kind), ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{kind}"))
-    start = time.perf_counter()
-    ids = committed_ids(ctx.layout.ir_labels)
-    if not ids:
-        raise ValueError("no relation labels to train on: run make-ir-labels first")
-    config = ctx.config.to_dict()
-    ds = read_stage(ctx.layout.ir_labels, ids, READ_BLOCK_ROWS)
-    ds = ds.random_shuffle().map_batches(  # unseeded: a new order every epoch, as in train-cam
-        relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
-    datasets = {"train": ds}
-    if kind == "irnet":
-        infer = [r for r in ctx.split(ctx.config.dataset.infer_split).records]
-        datasets["mean"] = ray.data.from_items(records_to_rows(infer)).map_batches(
-            top_left_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
-    _classifier_state(ctx.config, kind)  # fail here, not in the workers, when it is missing
-    trainer = TorchTrainer(relation_train_loop,
-                           train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                              "num_images": len(ids)},
-                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, kind),
-                           datasets=datasets,
-                           dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
-    result = trainer.fit()
-    uri = _export(ctx, result, kind, ctx.num_classes)
-    metrics = result.metrics or {}
-    summary = {"images": len(ids), "model": uri, "final_loss": metrics.get("loss"),
-               "resumed_from_epoch": metrics.get("start_epoch")}
-    ctx.mark_done(stage, summary, time.perf_counter() - start)
-    ctx.log(f"[{stage}] {summary}")
-    return summary
+def checkpoint_folder(ctx: StageContext, kind: str) -> Location:
+    return ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{kind}")
 
 
 def latest_checkpoint_epoch(ctx: StageContext, suffix: str) -> Optional[int]:
     """The last epoch checkpointed by a training run (for tests and status)."""
-    location = ctx.layout.checkpoints.child(f"{ctx.config.run_name}-{suffix}")
+    location = checkpoint_folder(ctx, suffix)
     if not exists(location):
         return None
     from pyarrow.fs import FileSelector, FileType

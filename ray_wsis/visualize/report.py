@@ -123,7 +123,7 @@ def load_irnet(root: Location, config: Config) -> Optional[Any]:
     location = root.child("models", "irnet.pt")
     if not exists(location):
         return None
-    from ray_wsis.infer.predictors import IRNetPredictor
+    from ray_wsis.method.predictors import IRNetPredictor
     from ray_wsis.models.checkpoints import model_from_checkpoint
 
     model, _ = model_from_checkpoint(read_bytes(location), "irnet", None, source=location.uri)

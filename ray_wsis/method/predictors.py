@@ -1,7 +1,7 @@
-"""Per-image predictors shared by the Ray Data actors and the plain loops of the benchmarks.
+"""One image through the method: a model on a device plus the math of method/.
 
-Each one holds a model on a device and turns one decoded image (plus its CAMs) into arrays;
-encoding and storage are the pipeline's job.
+The Ray Data actors of make-cams and make-pseudo-labels and the plain loops of bench/ and
+local.py call these; encoding and storage are the stages' job.
 """
 
 from __future__ import annotations
@@ -9,22 +9,37 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ray_wsis.config import AffinityConfig, WalkConfig
+from ray_wsis.config import AffinityConfig, Config, WalkConfig
 from ray_wsis.method.cam import multiscale_cams, to_tensor
-from ray_wsis.method.instances import Instances, detections_from_label, instances_from_cams
-from ray_wsis.method.labels import boundary_walk, semantic_from_walk
+from ray_wsis.method.instances import Instances, walk_instances
+from ray_wsis.method.labels import boundary_walk
+from ray_wsis.method.scores import WalkScores, cut_labels, detections_from_label, encode_scores
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.random_walk import WalkOperator
 from ray_wsis.method.relations import feature_affinity
 from ray_wsis.models.affinitynet import AffinityNet
 from ray_wsis.models.cam_net import CAMNet
+from ray_wsis.models.checkpoints import model_from_checkpoint
 from ray_wsis.models.irnet import IRNet
+from ray_wsis.storage import read_bytes, resolve
+
+
+def device_for(config: Config) -> torch.device:
+    """The actor's device: CUDA when ray.use_gpu and one is visible, else the CPU (never .cuda())."""
+    return torch.device("cuda" if config.ray.use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def load_model(config: Config, kind: str) -> torch.nn.Module:
+    """A stage's model from <output>/models/<kind>.pt (weights-only file)."""
+    location = resolve(config.output, config.storage).child("models", f"{kind}.pt")
+    model, _ = model_from_checkpoint(read_bytes(location), kind, config.model.backbone, source=location.uri)
+    return model
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
@@ -54,13 +69,25 @@ class PseudoLabel:
     boundary: np.ndarray
     displacement: np.ndarray = field(default_factory=lambda: np.zeros((2, 0, 0), np.float32))
     seconds: dict[str, float] = field(default_factory=dict)
+    scores: Optional[WalkScores] = None
+    """The walked maps the labels were cut from (stored for calibration)."""
+    confidence: Optional[np.ndarray] = None
 
 
 class IRNetPredictor:
-    def __init__(self, model: IRNet, walk: WalkConfig, device: torch.device | str = "cpu") -> None:
+    """irn EdgeDisplacement + random walk + instance assembly; labels cut from stored-form scores.
+
+    ``lowest_threshold``: the lowest background threshold the stored scores must serve (the
+    calibration candidates); instance channels that cannot win at it are neither walked nor kept.
+    """
+
+    def __init__(self, model: IRNet, walk: WalkConfig, device: torch.device | str = "cpu",
+                 lowest_threshold: Optional[float] = None) -> None:
         self.model = model.to(device).eval()
         self.walk = walk
         self.device = torch.device(device)
+        lowest = min(walk.sem_bg_threshold, walk.ins_bg_threshold)
+        self.lowest_threshold = lowest if lowest_threshold is None else min(lowest, lowest_threshold)
 
     @torch.no_grad()
     def boundary_displacement(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,16 +114,19 @@ class IRNetPredictor:
         start = time.perf_counter()
         walk = boundary_walk(boundary, c.radius, c.beta)
         walked = walk(cam * (1.0 - boundary), 2 ** c.exp_times)
-        semantic = semantic_from_walk(walked, class_ids, height, width, c.sem_bg_threshold)
         seconds["walk"] = time.perf_counter() - start
         start = time.perf_counter()
-        instances = instances_from_cams(cam, boundary, displacement, class_ids, height, width, radius=c.radius,
-                                        beta=c.beta, exp_times=c.exp_times, bg_threshold=c.ins_bg_threshold,
-                                        centroid_iterations=c.centroid_iterations,
-                                        cluster_threshold=c.cluster_threshold,
-                                        min_fragment_fraction=c.min_fragment_fraction, walk=walk)
-        seconds["instances"] = time.perf_counter() - start
-        return PseudoLabel(semantic, instances, boundary.cpu().numpy(), displacement.cpu().numpy(), seconds)
+        instance = walk_instances(cam, boundary, displacement, class_ids, walk=walk, exp_times=c.exp_times,
+                                  lowest_threshold=self.lowest_threshold,
+                                  centroid_iterations=c.centroid_iterations, cluster_threshold=c.cluster_threshold)
+        seconds["instance_walk"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = encode_scores(height, width, class_ids, walked.cpu().numpy(), instance.channel_class,
+                               instance.walked.cpu().numpy(), self.lowest_threshold)
+        semantic, found = cut_labels(scores, c.sem_bg_threshold, c.ins_bg_threshold, c.min_fragment_fraction)
+        seconds["cut"] = time.perf_counter() - start
+        return PseudoLabel(semantic.label, Instances(found.masks, found.class_ids, found.scores, instance.clusters),
+                           boundary.cpu().numpy(), displacement.cpu().numpy(), seconds, scores, semantic.confidence)
 
 
 class AffinityPredictor:
@@ -134,8 +164,8 @@ class AffinityPredictor:
         seconds["walk"] = time.perf_counter() - start
         start = time.perf_counter()
         # psa has no instance branch: each connected region of a class is one instance
-        masks, classes, scores = detections_from_label(label, value, np.asarray(class_ids, np.int64),
-                                                       self.min_fragment_fraction)
+        found = detections_from_label(label, value, np.asarray(class_ids, np.int64), self.min_fragment_fraction)
         seconds["instances"] = time.perf_counter() - start
         boundary = 1.0 - affinity.amin(dim=0)
-        return PseudoLabel(semantic, Instances(masks, classes, scores), boundary.cpu().numpy(), seconds=seconds)
+        return PseudoLabel(semantic, Instances(found.masks, found.class_ids, found.scores), boundary.cpu().numpy(),
+                           seconds=seconds)

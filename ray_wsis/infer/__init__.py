@@ -1,1 +1,0 @@
-"""Per-image inference: CAMs, boundary/displacement, walk and label assembly."""

@@ -1,0 +1,190 @@
+"""Choosing the walk's background thresholds from the data (docs/calibration.md has the evidence).
+
+Label-free (no masks):
+* semantic: the threshold that best splits each image's walked foreground score into two
+  classes, Otsu's criterion: the between-class share of the score's variance,
+  eta(t) = sigma_between^2(t) / sigma_total^2, averaged over images; the candidate with the
+  highest mean eta wins. The walk spreads a CAM until it meets a boundary, so inside objects
+  the score is high and flat and outside it decays: two modes, and the cut belongs between.
+* instances: the threshold whose instances, united per class, agree best (mIoU) with the
+  semantic labels at the chosen semantic threshold, optionally per class.
+
+Few-shot (``dataset.calibration_split``, masks of 10-50 images): the candidate with the best
+semantic mIoU, and the one with the best instance mAP50, on those images.
+
+The statistics are additive over images, so Ray tasks compute them per shard and the driver
+sums them. Free of torch: it runs in CPU tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ray_wsis.data.decode import resize_label
+from ray_wsis.eval.instance import InstanceEvaluator, match_image
+from ray_wsis.eval.semantic import confusion_matrix, iou_from_confusion, mean_iou
+from ray_wsis.method.scores import Thresholds, WalkScores, Winner, detections_from_label, winner
+
+HISTOGRAM_BINS = 256
+
+
+@dataclass
+class ImageCut:
+    """One image's threshold-independent part of the cut: the winners of both channel groups."""
+
+    scores: WalkScores
+    semantic: Winner
+    instance: Optional[Winner]
+
+    @classmethod
+    def of(cls, scores: WalkScores) -> "ImageCut":
+        h, w, s = scores.height, scores.width, scores.scale
+        inst = winner(scores.instance, h, w, s) if scores.instance.shape[0] else None
+        return cls(scores, winner(scores.semantic, h, w, s), inst)
+
+    def semantic_label(self, threshold: float) -> np.ndarray:
+        if len(self.scores.class_ids) == 0:
+            return np.zeros((self.scores.height, self.scores.width), np.uint8)
+        keys = np.asarray(self.scores.class_ids, np.uint8)
+        return np.where(self.semantic.value > threshold, keys[self.semantic.channel], 0).astype(np.uint8)
+
+    def instance_classes(self, thresholds: Thresholds) -> np.ndarray:
+        """(H, W) class map of the united instances (what agrees with the semantic label)."""
+        if self.instance is None:
+            return np.zeros((self.scores.height, self.scores.width), np.uint8)
+        classes = np.asarray(self.scores.instance_classes, np.int64)
+        limit = thresholds.of(classes)[self.instance.channel]
+        return np.where(self.instance.value > limit, classes[self.instance.channel], 0).astype(np.uint8)
+
+    def detections(self, thresholds: Thresholds, min_fragment_fraction: float):  # type: ignore[no-untyped-def]
+        h, w = self.scores.height, self.scores.width
+        classes = np.asarray(self.scores.instance_classes, np.int64)
+        if self.instance is None:
+            return detections_from_label(np.zeros((h, w), np.int64), np.zeros((h, w), np.float32), classes, 0.0)
+        limit = thresholds.of(classes)[self.instance.channel]
+        label = np.where(self.instance.value > limit, self.instance.channel + 1, 0)
+        return detections_from_label(label, self.instance.value, classes, min_fragment_fraction)
+
+
+def _fit(label: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels cut at the inference size, at the ground truth's size (nearest)."""
+    return label if label.shape == shape else resize_label(label, int(shape[0]), int(shape[1]))
+
+
+def otsu_ratio(values: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
+    """eta(t) for each candidate: the between-class share of the variance of ``values`` (0..1)."""
+    v = np.asarray(values, np.float64).ravel()
+    total = v.var()
+    if v.size == 0 or total <= 0:
+        return np.zeros(len(candidates))
+    out = np.empty(len(candidates))
+    mean = v.mean()
+    for k, t in enumerate(candidates):
+        high = v > t
+        w1 = high.mean()
+        if w1 in (0.0, 1.0):
+            out[k] = 0.0
+            continue
+        m1, m0 = v[high].mean(), v[~high].mean()
+        out[k] = (w1 * (m1 - mean) ** 2 + (1 - w1) * (m0 - mean) ** 2) / total
+    return out
+
+
+@dataclass
+class LabelFreeStats:
+    """Additive statistics of the label-free semantic criterion over a set of images."""
+
+    eta_sum: np.ndarray
+    images: int
+
+    @classmethod
+    def empty(cls, candidates: Sequence[float]) -> "LabelFreeStats":
+        return cls(np.zeros(len(candidates)), 0)
+
+    def add(self, cut: ImageCut, candidates: Sequence[float]) -> None:
+        if len(cut.scores.class_ids):
+            self.eta_sum += otsu_ratio(cut.semantic.value, candidates)
+            self.images += 1
+
+    def merge(self, other: "LabelFreeStats") -> "LabelFreeStats":
+        return LabelFreeStats(self.eta_sum + other.eta_sum, self.images + other.images)
+
+    def criterion(self) -> np.ndarray:
+        return self.eta_sum / max(1, self.images)
+
+
+def agreement_confusions(cut: ImageCut, semantic_threshold: float, candidates: Sequence[float],
+                         num_classes: int) -> np.ndarray:
+    """(len(candidates), n, n) confusion of the united instances (columns) against the semantic label (rows)."""
+    reference = cut.semantic_label(semantic_threshold)
+    out = np.zeros((len(candidates), num_classes, num_classes), np.int64)
+    for k, t in enumerate(candidates):
+        out[k] = confusion_matrix(cut.instance_classes(Thresholds(float(t))), reference, num_classes)
+    return out
+
+
+def choose_semantic(criterion: np.ndarray, candidates: Sequence[float]) -> float:
+    """The best candidate; on ties the one nearest the middle of the tied range."""
+    best = np.flatnonzero(criterion >= criterion.max() - 1e-12)
+    return float(candidates[int(best[len(best) // 2])])
+
+
+def choose_instance(confusions: np.ndarray, candidates: Sequence[float], per_class: bool) -> Thresholds:
+    """The candidate whose united instances agree best with the semantic labels (mIoU), and,
+    with ``per_class``, each class's own best candidate by its IoU."""
+    mious = np.array([mean_iou(c) for c in confusions])
+    default = float(candidates[int(np.nanargmax(mious))]) if np.isfinite(mious).any() else 0.5
+    if not per_class:
+        return Thresholds(default)
+    ious = np.stack([iou_from_confusion(c) for c in confusions])  # (candidates, classes)
+    chosen = {}
+    for class_id in range(1, ious.shape[1]):
+        column = ious[:, class_id]
+        if np.isfinite(column).any():
+            chosen[class_id] = float(candidates[int(np.nanargmax(column))])
+    return Thresholds(default, chosen)
+
+
+@dataclass
+class FewShotStats:
+    """Ground-truth statistics of the calibration images: semantic confusions and instance
+    matches at every candidate threshold."""
+
+    confusions: np.ndarray
+    evaluators: list[InstanceEvaluator]
+
+    @classmethod
+    def empty(cls, candidates: Sequence[float], num_classes: int) -> "FewShotStats":
+        return cls(np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64),
+                   [InstanceEvaluator(num_classes) for _ in candidates])
+
+    def add(self, cut: ImageCut, ground_truth: Any, candidates: Sequence[float], min_fragment_fraction: float,
+            num_classes: int) -> None:
+        semantic = ground_truth.semantic
+        if semantic is None:
+            return
+        for k, t in enumerate(candidates):
+            self.confusions[k] += confusion_matrix(_fit(cut.semantic_label(float(t)), semantic.shape), semantic,
+                                                   num_classes + 1)
+            if ground_truth.instance_masks is None:
+                continue
+            found = cut.detections(Thresholds(float(t)), min_fragment_fraction)
+            masks = np.stack([_fit(m.astype(np.uint8), semantic.shape) > 0 for m in found.masks]) if len(found) \
+                else np.zeros((0, *semantic.shape), bool)
+            self.evaluators[k].add_matches(match_image(masks, found.class_ids, found.scores,
+                                                       ground_truth.instance_masks,
+                                                       ground_truth.instance_class_ids, num_classes=num_classes))
+
+    def merge(self, other: "FewShotStats") -> "FewShotStats":
+        for mine, theirs in zip(self.evaluators, other.evaluators):
+            mine.merge(theirs)
+        return FewShotStats(self.confusions + other.confusions, self.evaluators)
+
+    def semantic_miou(self) -> np.ndarray:
+        return np.array([100.0 * mean_iou(c) for c in self.confusions])
+
+    def instance_map50(self) -> np.ndarray:
+        return np.array([e.result()["map50"] if e.result()["map50"] is not None else np.nan for e in self.evaluators])

@@ -1,0 +1,70 @@
+"""train-cam: the multi-label classifier whose CAMs seed everything (irn step/train_cam.py).
+
+Ray Train trains a ResNet with strides (2, 2, 2, 1) on the train split's image-level labels
+(multilabel soft margin loss, poly lr); Ray Data decodes and augments in CPU tasks. The
+per-worker loop is pipeline/training.py's; the weights end in <output>/models/cam.pt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ray
+from ray.train.torch import TorchTrainer
+
+from ray_wsis.config import Config
+from ray_wsis.data.records import DatasetError
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
+from ray_wsis.stages.base import Stage, StageRun
+from ray_wsis.storage import Location
+from ray_wsis.train.batches import classifier_batch, records_to_rows
+
+
+def train_cam(run: StageRun) -> dict[str, Any]:
+    ctx = run.ctx
+    split = ctx.split(ctx.config.dataset.train_split)
+    rows = records_to_rows(split.records)
+    if not rows:
+        raise DatasetError(f"split {ctx.config.dataset.train_split!r} has no image with labels to train on")
+    config = ctx.config.to_dict()
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // 16)))
+    # Unseeded on purpose: Ray Train re-executes the dataset every epoch, and a seeded shuffle
+    # replays one order, so every epoch sees the same batches (docs/from-scratch.md).
+    ds = ds.random_shuffle().map_batches(
+        classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
+        batch_format="pyarrow", batch_size=16, num_cpus=1)
+    trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
+                                                              "num_images": len(rows)},
+                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
+                           datasets={"train": ds})
+    result = trainer.fit()
+    uri = export_model(ctx, result, "cam", ctx.num_classes)
+    metrics = result.metrics or {}
+    return {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri, "model_id": ctx.model_id("cam"),
+            "final_loss": metrics.get("loss"), "resumed_from_epoch": metrics.get("start_epoch")}
+
+
+def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
+    return layout.model("cam"), layout.checkpoints.child(f"{config.run_name}-cam")
+
+
+def _inputs(ctx: StageContext) -> Sequence[str]:
+    return [r.image_id for r in ctx.split(ctx.config.dataset.train_split).records]
+
+
+STAGE = Stage(
+    name="train-cam",
+    about="train the multi-label classifier on image-level labels (Ray Train; irn train_cam)",
+    kind="train",
+    reads=("dataset.format", "dataset.root", "dataset.coco_annotations", "dataset.coco_image_dir",
+           "dataset.manifest", "dataset.class_names_file", "dataset.max_long_side", "model", "seed",
+           "cam.crop_size", "cam.resize_long", "cam.batch_size", "cam.epochs", "cam.learning_rate",
+           "cam.head_lr_scale", "cam.weight_decay", "cam.momentum", "cam.optimizer", "cam.frozen_stages",
+           "cam.color_jitter"),
+    consumes=(),
+    body=train_cam,
+    outputs=_outputs,
+    inputs=_inputs,
+)
