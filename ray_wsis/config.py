@@ -193,6 +193,8 @@ class AffinityConfig:
     """Brightness, contrast, saturation, hue of psa's ColorJitter in training."""
     rescale: tuple[float, float] = (1.0, 1.0)
     """Random rescale range of training images (psa: none)."""
+    batch_norm: Literal["frozen", "train"] = "frozen"
+    """psa keeps every BatchNorm of the backbone fixed (statistics and affine) while fine-tuning."""
     crop_size: int = 448
     batch_size: int = 8
     epochs: int = 8

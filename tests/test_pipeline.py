@@ -14,7 +14,8 @@ from PIL import Image
 from ray_wsis.cli import main as cli_main
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.schema import PSEUDO_LABELS
-from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
+from ray_wsis.pipeline.sink import committed_ids
+from tests.pipeline_helpers import make_tiny_voc, markers, run_stages, start_local_ray, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +143,116 @@ def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):
     code = cli_main(["make-cams", "--set", f"dataset.root={tmp_path}/missing", "--set", f"output={tmp_path}/o"])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+# -- re-runs of the finished run: these change its output, so they come last in this module ----------
+
+
+def _finished_at(config) -> dict[str, str]:
+    return {name: m["finished_at"] + m["identity"] for name, m in markers(config).items()}
+
+
+def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):
+    config, _ = finished_run
+    before = _finished_at(config)
+    changed = tiny_config(config.dataset.root, config.output, "walk.beta=8")
+    logs: list[str] = []
+    results = run_stages(changed, log=logs.append)
+    after = _finished_at(changed)
+    rerun = {name for name in after if after[name] != before.get(name)}
+    assert rerun == {"make-pseudo-labels", "calibrate", "evaluate"}, logs
+    assert any("make-pseudo-labels: redo, walk.beta: 10.0 -> 8.0" in line for line in logs), logs
+    assert results["train-cam"]["action"] == "skip" and results["make-pseudo-labels"]["action"] == "redo"
+    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 8
+
+
+def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
+    from ray_wsis.pipeline.run import may_run, selected
+    from ray_wsis.stages.base import RunOptions
+
+    config, _ = finished_run
+    ctx = StageContext(tiny_config(config.dataset.root, config.output, "walk.beta=8", "ir_label.fg_threshold=0.5"))
+    assert may_run(ctx, selected(ctx, None), RunOptions()) == [
+        "make-ir-labels", "train-irn", "make-pseudo-labels", "calibrate", "evaluate"]
+    assert may_run(ctx, selected(ctx, None), RunOptions(frozenset({"make-cams"}))) == [
+        "make-cams", "make-ir-labels", "train-irn", "make-pseudo-labels", "calibrate", "evaluate"]
+
+
+def _add_images(root: str) -> None:
+    """Two new training images: a copy of an existing one and a truncated (broken) JPEG."""
+    import shutil
+
+    base = os.path.join(root, "JPEGImages", "syn_000001.jpg")
+    data = open(base, "rb").read()
+    for name, content in (("new_000001", data), ("new_000002", data[: len(data) // 3])):
+        with open(os.path.join(root, "JPEGImages", f"{name}.jpg"), "wb") as f:
+            f.write(content)
+        for folder, ext in (("Annotations", "xml"), ("SegmentationClass", "png"), ("SegmentationObject", "png")):
+            shutil.copy(os.path.join(root, folder, f"syn_000001.{ext}"), os.path.join(root, folder, f"{name}.{ext}"))
+    with open(os.path.join(root, "ImageSets", "Segmentation", "train.txt"), "a") as f:
+        f.write("new_000001\nnew_000002\n")
+
+
+def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(finished_run):
+    config, _ = finished_run
+    config = tiny_config(config.dataset.root, config.output, "walk.beta=8")
+    _add_images(config.dataset.root)
+    results = run_stages(config)
+    assert results["train-cam"]["action"] == "kept" and results["train-irn"]["action"] == "kept"
+    cams = results["make-cams"]
+    assert (cams["action"], cams["input"], cams["processed"], cams["kept"], cams["failed"]) == ("new", 10, 1, 8, 1)
+    labels = results["make-pseudo-labels"]
+    assert (labels["action"], labels["processed"], labels["kept"], labels["failed"]) == ("new", 1, 8, 1)
+    layout = StageContext(config).layout
+    ids = committed_ids(layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 9 and "new_000002" not in ids
+
+    _add_images_fix = os.path.join(config.dataset.root, "JPEGImages")
+    with open(os.path.join(_add_images_fix, "syn_000001.jpg"), "rb") as f:
+        good = f.read()
+    with open(os.path.join(_add_images_fix, "new_000002.jpg"), "wb") as f:
+        f.write(good)
+    assert run_stages(config)["make-cams"]["action"] == "skip"  # a fixed image waits for --retry-failed
+    retried = run_stages(config, retry_failed=True)
+    assert retried["make-cams"]["action"] == "retry" and retried["make-cams"]["processed"] == 1
+    assert retried["make-pseudo-labels"]["processed"] == 1 and retried["make-pseudo-labels"]["failed"] == 0
+    ids = committed_ids(layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 10
+    assert {s["unaccounted"] for s in retried.values() if isinstance(s, dict) and "unaccounted" in s} == {0}
+
+
+def test_commands_read_the_outputs_own_config(finished_run, tmp_path, capsys):
+    config, _ = finished_run
+    assert cli_main(["export", "--labels", config.output, "--format", "coco", "--out", str(tmp_path / "c.json")]) == 0
+    assert cli_main(["visualize", "--labels", config.output, "--out", str(tmp_path / "report"), "--n", "2"]) == 0
+    capsys.readouterr()
+    assert cli_main(["status", config.output, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {s["stage"]: s["state"] for s in report["stages"]}["train-cam"] == "done"
+    assert report["calibration"]["mode"] == "label-free"
+
+
+def test_a_contradicting_config_is_reported_field_by_field(finished_run, tmp_path, capsys):
+    config, _ = finished_run
+    other = tmp_path / "other.yaml"
+    other.write_text(f"dataset:\n  root: {config.dataset.root}\noutput: {config.output}\nwalk:\n  beta: 3\n")
+    assert cli_main(["status", config.output, "--config", str(other)]) == 0
+    captured = capsys.readouterr()
+    assert "note: --config differs" in captured.err and "walk.beta: 8.0 -> 3.0" in captured.err
+    assert "stale" in captured.out and "walk.beta: 8.0 -> 3.0" in captured.out
+
+
+def test_every_config_field_is_claimed_by_a_stage_or_marked():
+    from ray_wsis.cli import STAGE_NAMES
+    from ray_wsis.config import Config, leaf_fields
+    from ray_wsis.downstream.train import STAGES as DOWNSTREAM_STAGES
+    from ray_wsis.stages import registry
+
+    config = Config()
+    stages = [s for p in registry.PIPELINES for s in p] + list(DOWNSTREAM_STAGES.values())
+    claimed = {name for s in stages for prefix in s.reads for name in leaf_fields(config, prefix)}
+    for prefix in (*registry.NOT_AFFECTING_OUTPUTS, *registry.INPUT_FIELDS):
+        claimed |= set(leaf_fields(config, prefix))
+    assert set(leaf_fields(config)) - claimed == set()
+    assert set(STAGE_NAMES) == set(registry.NAMES)

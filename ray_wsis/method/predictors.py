@@ -19,7 +19,9 @@ from ray_wsis.config import AffinityConfig, Config, WalkConfig
 from ray_wsis.method.cam import multiscale_cams, to_tensor
 from ray_wsis.method.instances import Instances, walk_instances
 from ray_wsis.method.labels import boundary_walk
-from ray_wsis.method.scores import WalkScores, cut_labels, detections_from_label, encode_scores
+from ray_wsis.method.scores import (WALKED_BACKGROUND, Thresholds, WalkScores, cut_labels, encode_region_scores,
+                                    encode_scores)
+from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.random_walk import WalkOperator
 from ray_wsis.method.relations import feature_affinity
@@ -130,14 +132,19 @@ class IRNetPredictor:
 
 
 class AffinityPredictor:
-    """psa infer_aff.py on our walk: 21-channel walk at stride 8 with a (1 - max)^alpha background."""
+    """psa infer_aff.py on our walk: (1 + K)-channel walk at stride 8 with a (1 - max)^alpha background.
+
+    The labels are psa's argmax over the walked background and classes; the walked maps are
+    kept as scores, so calibrate can cut them at a constant background threshold too. psa has
+    no instance branch: each connected region of a class is one instance."""
 
     def __init__(self, model: AffinityNet, config: AffinityConfig, min_fragment_fraction: float = 0.01,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", thresholds: Thresholds = WALKED_BACKGROUND) -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.min_fragment_fraction = min_fragment_fraction
         self.device = torch.device(device)
+        self.thresholds = thresholds
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
@@ -150,22 +157,27 @@ class AffinityPredictor:
         affinity = feature_affinity(features, index, layout="same")[0]
         seconds["model"] = time.perf_counter() - start
         start = time.perf_counter()
-        cam4 = torch.from_numpy(np.asarray(cams, np.float32)).to(self.device)
-        cam8 = F.adaptive_avg_pool2d(cam4[None], (h8, w8))[0] if cam4.numel() else cam4.new_zeros(0, h8, w8)
-        background = (1.0 - (cam8.amax(dim=0, keepdim=True) if len(cam8) else torch.zeros_like(cam8[:1]))) \
-            .clamp(min=0).pow(self.config.bg_alpha)
-        walked = WalkOperator(affinity, index, self.config.beta)(torch.cat([background, cam8]),
-                                                                 2 ** self.config.exp_times)
-        up = F.interpolate(walked[None], scale_factor=8, mode="bilinear", align_corners=False)[0, :, :height, :width]
-        keys = np.asarray([0, *class_ids], dtype=np.uint8)
-        label = up.argmax(dim=0).cpu().numpy()
-        semantic = keys[label]
-        value = (up.amax(dim=0) / up.max().clamp(min=1e-12)).cpu().numpy()
+        seeds = psa_seeds(np.asarray(cams, np.float32), height, width, self.config.bg_alpha)
+        walked = WalkOperator(affinity, index, self.config.beta)(torch.from_numpy(seeds).to(self.device),
+                                                                 2 ** self.config.exp_times).cpu().numpy()
         seconds["walk"] = time.perf_counter() - start
         start = time.perf_counter()
-        # psa has no instance branch: each connected region of a class is one instance
-        found = detections_from_label(label, value, np.asarray(class_ids, np.int64), self.min_fragment_fraction)
-        seconds["instances"] = time.perf_counter() - start
+        scores = encode_region_scores(height, width, class_ids, walked[1:], walked[:1], scale=8)
+        semantic, found = cut_labels(scores, self.thresholds, self.thresholds, self.min_fragment_fraction)
+        seconds["cut"] = time.perf_counter() - start
         boundary = 1.0 - affinity.amin(dim=0)
-        return PseudoLabel(semantic, Instances(found.masks, found.class_ids, found.scores), boundary.cpu().numpy(),
-                           seconds=seconds)
+        return PseudoLabel(semantic.label, Instances(found.masks, found.class_ids, found.scores),
+                           boundary.cpu().numpy(), seconds=seconds, scores=scores, confidence=semantic.confidence)
+
+
+def psa_seeds(cams: np.ndarray, height: int, width: int, alpha: float) -> np.ndarray:
+    """(1 + K, ceil(H/8), ceil(W/8)) psa walk input: at full resolution the background
+    (1 - max CAM)^alpha and the CAMs, zero-padded to a multiple of 8, then averaged over 8x8
+    blocks (psa infer_aff.py; the power before the pooling, as psa)."""
+    full = upsample_cams(cams, height, width) if len(cams) else np.zeros((0, height, width), np.float32)
+    peak = full.max(axis=0) if len(full) else np.zeros((height, width), np.float32)
+    stack = np.concatenate([np.power(np.clip(1.0 - peak, 0, 1), alpha, dtype=np.float32)[None], full])
+    h8, w8 = math.ceil(height / 8), math.ceil(width / 8)
+    padded = np.zeros((len(stack), h8 * 8, w8 * 8), np.float32)
+    padded[:, :height, :width] = stack
+    return padded.reshape(len(stack), h8, 8, w8, 8).mean(axis=(2, 4))

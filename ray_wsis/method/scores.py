@@ -39,10 +39,16 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class Thresholds:
-    """A background threshold, optionally per class (1-based class id -> threshold)."""
+    """A background threshold, optionally per class (1-based class id -> threshold).
+
+    ``plane``: "constant" is irn's background plane at the threshold; "walked" is psa's: the
+    walked background channel of the scores competes in the argmax (AffinityNet's own cut,
+    which has no threshold; ``default`` is then unused).
+    """
 
     default: float
     per_class: Mapping[int, float] = field(default_factory=dict)
+    plane: str = "constant"
 
     def of(self, class_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         return np.asarray([self.per_class.get(int(c), self.default) for c in class_ids], np.float32)
@@ -52,13 +58,22 @@ class Thresholds:
         return min([self.default, *self.per_class.values()])
 
     def as_dict(self) -> dict[str, object]:
-        return {"default": self.default, "per_class": {str(k): v for k, v in sorted(self.per_class.items())}}
+        out: dict[str, object] = {"default": self.default,
+                                  "per_class": {str(k): v for k, v in sorted(self.per_class.items())}}
+        if self.plane != "constant":
+            out["plane"] = self.plane
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> "Thresholds":
         per_class = data.get("per_class") or {}
         assert isinstance(per_class, Mapping)
-        return cls(float(data["default"]), {int(k): float(v) for k, v in per_class.items()})  # type: ignore[arg-type]
+        return cls(float(data["default"]),  # type: ignore[arg-type]
+                   {int(k): float(v) for k, v in per_class.items()}, str(data.get("plane", "constant")))
+
+
+WALKED_BACKGROUND = Thresholds(0.0, plane="walked")
+"""psa's cut: the walked background channel against the walked class maps."""
 
 
 ThresholdLike = Union[float, Thresholds]
@@ -84,10 +99,13 @@ class WalkScores:
     instance_classes: np.ndarray
     instance: np.ndarray
     scale: int = 4
+    background: Optional[np.ndarray] = None
+    """(1, h, w) walked background channel (AffinityNet), on the scale of ``semantic``; else None."""
 
     @property
     def nbytes(self) -> int:
-        return int(self.semantic.nbytes + self.instance.nbytes + self.instance_classes.size * 2)
+        extra = 0 if self.background is None else self.background.nbytes
+        return int(self.semantic.nbytes + self.instance.nbytes + self.instance_classes.size * 2 + extra)
 
 
 def quantise(maps: np.ndarray) -> np.ndarray:
@@ -118,6 +136,8 @@ class Winner:
     channel: np.ndarray
     value: np.ndarray
     second: np.ndarray
+    peak: float = 1.0
+    """The global upsampled max the values were divided by."""
 
 
 def winner(maps: np.ndarray, height: int, width: int, scale: int) -> Winner:
@@ -136,7 +156,17 @@ def winner(maps: np.ndarray, height: int, width: int, scale: int) -> Winner:
     if peak <= 0:
         zeros = np.zeros((height, width), np.float32)
         return Winner(np.zeros((height, width), np.int64), zeros, zeros.copy())
-    return Winner(arg, np.clip(best, 0, None) / peak, second / peak)
+    return Winner(arg, np.clip(best, 0, None) / peak, second / peak, peak)
+
+
+def _plane(scores: WalkScores, win: Winner, thresholds: Thresholds, channel_class: np.ndarray) -> np.ndarray:
+    """(H, W) background level each pixel's winner must beat."""
+    if thresholds.plane == "walked":
+        if scores.background is None or scores.background.shape[0] == 0:
+            raise ValueError("a walked background plane needs scores with a background channel (AffinityNet)")
+        up = upsample_cams(scores.background.astype(np.float32), scores.height, scores.width, scores.scale)[0]
+        return up / win.peak
+    return thresholds.of(channel_class)[win.channel]
 
 
 @dataclass
@@ -168,8 +198,7 @@ def cut_semantic(scores: WalkScores, thresholds: ThresholdLike) -> SemanticCut:
     if len(scores.class_ids) == 0:
         return SemanticCut(np.zeros((h, w), np.uint8), np.full((h, w), LEVELS, np.uint8))
     win = winner(scores.semantic, h, w, scores.scale)
-    per_channel = t.of(scores.class_ids)
-    threshold = per_channel[win.channel]
+    threshold = _plane(scores, win, t, np.asarray(scores.class_ids))
     keys = np.asarray(scores.class_ids, np.uint8)
     label = np.where(win.value > threshold, keys[win.channel], 0).astype(np.uint8)
     return SemanticCut(label, confidence(win.value, win.second, threshold))
@@ -218,7 +247,7 @@ def cut_instances(scores: WalkScores, thresholds: ThresholdLike, min_fragment_fr
         return Detections(np.zeros((0, h, w), bool), np.zeros(0, np.int64), np.zeros(0, np.float32))
     channel_class = np.asarray(scores.instance_classes, np.int64)
     win = winner(scores.instance, h, w, scores.scale)
-    threshold = t.of(channel_class)[win.channel]
+    threshold = _plane(scores, win, t, channel_class)
     label = np.where(win.value > threshold, win.channel + 1, 0)
     return detections_from_label(label, win.value, channel_class, min_fragment_fraction)
 
@@ -238,3 +267,12 @@ def encode_scores(height: int, width: int, class_ids: Sequence[int], semantic: n
     keep = ~droppable(instance_q, lowest_threshold)
     return WalkScores(int(height), int(width), np.asarray(class_ids, np.int16), quantise(semantic),
                       np.asarray(instance_classes, np.int16)[keep], instance_q[keep], scale)
+
+
+def encode_region_scores(height: int, width: int, class_ids: Sequence[int], semantic: np.ndarray,
+                         background: np.ndarray, scale: int) -> WalkScores:
+    """AffinityNet's scores: walked class maps and the walked background, quantised together; its
+    instances are the connected regions of the class maps, so they are the instance channels too."""
+    both = quantise(np.concatenate([np.asarray(background, np.float32)[:1], np.asarray(semantic, np.float32)]))
+    classes = np.asarray(class_ids, np.int16)
+    return WalkScores(int(height), int(width), classes, both[1:], classes.copy(), both[1:].copy(), scale, both[:1])

@@ -41,6 +41,16 @@ def _fix_batch_norm(module: nn.Module) -> None:
             _fix_batch_norm(child)
 
 
+def freeze_batch_norm(module: nn.Module) -> None:
+    """Every BatchNorm of ``module`` normalises with its running statistics and stops learning its
+    affine parameters (psa's frozen BN for AffinityNet)."""
+    _fix_batch_norm(module)
+    for child in module.modules():
+        if isinstance(child, nn.BatchNorm2d):
+            for p in child.parameters():
+                p.requires_grad_(False)
+
+
 def load_backbone_weights(model: nn.Module, weights: str, arch: str = "") -> None:
     """Load ImageNet (or any) ResNet weights from a local path or a torchvision enum name.
 

@@ -134,14 +134,16 @@ def init_ray(config: Config, verbose: bool = False) -> None:
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS", "")
+    # Workers' own output (Ray Train's per-report lines, Ray Data's internals) stays in Ray's
+    # session logs unless --verbose; our progress reaches the driver through pipeline/progress.py.
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose)
     else:
         cpus = config.ray.num_cpus or os.cpu_count() or 1
         check_cpu_room(config, cpus)
         # No dashboard on a local run (4 s less start-up on 2 cores); the hook quiets the one
         # warning that Ray Train then repeats every second (its state API lives in the dashboard).
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
                  runtime_env={"worker_process_setup_hook": "ray_wsis.pipeline.context.quiet_local_workers"})
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars

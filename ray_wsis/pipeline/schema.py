@@ -34,11 +34,13 @@ SCORES = pa.schema([("image_id", pa.string()), ("height", pa.int32()), ("width",
                     ("labels", pa.list_(pa.int16())), ("infer_height", pa.int32()), ("infer_width", pa.int32()),
                     ("scale", pa.int8()), ("score_height", pa.int32()), ("score_width", pa.int32()),
                     ("semantic_scores", pa.binary()), ("instance_classes", pa.list_(pa.int16())),
-                    ("instance_scores", pa.binary())])
+                    ("instance_scores", pa.binary()), ("background_scores", pa.binary())])
 """The walk's evidence (method/scores.py): uint8 bytes of (len(labels), score_height,
 score_width) walked class maps and of (len(instance_classes), score_height, score_width)
 walked (class x cluster) maps, each group quantised to its own peak; labels are cut from them
-at infer_height x infer_width and resized to height x width. Same shard names as pseudo_labels/."""
+at infer_height x infer_width and resized to height x width. background_scores: AffinityNet's
+walked background channel (1, score_height, score_width) on the semantic group's scale, empty
+for IRNet. Same shard names as pseudo_labels/."""
 
 CAMS = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
                   ("labels", pa.list_(pa.int16())), ("cam_height", pa.int32()), ("cam_width", pa.int32()),
@@ -143,7 +145,8 @@ def scores_row(image_id: str, height: int, width: int, scores: WalkScores) -> di
             "infer_width": scores.width, "scale": scores.scale, "score_height": int(scores.semantic.shape[1]),
             "score_width": int(scores.semantic.shape[2]), "semantic_scores": scores.semantic.tobytes(),
             "instance_classes": [int(v) for v in scores.instance_classes],
-            "instance_scores": scores.instance.tobytes(), ERROR_COLUMN: ""}
+            "instance_scores": scores.instance.tobytes(),
+            "background_scores": b"" if scores.background is None else scores.background.tobytes(), ERROR_COLUMN: ""}
 
 
 def walk_scores(row: dict[str, Any]) -> WalkScores:
@@ -152,8 +155,10 @@ def walk_scores(row: dict[str, Any]) -> WalkScores:
     labels, classes = row["labels"] or [], row["instance_classes"] or []
     semantic = np.frombuffer(row["semantic_scores"], np.uint8).reshape(len(labels), h, w)
     instance = np.frombuffer(row["instance_scores"], np.uint8).reshape(len(classes), h, w)
+    raw = row.get("background_scores") or b""
+    background = np.frombuffer(raw, np.uint8).reshape(1, h, w) if raw else None
     return WalkScores(int(row["infer_height"]), int(row["infer_width"]), np.asarray(labels, np.int16), semantic,
-                      np.asarray(classes, np.int16), instance, int(row["scale"]))
+                      np.asarray(classes, np.int16), instance, int(row["scale"]), background)
 
 
 def cam_row(image_id: str, uri: str, height: int, width: int, labels: Sequence[int], cams: np.ndarray

@@ -11,7 +11,6 @@ weights are exported to <output>/models/<kind>.pt for the inference stages.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from typing import Any, Optional
@@ -26,6 +25,7 @@ from ray_wsis.config import Config, config_from_dict
 from ray_wsis.models.checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
+from ray_wsis.pipeline.progress import poster
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import Location, exists, is_remote, read_bytes, write_bytes_atomic
@@ -89,17 +89,18 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
     total = max_steps(loop["num_images"], batch_size, epochs, world)
     step_fn = step_function(kind, config)
     shard = ray.train.get_dataset_shard("train")
+    board = loop.get("progress") if ray.train.get_context().get_world_rank() == 0 else None
+    steps_per_epoch = total // max(1, epochs)
     for epoch in range(start_epoch, epochs):
         maybe_fail_epoch(epoch)
         batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
                                            local_shuffle_buffer_size=max(2 * batch_size, 64))
-        step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device)
-        if ray.train.get_context().get_world_rank() == 0:
-            # sys.stdout, not print: Ray Train's print patch would forward each line twice
-            loss = metrics.get("loss", float("nan"))
-            sys.stdout.write(f"[train-{kind}] epoch {epoch + 1}/{epochs}: loss {loss:.4f}, {metrics['seconds']:.1f} s "
-                             f"({metrics['data_wait_seconds']:.1f} s waiting for data)\n")
-            sys.stdout.flush()
+        step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device,
+                                  poster(board, epoch + 1, epochs), steps_per_epoch)
+        if board is not None:
+            board.epoch.remote(epoch=epoch + 1, epochs=epochs, loss=metrics.get("loss", float("nan")),
+                               seconds=metrics["seconds"], data_wait_seconds=metrics["data_wait_seconds"],
+                               images_per_s=metrics["samples"] / max(metrics["seconds"], 1e-6))
         if kind == "irnet" and epoch == epochs - 1:
             _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)
         report_epoch(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})

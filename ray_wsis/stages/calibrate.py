@@ -35,6 +35,7 @@ from ray_wsis.pipeline.schema import (PSEUDO_LABELS, THRESHOLDS_KEY, at_original
                                       rows_to_table, thresholds_metadata, walk_scores)
 from ray_wsis.pipeline.sink import commit, committed_ids, shard_paths, split_rows
 from ray_wsis.stages.base import Stage, StageRun, digest
+from ray_wsis.stages.evaluate import reference_thresholds
 from ray_wsis.storage import Location, write_bytes_atomic
 
 
@@ -180,9 +181,9 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     candidates = [float(t) for t in c.candidates]
     reference = {"semantic": walk.sem_bg_threshold, "instance": walk.ins_bg_threshold}
     if not c.enabled:
-        result: dict[str, Any] = {"mode": "off", "images": 0,
-                                  "semantic": {"threshold": Thresholds(walk.sem_bg_threshold).as_dict()},
-                                  "instance": {"threshold": Thresholds(walk.ins_bg_threshold).as_dict()}}
+        sem, ins = reference_thresholds(ctx.config)
+        result: dict[str, Any] = {"mode": "off", "images": 0, "semantic": {"threshold": sem.as_dict()},
+                                  "instance": {"threshold": ins.as_dict()}}
     else:
         few = calibration_ids(ctx)
         labelled = set(committed_ids(ctx.layout.scores))

@@ -25,11 +25,12 @@ from ray_wsis.eval.semantic import (SemanticEvaluator, cam_to_label, confusion_m
                                     precision_of_ir_labels)
 from ray_wsis.masks import decode_label_png, decode_rle
 from ray_wsis.method.calibration import FewShotStats, ImageCut
+from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds, cut_labels
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
-from ray_wsis.pipeline.schema import cam_array, walk_scores
+from ray_wsis.pipeline.schema import at_original_size, cam_array, walk_scores
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
 
@@ -93,6 +94,35 @@ def eval_pseudo_labels(batch: pa.Table, source: DatasetSource, num_classes: int)
                              gt.instance_masks, gt.instance_class_ids, num_classes=num_classes)
         matches.append(record.as_dict())
     return pa.table({"confusion": [conf.tobytes()], "images": [images], "matches": [json.dumps(matches)]})
+
+
+def eval_cut(batch: pa.Table, semantic: dict[str, Any], instance: dict[str, Any], source: DatasetSource,
+             num_classes: int, min_fragment_fraction: float) -> pa.Table:
+    """Like eval_pseudo_labels, for labels cut from the scores at other thresholds (the reference ones)."""
+    sem, ins = Thresholds.from_dict(semantic), Thresholds.from_dict(instance)
+    conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    evaluator = InstanceEvaluator(num_classes)
+    images = 0
+    for row in batch.to_pylist():
+        gt = source.ground_truth(row["image_id"])
+        if gt is None or gt.semantic is None:
+            continue
+        cut, found = cut_labels(walk_scores(row), sem, ins, min_fragment_fraction)
+        label, _, masks = at_original_size(cut.label, cut.confidence, found.masks, *gt.semantic.shape)
+        conf += confusion_matrix(label, gt.semantic, num_classes + 1)
+        images += 1
+        if gt.instance_masks is not None:
+            evaluator.add_matches(match_image(masks, found.class_ids, found.scores, gt.instance_masks,
+                                              gt.instance_class_ids, num_classes=num_classes))
+    return pa.table({"confusion": [conf.tobytes()], "images": [images],
+                     "matches": [json.dumps([evaluator.matches().as_dict()])]})
+
+
+def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
+    """The cut the reference code ships: irn's constant 0.25 planes, or psa's walked background."""
+    if config.method == "affinitynet":
+        return WALKED_BACKGROUND, WALKED_BACKGROUND
+    return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
 
 
 def eval_sweep(batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int,
@@ -181,8 +211,14 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     sweep = {f"{t:.2f}": _confusion(cam_rows, n + 1, k + 1).result()["miou"] for k, t in enumerate(CAM_SWEEP)} \
         if cam_rows else {}
     walk = _sweep(ctx, ids)
+    sem_ref, ins_ref = reference_thresholds(ctx.config)
+    ref_rows = _rows(ctx.layout.scores, ids, eval_cut, semantic=sem_ref.as_dict(), instance=ins_ref.as_dict(),
+                     source=source, num_classes=n, min_fragment_fraction=ctx.config.walk.min_fragment_fraction)
+    ref_instances = InstanceEvaluator(n)
+    for row in ref_rows:
+        for record in json.loads(row["matches"]):
+            ref_instances.add_matches(ImageMatches.from_dict(record))
     calibrated = json.loads(read_bytes(ctx.layout.calibration)) if exists(ctx.layout.calibration) else None
-    reference = f"{ctx.config.walk.sem_bg_threshold:.2f}"
     metrics: dict[str, Any] = {
         "cam_miou": cam_result["miou"],
         "cam_miou_by_threshold": sweep,
@@ -192,8 +228,9 @@ def evaluate(run: StageRun) -> dict[str, Any]:
         "ins_map25": ins_result["map25"], "ins_map50": ins_result["map50"],
         "ins_map70": ins_result["map70"], "ins_map75": ins_result["map75"],
         **walk,
-        "sem_miou_at_reference": walk["sem_miou_by_threshold"].get(reference),
-        "ins_map50_at_reference": walk["ins_map50_by_threshold"].get(f"{ctx.config.walk.ins_bg_threshold:.2f}"),
+        "reference": {"semantic": sem_ref.as_dict(), "instance": ins_ref.as_dict()},
+        "sem_miou_at_reference": _confusion(ref_rows, n + 1).result()["miou"] if ref_rows else None,
+        "ins_map50_at_reference": ref_instances.result()["map50"] if ref_rows else None,
         "calibrated": None if calibrated is None else {
             "mode": calibrated["mode"], "semantic": calibrated["semantic"]["threshold"],
             "instance": calibrated["instance"]["threshold"], "images": calibrated["images"]},
@@ -218,7 +255,10 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     lines = [f"{'':<28}{'mIoU':>8}{'mAP50':>8}"]
     lines.append(f"{'CAM (cam.eval_threshold)':<28}{show(metrics.get('cam_miou')):>8}{'':>8}")
     sem_ref, ins_ref = metrics.get("sem_miou_at_reference"), metrics.get("ins_map50_at_reference")
-    lines.append(f"{'walk at walk.*_bg_threshold':<28}{show(sem_ref):>8}{show(ins_ref):>8}")
+    reference = (metrics.get("reference") or {}).get("semantic", {})
+    name = "walk, psa's background" if reference.get("plane") == "walked" else \
+        f"walk at {reference.get('default', 0.25):.2f} (reference)"
+    lines.append(f"{name:<28}{show(sem_ref):>8}{show(ins_ref):>8}")
     calibrated = metrics.get("calibrated")
     label = f"walk calibrated ({calibrated['mode']})" if calibrated else "walk as shipped"
     lines.append(f"{label:<28}{show(metrics.get('sem_miou')):>8}{show(metrics.get('ins_map50')):>8}")

@@ -27,6 +27,7 @@ from ray_wsis.pipeline.schema import (ERROR_COLUMN, PSEUDO_LABELS, SCORES, THRES
                                       at_original_size, cam_array, describe_error, error_row, error_text,
                                       pseudo_label_row, rows_to_table, scores_row, thresholds_metadata)
 from ray_wsis.stages.base import Stage, StageRun
+from ray_wsis.stages.evaluate import reference_thresholds
 from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_images
 from ray_wsis.storage import Location
 
@@ -94,9 +95,8 @@ def make_pseudo_labels(run: StageRun) -> dict[str, Any]:
         ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
         return None if ds is None else actor_op(ctx, decode_op(ctx, ds), PseudoLabelActor)
 
-    walk = ctx.config.walk
     metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
-        THRESHOLDS_KEY: thresholds_metadata(walk.sem_bg_threshold, walk.ins_bg_threshold, "config")}
+        THRESHOLDS_KEY: thresholds_metadata(*reference_thresholds(ctx.config), "config")}
     return run_images(run, [(ctx.layout.scores, SCORES), (ctx.layout.pseudo_labels, PSEUDO_LABELS)], records,
                       build, metadata)
 

@@ -17,6 +17,7 @@ from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
+from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.storage import Location
 from ray_wsis.train.batches import classifier_batch, records_to_rows
@@ -35,11 +36,12 @@ def train_cam(run: StageRun) -> dict[str, Any]:
     ds = ds.random_shuffle().map_batches(
         classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
         batch_format="pyarrow", batch_size=16, num_cpus=1)
-    trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                                              "num_images": len(rows)},
-                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
-                           datasets={"train": ds})
-    result = trainer.fit()
+    with training_progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log) as board:
+        trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
+                                                                  "num_images": len(rows), "progress": board},
+                               scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
+                               datasets={"train": ds})
+        result = trainer.fit()
     uri = export_model(ctx, result, "cam", ctx.num_classes)
     metrics = result.metrics or {}
     return {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri, "model_id": ctx.model_id("cam"),

@@ -24,6 +24,7 @@ from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.pipeline.training import (classifier_state, export_model, relation_train_loop, run_config,
                                         scaling_config)
+from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.storage import Location
 from ray_wsis.train.batches import records_to_rows, relation_batch, top_left_batch
@@ -53,13 +54,14 @@ def train_irn(run: StageRun) -> dict[str, Any]:
         datasets["mean"] = ray.data.from_items(records_to_rows(infer)).map_batches(
             top_left_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
     classifier_state(ctx.config, kind)  # fail here, not in the workers, when it is missing
-    trainer = TorchTrainer(relation_train_loop,
-                           train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                              "num_images": len(ids)},
-                           scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, kind),
-                           datasets=datasets,
-                           dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
-    result = trainer.fit()
+    with training_progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log) as board:
+        trainer = TorchTrainer(relation_train_loop,
+                               train_loop_config={"config": config, "num_classes": ctx.num_classes,
+                                                  "num_images": len(ids), "progress": board},
+                               scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, kind),
+                               datasets=datasets,
+                               dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+        result = trainer.fit()
     uri = export_model(ctx, result, kind, ctx.num_classes)
     metrics = result.metrics or {}
     return {"images": len(ids), "model": uri, "model_id": ctx.model_id(kind), "final_loss": metrics.get("loss"),
@@ -88,8 +90,9 @@ STAGE = Stage(
 AFFINITY_STAGE = dataclasses.replace(
     STAGE,
     about="train AffinityNet (feature affinities) on psa's relation labels (Ray Train; psa train_aff)",
-    reads=("method", "model", "seed", "affinity.crop_size", "affinity.batch_size", "affinity.epochs",
-           "affinity.learning_rate", "affinity.weight_decay", "affinity.momentum", "affinity.radius"),
+    reads=("method", "model", "seed", "affinity.labels", "affinity.crop_size", "affinity.batch_size",
+           "affinity.epochs", "affinity.learning_rate", "affinity.weight_decay", "affinity.momentum",
+           "affinity.radius", "affinity.color_jitter", "affinity.rescale", "affinity.batch_norm"),
     consumes=("train-cam", "make-affinity-labels"),
 )
 """The same stage for ``method: affinitynet``: other fields, psa's labels."""

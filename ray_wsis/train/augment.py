@@ -8,6 +8,8 @@ random crop (image fill 0, label fill 255), label reduced x4 with nearest sampli
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from PIL import Image, ImageEnhance
 
@@ -34,13 +36,27 @@ def random_resize_long(image: np.ndarray, low: int, high: int, rng: np.random.Ge
     return resize(image, max(1, round(h * scale)), max(1, round(w * scale)))
 
 
-def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast and saturation jitter of +-strength (psa uses 0.3)."""
-    if strength <= 0:
+def color_jitter(image: np.ndarray, strength: float | Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """torchvision-style ColorJitter: brightness, contrast, saturation factors in [1 - s, 1 + s]
+    (one number: the same s for the three) and, given a fourth number h, a hue shift in [-h, h]
+    of a turn (psa's AffinityNet: (0.3, 0.3, 0.3, 0.1)), applied in a random order as torchvision."""
+    values = (float(strength),) * 3 if isinstance(strength, (int, float)) else tuple(float(v) for v in strength)
+    if not any(v > 0 for v in values):
         return image
     pil = Image.fromarray(image)
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        pil = enhancer(pil).enhance(float(rng.uniform(1 - strength, 1 + strength)))
+    steps = [(enhancer, s) for enhancer, s in zip((ImageEnhance.Brightness, ImageEnhance.Contrast,
+                                                  ImageEnhance.Color), values[:3]) if s > 0]
+    hue = values[3] if len(values) > 3 else 0.0
+    order = rng.permutation(len(steps) + (1 if hue > 0 else 0))
+    for k in order:
+        if k < len(steps):
+            enhancer, s = steps[k]
+            pil = enhancer(pil).enhance(float(rng.uniform(max(0.0, 1 - s), 1 + s)))
+        else:
+            h, sat, val = pil.convert("HSV").split()
+            shift = int(round(rng.uniform(-hue, hue) * 255))
+            h = h.point(lambda x: (x + shift) % 256)
+            pil = Image.merge("HSV", (h, sat, val)).convert("RGB")
     return np.asarray(pil)
 
 
@@ -77,12 +93,13 @@ def classifier_sample(image: np.ndarray, crop_size: int, resize_long: tuple[int,
 
 
 def relation_sample(image: np.ndarray, label: np.ndarray, crop_size: int, rescale: tuple[float, float],
-                    rng: np.random.Generator, stride: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                    rng: np.random.Generator, stride: int = 4, jitter: float | Sequence[float] = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """One IRNet/AffinityNet input: (3, crop, crop) float32 and (crop/stride)^2 uint8 labels."""
     scale = float(rng.uniform(rescale[0], rescale[1]))
     h, w = image.shape[:2]
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    image = normalize(resize(image, nh, nw))
+    image = normalize(color_jitter(resize(image, nh, nw) if (nh, nw) != (h, w) else image, jitter, rng))
     label = resize(label, nh, nw, nearest=True)
     if rng.random() < 0.5:
         image, label = image[:, ::-1], label[:, ::-1]

@@ -55,8 +55,10 @@ class ClassifierBatches:
 class RelationBatches:
     """Decode image + relation-label PNG, irn affinity augmentation; labels at `stride`."""
 
-    def __init__(self, config: Config, crop_size: int, rescale: tuple[float, float], stride: int) -> None:
+    def __init__(self, config: Config, crop_size: int, rescale: tuple[float, float], stride: int,
+                 jitter: float | tuple[float, ...] = 0.0) -> None:
         self.config, self.crop_size, self.rescale, self.stride = config, crop_size, rescale, stride
+        self.jitter = jitter
         self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -65,7 +67,7 @@ class RelationBatches:
             label = decode_label_png(batch["ir_label"][i])
             if label.shape != image.shape[:2]:
                 continue
-            x, y = relation_sample(image, label, self.crop_size, self.rescale, self.rng, self.stride)
+            x, y = relation_sample(image, label, self.crop_size, self.rescale, self.rng, self.stride, self.jitter)
             images.append(x)
             labels.append(y)
         s, ls = self.crop_size, self.crop_size // self.stride
@@ -106,7 +108,8 @@ def relation_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndar
     cfg = config_from_dict(config)
     if cfg.method == "irnet":
         return RelationBatches(cfg, cfg.irn.crop_size, cfg.irn.rescale, 4)(batch.to_pydict())
-    return RelationBatches(cfg, cfg.affinity.crop_size, (0.9, 1.1), 8)(batch.to_pydict())
+    a = cfg.affinity
+    return RelationBatches(cfg, a.crop_size, a.rescale, 8, a.color_jitter)(batch.to_pydict())
 
 
 def top_left_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from torch import nn
 from ray_wsis.config import Config
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.relations import irn_loss, psa_loss
+from ray_wsis.models.backbone import freeze_batch_norm
 from ray_wsis.models.checkpoints import build_model
 from ray_wsis.train.optim import poly_optimizer, set_poly_lr
 
@@ -65,6 +66,8 @@ def build_relation_net(config: Config, num_classes: int,
                         batch_norm=config.model.batch_norm, frozen_stages=("conv1", "layer1"))
     if classifier_state is not None:  # psa starts AffinityNet from the trained classifier
         model.backbone.load_state_dict(backbone_state(classifier_state))
+    if a.batch_norm == "frozen":  # psa: statistics and affine of every BatchNorm stay as loaded
+        freeze_batch_norm(model.backbone)
     backbone, head = model.parameter_groups()
     return model, poly_optimizer("sgd", [(backbone, a.learning_rate), (head, 10 * a.learning_rate)], a.weight_decay,
                                  a.momentum)
@@ -112,8 +115,12 @@ def max_steps(num_images: int, batch_size: int, epochs: int, world_size: int = 1
 
 def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
               step: Callable[[nn.Module, Batch], dict[str, torch.Tensor]], batches: Iterable[Batch],
-              global_step: int, max_step: int, device: torch.device) -> tuple[int, dict[str, float]]:
-    """One pass over `batches`; returns the new global step and the epoch's mean losses."""
+              global_step: int, max_step: int, device: torch.device,
+              on_step: Optional[Callable[[int, int, float, int, float], None]] = None,
+              steps_per_epoch: int = 0) -> tuple[int, dict[str, float]]:
+    """One pass over `batches`; returns the new global step and the epoch's mean losses.
+
+    ``on_step(step, steps_per_epoch, loss, samples, seconds)`` is told of every step (progress)."""
     model.train()
     sums: dict[str, float] = {}
     count, samples, start, waited = 0, 0, time.perf_counter(), 0.0
@@ -137,6 +144,8 @@ def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
         samples += batch["image"].shape[0]
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + float(value.detach())
+        if on_step is not None:
+            on_step(count, max(steps_per_epoch, count), sums["loss"] / count, samples, time.perf_counter() - start)
     metrics = {k: v / max(count, 1) for k, v in sums.items()}
     metrics.update(steps=count, samples=samples, seconds=time.perf_counter() - start, data_wait_seconds=waited)
     return global_step, metrics

@@ -1,0 +1,88 @@
+"""Threshold calibration (method/calibration.py) on small synthetic walk scores, no Ray.
+
+Each image is a bright object of class 1 on a background whose walked score decays away from
+it; the right cut is at the object's edge, and the criteria must find it without masks
+(label-free) or with a few masks (few-shot).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ray_wsis.data.records import GroundTruth
+from ray_wsis.method.calibration import (FewShotStats, ImageCut, LabelFreeStats, agreement_confusions,
+                                         choose_instance, choose_semantic, otsu_ratio)
+from ray_wsis.method.scores import Thresholds, WalkScores, cut_semantic, quantise
+
+CANDIDATES = [round(0.05 * i, 2) for i in range(1, 19)]
+
+
+def _image(seed: int, edge: float) -> tuple[WalkScores, GroundTruth]:
+    """A 48x64 image: object where the stride-4 score is above `edge`, score 1 inside, decaying outside."""
+    rng = np.random.default_rng(seed)
+    h, w = 12, 16
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx, r = rng.uniform(4, 8), rng.uniform(5, 11), rng.uniform(2.5, 4.0)
+    distance = np.hypot(yy - cy, xx - cx)
+    inside = distance <= r
+    walked = np.where(inside, 1.0, edge * 0.6 * np.exp(-(distance - r) / 2.0)) + rng.uniform(0, 0.03, (h, w))
+    semantic = quantise(walked[None].astype(np.float32))
+    instance = semantic.copy()
+    scores = WalkScores(48, 64, np.array([1], np.int16), semantic, np.array([1], np.int16), instance)
+    truth_small = (walked > edge).astype(np.uint8)
+    truth = truth_small.repeat(4, 0).repeat(4, 1)
+    return scores, GroundTruth(truth, truth[None].astype(bool), np.array([1]))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[tuple[WalkScores, GroundTruth]]:
+    return [_image(seed, edge=0.7) for seed in range(12)]
+
+
+def test_otsu_ratio_peaks_between_two_modes():
+    values = np.concatenate([np.full(300, 0.1), np.full(100, 0.8)])
+    eta = otsu_ratio(values, CANDIDATES)
+    best = CANDIDATES[int(np.argmax(eta))]
+    assert 0.1 <= best < 0.8 and eta.max() == pytest.approx(1.0)
+    assert otsu_ratio(np.full(10, 0.5), CANDIDATES).max() == 0.0  # no variance, no split
+
+
+def test_label_free_semantic_finds_the_gap(images):
+    stats = LabelFreeStats.empty(CANDIDATES)
+    for scores, _ in images:
+        stats.add(ImageCut.of(scores), CANDIDATES)
+    assert stats.images == len(images)
+    chosen = choose_semantic(stats.criterion(), CANDIDATES)
+    assert 0.45 <= chosen <= 0.95  # between the decayed background (<= 0.42) and the object (1.0)
+    merged = LabelFreeStats.empty(CANDIDATES).merge(stats)
+    assert np.allclose(merged.criterion(), stats.criterion())
+
+
+def test_few_shot_fits_the_masks(images):
+    stats = FewShotStats.empty(CANDIDATES, num_classes=1)
+    for scores, truth in images[:5]:
+        stats.add(ImageCut.of(scores), truth, CANDIDATES, 0.0, num_classes=1)
+    miou = stats.semantic_miou()
+    chosen = choose_semantic(np.nan_to_num(miou, nan=-1.0), CANDIDATES)
+    assert miou.max() > 95.0 and 0.45 <= chosen <= 0.95
+    assert np.nanmax(stats.instance_map50()) == pytest.approx(100.0)
+    low = CANDIDATES.index(0.1)
+    assert miou[low] < miou.max() - 10  # too low a threshold floods the background
+
+
+def test_instance_agreement_with_the_semantic_cut(images):
+    confusions = sum(agreement_confusions(ImageCut.of(s), 0.6, CANDIDATES, 2) for s, _ in images)
+    shared = choose_instance(confusions, CANDIDATES, per_class=False)
+    per_class = choose_instance(confusions, CANDIDATES, per_class=True)
+    assert shared.per_class == {} and abs(shared.default - 0.6) <= 0.15
+    assert set(per_class.per_class) == {1}
+
+
+def test_thresholds_round_trip_and_per_class_cut():
+    t = Thresholds(0.4, {3: 0.7})
+    assert Thresholds.from_dict(t.as_dict()) == t and t.lowest == 0.4
+    assert t.of([1, 3]).tolist() == pytest.approx([0.4, 0.7])
+    scores, _ = _image(0, 0.7)
+    assert (cut_semantic(scores, Thresholds(0.5, {1: 0.99})).label == 1).sum() < \
+        (cut_semantic(scores, 0.5).label == 1).sum()
