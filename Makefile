@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-fast check bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,22 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check ray_wsis tests bench
+	$(VENV)/bin/ruff format --check ray_wsis tests bench
+	$(VENV)/bin/mypy
+
 bench: $(VENV)/.installed
 	$(PY) bench/random_walk.py
 	$(PY) bench/train_step.py
 	$(PY) bench/stages.py
 	$(PY) bench/scaling.py
 	$(PY) bench/memory.py
+	$(PY) bench/calibration.py --output demo_output
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_data

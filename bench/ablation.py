@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     train = source.records(config.dataset.train_split)
     infer = [r for r in source.records(config.dataset.infer_split) if r.class_ids]
     if config.dataset.limit:
-        infer = infer[:config.dataset.limit]
+        infer = infer[: config.dataset.limit]
     n_classes = len(source.class_names)
     device = torch.device("cpu")
     seconds = {}
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
         cam_state = torch.load(args.cam_cache, weights_only=True)
     else:
         cam_state, seconds["train_cam"] = local.timed(
-            lambda: local.train_classifier(config, train, n_classes, device, log))
+            lambda: local.train_classifier(config, train, n_classes, device, log)
+        )
         if args.cam_cache:
             torch.save(cam_state, args.cam_cache)
     cam_model = build_model("cam", config.model.backbone, n_classes)
@@ -64,24 +65,35 @@ def main(argv: list[str] | None = None) -> dict:
         cams = {r.image_id: cached[f"cam/{r.image_id}"] for r in infer}
         ir_labels = {r.image_id: cached[f"ir/{r.image_id}"] for r in infer}
     else:
-        cams, seconds["make_cams"] = local.timed(lambda: local.make_cams(config, infer, images, CamPredictor(
-            cam_model, config.cam.scales, device)))
+        cams, seconds["make_cams"] = local.timed(
+            lambda: local.make_cams(config, infer, images, CamPredictor(cam_model, config.cam.scales, device))
+        )
         ir_labels, seconds["make_ir_labels"] = local.timed(lambda: local.make_ir_labels(config, infer, images, cams))
         if args.label_cache:
-            np.savez(args.label_cache, **{f"cam/{k}": v for k, v in cams.items()},
-                     **{f"ir/{k}": v for k, v in ir_labels.items()})
-    relation_state, seconds["train_irn"] = local.timed(lambda: local.train_relation_net(
-        config, infer, ir_labels, n_classes, cam_state, device, log))
+            np.savez(
+                args.label_cache,
+                **{f"cam/{k}": v for k, v in cams.items()},
+                **{f"ir/{k}": v for k, v in ir_labels.items()},
+            )
+    relation_state, seconds["train_irn"] = local.timed(
+        lambda: local.train_relation_net(config, infer, ir_labels, n_classes, cam_state, device, log)
+    )
     kind = config.method
     net = build_model(kind, config.model.backbone, n_classes)
     net.load_state_dict(relation_state)
-    predictor = (IRNetPredictor(net, config.walk, device) if kind == "irnet"
-                 else AffinityPredictor(net, config.affinity, config.walk.min_fragment_fraction, device))
-    labels, seconds["make_pseudo_labels"] = local.timed(lambda: local.make_pseudo_labels(infer, images, cams, predictor))
+    predictor = (
+        IRNetPredictor(net, config.walk, device)
+        if kind == "irnet"
+        else AffinityPredictor(net, config.affinity, config.walk.min_fragment_fraction, device)
+    )
+    labels, seconds["make_pseudo_labels"] = local.timed(
+        lambda: local.make_pseudo_labels(infer, images, cams, predictor)
+    )
     metrics = local.evaluate(config, source, infer, images, cams, ir_labels, labels)
     if kind == "irnet":
-        metrics["sem_miou_by_threshold"] = local.semantic_threshold_sweep(config, source, infer, images, cams,
-                                                                          predictor)
+        metrics["sem_miou_by_threshold"] = local.semantic_threshold_sweep(
+            config, source, infer, images, cams, predictor
+        )
     if args.panels:
         from PIL import Image
 
@@ -91,14 +103,28 @@ def main(argv: list[str] | None = None) -> dict:
         for r in infer[:8]:
             gt = source.ground_truth(r.image_id)
             lab = labels[r.image_id]
-            rows.append(panel(images[r.image_id], cams[r.image_id].astype("float32"), lab.boundary, lab.displacement,
-                              lab.semantic, (lab.instances.masks, lab.instances.class_ids, lab.instances.scores),
-                              gt.semantic if gt else None, source.class_names, r.class_ids,
-                              extra=[("relation label", colorize_label(ir_labels[r.image_id]))]))
+            rows.append(
+                panel(
+                    images[r.image_id],
+                    cams[r.image_id].astype("float32"),
+                    lab.boundary,
+                    lab.displacement,
+                    lab.semantic,
+                    (lab.instances.masks, lab.instances.class_ids, lab.instances.scores),
+                    gt.semantic if gt else None,
+                    source.class_names,
+                    r.class_ids,
+                    extra=[("relation label", colorize_label(ir_labels[r.image_id]))],
+                )
+            )
         Image.fromarray(contact_sheet(rows)).save(args.panels)
-    result = {"overrides": args.overrides, **{k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items() if v is not None},
-              "seconds": {k: round(v, 1) for k, v in seconds.items()}, "images": len(infer),
-              "threads": args.threads}
+    result = {
+        "overrides": args.overrides,
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in metrics.items() if v is not None},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "images": len(infer),
+        "threads": args.threads,
+    }
     print(json.dumps(result))
     return result
 

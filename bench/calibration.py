@@ -23,18 +23,23 @@ import time
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ray_wsis.pipeline.output_config import load_output_config  # noqa: E402
 from ray_wsis.data.sources import build_source  # noqa: E402
 from ray_wsis.eval.semantic import confusion_matrix, mean_iou  # noqa: E402
 from ray_wsis.masks import decode_label_png  # noqa: E402
-from ray_wsis.method.calibration import (FewShotStats, ImageCut, LabelFreeStats, agreement_confusions,  # noqa: E402
-                                         choose_instance, choose_semantic)
+from ray_wsis.method.calibration import (  # noqa: E402
+    FewShotStats,
+    ImageCut,
+    LabelFreeStats,
+    agreement_confusions,
+    choose_instance,
+    choose_semantic,
+)
 from ray_wsis.method.scores import Thresholds, cut_labels  # noqa: E402
 from ray_wsis.pipeline.layout import Layout  # noqa: E402
+from ray_wsis.pipeline.output_config import load_output_config  # noqa: E402
 from ray_wsis.pipeline.schema import walk_scores  # noqa: E402
 from ray_wsis.pipeline.sink import read_table, shard_paths  # noqa: E402
 
@@ -101,13 +106,20 @@ def main() -> None:
             relation_conf[k] += confusion_matrix(cut.semantic_label(t), target, n + 1)
     relation_miou = np.array([mean_iou(c) for c in relation_conf])
     flips[0] = flips[-1] = np.inf
-    chosen = {"otsu": choose_semantic(otsu.criterion(), candidates),
-              "relation_labels": float(candidates[int(np.nanargmax(relation_miou))]) if relation else None,
-              "stability": float(candidates[int(np.argmin(flips))]),
-              "irn_fixed": 0.25}
-    semantic = {name: {"threshold": t, "sem_miou": score(t) if t is not None else None,
-                       "of_oracle": score(t) / float(np.nanmax(sem_curve)) if t is not None else None}
-                for name, t in chosen.items()}
+    chosen = {
+        "otsu": choose_semantic(otsu.criterion(), candidates),
+        "relation_labels": float(candidates[int(np.nanargmax(relation_miou))]) if relation else None,
+        "stability": float(candidates[int(np.argmin(flips))]),
+        "irn_fixed": 0.25,
+    }
+    semantic = {
+        name: {
+            "threshold": t,
+            "sem_miou": score(t) if t is not None else None,
+            "of_oracle": score(t) / float(np.nanmax(sem_curve)) if t is not None else None,
+        }
+        for name, t in chosen.items()
+    }
 
     # instances: agreement with the calibrated semantic labels
     t_sem = chosen["otsu"]
@@ -123,15 +135,25 @@ def main() -> None:
         evaluator = InstanceEvaluator(n)
         for i in indices:
             found = cuts[i].detections(thresholds, fragment)
-            evaluator.add_matches(match_image(found.masks, found.class_ids, found.scores, truths[i].instance_masks,
-                                              truths[i].instance_class_ids, num_classes=n))
+            evaluator.add_matches(
+                match_image(
+                    found.masks,
+                    found.class_ids,
+                    found.scores,
+                    truths[i].instance_masks,
+                    truths[i].instance_class_ids,
+                    num_classes=n,
+                )
+            )
         return float(evaluator.result()["map50"])
 
     every = list(range(len(cuts)))
-    instances = {"agreement_shared": {"threshold": shared.as_dict(), "ins_map50": instance_map50(shared, every)},
-                 "agreement_per_class": {"threshold": per_class.as_dict(), "ins_map50": instance_map50(per_class, every)},
-                 "same_as_semantic": {"threshold": t_sem, "ins_map50": instance_map50(Thresholds(t_sem), every)},
-                 "irn_fixed": {"threshold": 0.25, "ins_map50": instance_map50(Thresholds(0.25), every)}}
+    instances = {
+        "agreement_shared": {"threshold": shared.as_dict(), "ins_map50": instance_map50(shared, every)},
+        "agreement_per_class": {"threshold": per_class.as_dict(), "ins_map50": instance_map50(per_class, every)},
+        "same_as_semantic": {"threshold": t_sem, "ins_map50": instance_map50(Thresholds(t_sem), every)},
+        "irn_fixed": {"threshold": 0.25, "ins_map50": instance_map50(Thresholds(0.25), every)},
+    }
 
     # few-shot: fit on k random images, score on all
     rng = np.random.default_rng(args.seed)
@@ -147,10 +169,14 @@ def main() -> None:
             t_i = choose_semantic(np.nan_to_num(stats.instance_map50(), nan=-1.0), candidates)
             sem_scores.append(score(t_s))
             ins_scores.append(at[t_i][1])
-        few[str(k)] = {"sem_miou_mean": float(np.mean(sem_scores)), "sem_miou_min": float(np.min(sem_scores)),
-                       "sem_of_oracle_mean": float(np.mean(sem_scores) / np.nanmax(sem_curve)),
-                       "sem_of_oracle_min": float(np.min(sem_scores) / np.nanmax(sem_curve)),
-                       "ins_map50_mean": float(np.mean(ins_scores)), "ins_map50_min": float(np.min(ins_scores))}
+        few[str(k)] = {
+            "sem_miou_mean": float(np.mean(sem_scores)),
+            "sem_miou_min": float(np.min(sem_scores)),
+            "sem_of_oracle_mean": float(np.mean(sem_scores) / np.nanmax(sem_curve)),
+            "sem_of_oracle_min": float(np.min(sem_scores) / np.nanmax(sem_curve)),
+            "ins_map50_mean": float(np.mean(ins_scores)),
+            "ins_map50_min": float(np.min(ins_scores)),
+        }
 
     # re-cut speed and stored bytes
     start = time.perf_counter()
@@ -161,20 +187,30 @@ def main() -> None:
     label_bytes = sum(os.path.getsize(p) for p in shard_paths(layout.pseudo_labels))
     pixels = float(np.mean([c.scores.height * c.scores.width for c in cuts]))
     result = {
-        "output": args.output, "images": len(cuts), "candidates": candidates,
+        "output": args.output,
+        "images": len(cuts),
+        "candidates": candidates,
         "sem_miou_by_threshold": dict(zip(map(str, candidates), map(float, sem_curve))),
         "ins_map50_by_threshold": dict(zip(map(str, candidates), map(float, ins_curve))),
-        "oracle": {"semantic": {"threshold": float(candidates[int(np.nanargmax(sem_curve))]),
-                                "sem_miou": float(np.nanmax(sem_curve))},
-                   "instance": {"threshold": float(candidates[int(np.nanargmax(ins_curve))]),
-                                "ins_map50": float(np.nanmax(ins_curve))}},
+        "oracle": {
+            "semantic": {
+                "threshold": float(candidates[int(np.nanargmax(sem_curve))]),
+                "sem_miou": float(np.nanmax(sem_curve)),
+            },
+            "instance": {
+                "threshold": float(candidates[int(np.nanargmax(ins_curve))]),
+                "ins_map50": float(np.nanmax(ins_curve)),
+            },
+        },
         "label_free_semantic": semantic,
         "otsu_criterion": dict(zip(map(str, candidates), map(float, otsu.criterion()))),
         "relation_label_miou": dict(zip(map(str, candidates), map(float, relation_miou))),
         "label_free_instance": instances,
-        "few_shot": few, "few_shot_draws": args.draws,
+        "few_shot": few,
+        "few_shot_draws": args.draws,
         "recut_seconds_per_1000_images": 1000.0 * recut / max(1, len(rows)),
-        "recut_threads": 1, "mean_pixels_per_image": pixels,
+        "recut_threads": 1,
+        "mean_pixels_per_image": pixels,
         "scores_bytes_per_image": score_bytes / max(1, len(rows)),
         "pseudo_label_bytes_per_image": label_bytes / max(1, len(rows)),
     }

@@ -43,8 +43,9 @@ def run_json(args: list[str], env: Optional[dict[str, str]] = None, timeout: flo
 
     A fresh process per measurement isolates peak RSS and thread settings from the caller.
     """
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -40,10 +40,21 @@ def child(height: int, width: int, backbone: str) -> None:
     cam_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = IRNetPredictor(build_model("irnet", backbone, 20).eval(), WalkConfig())(image, cams, class_ids)
-    print(json.dumps({"height": height, "width": width, "classes": len(class_ids), "baseline_rss_mb": baseline,
-                      "peak_rss_mb": peak_rss_mb(), "cam_seconds": cam_seconds,
-                      "pseudo_label_seconds": time.perf_counter() - start, "steps": result.seconds,
-                      "instances": len(result.instances)}))
+    print(
+        json.dumps(
+            {
+                "height": height,
+                "width": width,
+                "classes": len(class_ids),
+                "baseline_rss_mb": baseline,
+                "peak_rss_mb": peak_rss_mb(),
+                "cam_seconds": cam_seconds,
+                "pseudo_label_seconds": time.perf_counter() - start,
+                "steps": result.seconds,
+                "instances": len(result.instances),
+            }
+        )
+    )
 
 
 def main() -> None:

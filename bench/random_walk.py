@@ -96,7 +96,8 @@ def main() -> None:
     _, r_exact = child("exact", 48, 64)
     peak = float(np.abs(r_dense).max())
     report["48x64"] = {
-        "sparse_seconds": round(sparse_small["seconds"], 4), "dense_seconds": round(dense_small["seconds"], 3),
+        "sparse_seconds": round(sparse_small["seconds"], 4),
+        "dense_seconds": round(dense_small["seconds"], 3),
         "sparse_extra_rss_mb": round(sparse_small["peak_rss_mb"] - sparse_small["baseline_rss_mb"], 1),
         "sparse_warmup_seconds": round(sparse_small["warmup_seconds"], 3),
         "sparse_warmup_rss_mb": round(sparse_small["warmup_rss_mb"], 1),
@@ -106,13 +107,16 @@ def main() -> None:
     }
     report["speedup_vs_dense"] = round(dense_small["seconds"] / sparse_small["seconds"], 1)
     report["memory_ratio_vs_dense"] = round(
-        max(report["48x64"]["dense_extra_rss_mb"], 0.1) / max(report["48x64"]["sparse_extra_rss_mb"], 0.1), 1)
+        max(report["48x64"]["dense_extra_rss_mb"], 0.1) / max(report["48x64"]["sparse_extra_rss_mb"], 0.1), 1
+    )
     report["max_abs_diff_rel"] = float(np.abs(r_sparse - r_dense).max() / peak)
     sparse_large, _ = child("sparse", 94, 125)
     report["seconds_375x500"] = round(sparse_large["seconds"], 4)
-    report["94x125"] = {"sparse_seconds": round(sparse_large["seconds"], 4),
-                        "sparse_extra_rss_mb": round(sparse_large["peak_rss_mb"] - sparse_large["baseline_rss_mb"], 1),
-                        "dense_cost": {k: float(v) for k, v in dense_walk_cost(94, 125).items()}}
+    report["94x125"] = {
+        "sparse_seconds": round(sparse_large["seconds"], 4),
+        "sparse_extra_rss_mb": round(sparse_large["peak_rss_mb"] - sparse_large["baseline_rss_mb"], 1),
+        "dense_cost": {k: float(v) for k, v in dense_walk_cost(94, 125).items()},
+    }
     if args.dense_large:
         dense_large, _ = child("dense", 94, 125)
         report["94x125"]["dense_seconds"] = round(dense_large["seconds"], 1)

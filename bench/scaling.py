@@ -45,16 +45,23 @@ def main() -> None:
     root, output = os.path.join(work, "voc"), os.path.join(work, "out")
     make_synthetic_voc(root, n_train=args.images, n_val=0, size=tuple(args.size), seed=5)
     write_models(output, args.backbone)
-    base = [f"dataset.root={root}", f"output={output}", f"model.backbone={args.backbone}", "ray.cpus_per_actor=1",
-            "ray.inference_batch_size=1", "ray.progress_bars=false",
-            # one logical CPU above the cores: 2 one-thread actors plus the decode tasks (see check_cpu_room)
-            f"ray.num_cpus={os.cpu_count() + 1}"]
+    base = [
+        f"dataset.root={root}",
+        f"output={output}",
+        f"model.backbone={args.backbone}",
+        "ray.cpus_per_actor=1",
+        "ray.inference_batch_size=1",
+        "ray.progress_bars=false",
+        # one logical CPU above the cores: 2 one-thread actors plus the decode tasks (see check_cpu_room)
+        f"ray.num_cpus={os.cpu_count() + 1}",
+    ]
     config = load_config(None, base + ["ray.inference_actors=2"])
     init_ray(config)
     # The CAMs are only this stage's input, and its cost does not depend on how they were made
     # (one map per class at stride 4 either way): scale 1.0 alone has 1/7.5 of the pixels of four scales.
-    make_cams(StageContext(load_config(None, base + ["ray.inference_actors=2", "cam.scales=[1.0]"]),
-                           log=lambda _m: None))
+    make_cams(
+        StageContext(load_config(None, base + ["ray.inference_actors=2", "cam.scales=[1.0]"]), log=lambda _m: None)
+    )
     seconds: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(max(1, args.repeats)):
         for actors in (1, 2):  # in turn, so that a drift of the box hits both sides
@@ -63,11 +70,21 @@ def main() -> None:
             make_pseudo_labels(StageContext(cfg, force=True, log=lambda _m: None))
             seconds[actors].append(round(time.perf_counter() - start, 2))
     median = {a: round(statistics.median(s), 2) for a, s in seconds.items()}
-    print(json.dumps({"machine": machine(), "images": args.images, "size": list(args.size),
-                      "backbone": args.backbone, "threads_per_actor": 1,
-                      "seconds_1_actor": median[1], "seconds_2_actors": median[2],
-                      "runs_seconds": {"1_actor": seconds[1], "2_actors": seconds[2]},
-                      "speedup_2_actors": round(median[1] / median[2], 3)}))
+    print(
+        json.dumps(
+            {
+                "machine": machine(),
+                "images": args.images,
+                "size": list(args.size),
+                "backbone": args.backbone,
+                "threads_per_actor": 1,
+                "seconds_1_actor": median[1],
+                "seconds_2_actors": median[2],
+                "runs_seconds": {"1_actor": seconds[1], "2_actors": seconds[2]},
+                "speedup_2_actors": round(median[1] / median[2], 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

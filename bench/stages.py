@@ -37,8 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,9 +47,17 @@ from common import machine  # noqa: E402
 
 
 def settings(root: str, output: str, args: argparse.Namespace) -> list[str]:
-    return [f"dataset.root={root}", f"output={output}", f"model.backbone={args.backbone}",
-            f"ray.inference_actors={args.actors}", "ray.cpus_per_actor=1", "ray.inference_batch_size=2",
-            "ray.progress_bars=false", f"ray.num_cpus={os.cpu_count()}", "ray.rows_per_file=1000"]
+    return [
+        f"dataset.root={root}",
+        f"output={output}",
+        f"model.backbone={args.backbone}",
+        f"ray.inference_actors={args.actors}",
+        "ray.cpus_per_actor=1",
+        "ray.inference_batch_size=2",
+        "ray.progress_bars=false",
+        f"ray.num_cpus={os.cpu_count()}",
+        "ray.rows_per_file=1000",
+    ]
 
 
 def write_models(output: str, backbone: str) -> None:
@@ -57,8 +66,9 @@ def write_models(output: str, backbone: str) -> None:
 
     for kind in ("cam", "irnet"):
         model = build_model(kind, backbone, 20)
-        write_bytes_atomic(resolve(os.path.join(output, "models", f"{kind}.pt")),
-                           checkpoint_bytes(model, kind, backbone, 20))
+        write_bytes_atomic(
+            resolve(os.path.join(output, "models", f"{kind}.pt")), checkpoint_bytes(model, kind, backbone, 20)
+        )
 
 
 @dataclass
@@ -144,12 +154,22 @@ class PlainLoop:
         for r in self.records:
             start = time.perf_counter()
             image = images[r.image_id]
-            label = relation_labels(image, upsample_cams(cams[r.image_id], *image.shape[:2]), r.class_ids,
-                                    self.config.ir_label)
+            label = relation_labels(
+                image, upsample_cams(cams[r.image_id], *image.shape[:2]), r.class_ids, self.config.ir_label
+            )
             timer.add("crf", start)
             start = time.perf_counter()
-            rows.append({"image_id": r.image_id, "uri": r.uri, "height": image.shape[0], "width": image.shape[1],
-                         "labels": list(r.class_ids), "ir_label": encode_label_png(label), "error": ""})
+            rows.append(
+                {
+                    "image_id": r.image_id,
+                    "uri": r.uri,
+                    "height": image.shape[0],
+                    "width": image.shape[1],
+                    "labels": list(r.class_ids),
+                    "ir_label": encode_label_png(label),
+                    "error": "",
+                }
+            )
             timer.add("encode", start)
         self.write(timer, "make-ir-labels", rows, IR_LABELS, "ir_labels")
 
@@ -171,8 +191,19 @@ class PlainLoop:
                 timer.parts[key] = timer.parts.get(key, 0.0) + value
             start = time.perf_counter()
             inst = result.instances
-            rows.append(pseudo_label_row(r.image_id, image.shape[0], image.shape[1], r.class_ids, result.semantic,
-                                         result.confidence, inst.masks, inst.class_ids, inst.scores))
+            rows.append(
+                pseudo_label_row(
+                    r.image_id,
+                    image.shape[0],
+                    image.shape[1],
+                    r.class_ids,
+                    result.semantic,
+                    result.confidence,
+                    inst.masks,
+                    inst.class_ids,
+                    inst.scores,
+                )
+            )
             timer.add("encode", start)
         self.write(timer, "make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
 
@@ -213,9 +244,11 @@ def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]
 
     session = start_ray_session(config_cams)
     loops = {"cams": PlainLoop(config_cams), "short": PlainLoop(config_short)}
-    stages = (("make-cams", make_cams, loops["cams"].make_cams, config_cams),
-              ("make-ir-labels", make_ir_labels, loops["short"].make_ir_labels, config_short),
-              ("make-pseudo-labels", make_pseudo_labels, loops["short"].make_pseudo_labels, config_short))
+    stages = (
+        ("make-cams", make_cams, loops["cams"].make_cams, config_cams),
+        ("make-ir-labels", make_ir_labels, loops["short"].make_ir_labels, config_short),
+        ("make-pseudo-labels", make_pseudo_labels, loops["short"].make_pseudo_labels, config_short),
+    )
     timers = {s[0]: PlainTimer() for s in stages}
     plain: dict[str, list[float]] = {s[0]: [] for s in stages}
     ray_runs: dict[str, list[float]] = {s[0]: [] for s in stages}
@@ -224,23 +257,36 @@ def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]
         if name == "make-ir-labels":
             prep = ray_stage(make_cams, config_short, force=False)  # the short stages' input, one scale
         for i in range(repeats):
-            for side in (("plain", "ray") if i % 2 == 0 else ("ray", "plain")):
+            for side in ("plain", "ray") if i % 2 == 0 else ("ray", "plain"):
                 if side == "plain":
                     plain[name].append(timed(method, timers[name] if i == 0 else PlainTimer()))
                 else:
                     ray_runs[name].append(ray_stage(fn, config, force=bool(ray_runs[name])))
-    return {"session": session, "prep": prep, "plain": plain, "ray": ray_runs,
-            "parts": {s: t.parts for s, t in timers.items()}}
+    return {
+        "session": session,
+        "prep": prep,
+        "plain": plain,
+        "ray": ray_runs,
+        "parts": {s: t.parts for s, t in timers.items()},
+    }
 
 
 def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
     images = {"make-cams": args.cam_images, "make-ir-labels": args.images, "make-pseudo-labels": args.images}
     plain = {s: statistics.mean(v) for s, v in m["plain"].items()}
     ray_s = {s: statistics.mean(v) for s, v in m["ray"].items()}
-    out: dict[str, Any] = {"machine": machine(), "images": images, "size": list(args.size),
-                           "backbone": args.backbone, "threads_per_worker": 1, "ray_actors": args.actors,
-                           "ray_cpus": os.cpu_count(), "weights": "random", "repeats": args.repeats,
-                           "order": "per stage ABBA: plain, Ray, Ray, plain, ...; figures are means of the runs"}
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "images": images,
+        "size": list(args.size),
+        "backbone": args.backbone,
+        "threads_per_worker": 1,
+        "ray_actors": args.actors,
+        "ray_cpus": os.cpu_count(),
+        "weights": "random",
+        "repeats": args.repeats,
+        "order": "per stage ABBA: plain, Ray, Ray, plain, ...; figures are means of the runs",
+    }
     out["images_per_second"] = {s: round(images[s] / t, 3) for s, t in ray_s.items()}
     out["plain_images_per_second"] = {s: round(images[s] / t, 3) for s, t in plain.items()}
     out["seconds_per_image"] = {s: round(t / images[s], 3) for s, t in ray_s.items()}
@@ -252,10 +298,12 @@ def report(args: argparse.Namespace, m: dict[str, Any]) -> dict[str, Any]:
     out["cold_stage_overhead_ratio"] = {s: round(v[0] / m["plain"][s][0], 3) for s, v in m["ray"].items()}
     out["ray_session_start_seconds"] = round(m["session"], 2)
     out["first_stage_ratio_with_session_start"] = round(
-        (m["ray"]["make-cams"][0] + m["session"]) / m["plain"]["make-cams"][0], 3)
+        (m["ray"]["make-cams"][0] + m["session"]) / m["plain"]["make-cams"][0], 3
+    )
     out["short_stage_cams_prep_seconds"] = round(m["prep"], 2)
     out["plain_time_breakdown_seconds_per_image"] = {
-        s: {k: round(v / images[s], 3) for k, v in p.items()} for s, p in m["parts"].items()}
+        s: {k: round(v / images[s], 3) for k, v in p.items()} for s, p in m["parts"].items()
+    }
     return out
 
 

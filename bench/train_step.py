@@ -7,7 +7,7 @@ same pre-augmented tensors: Ray Train + Ray Data ingest (iter_torch_batches) aga
 Python loop over in-memory tensors. Steady state only: the first epoch (warm-up, worker
 start) is excluded, and each side's rate is the median over the other epochs (on the shared
 2-core box single epochs of one side varied by +-10% and one took 10x as long: a mean of
-the two epochs after warm-up (the old default of 3) could not resolve a 5% target). Prints one JSON object with samples/s and
+the two epochs after warm-up could not resolve a 5% target). Prints one JSON object with samples/s and
 train_overhead_ratio (plain samples/s / Ray samples/s; 1.0 = no overhead).
 """
 
@@ -40,9 +40,19 @@ def make_arrays(kind: str, n: int, crop: int, seed: int = 0) -> dict[str, Any]:
 def config_for(kind: str, backbone: str, crop: int, batch: int) -> Any:
     from ray_wsis.config import load_config
 
-    return load_config(None, [f"model.backbone={backbone}", f"cam.crop_size={crop}", f"irn.crop_size={crop}",
-                              f"cam.batch_size={batch}", f"irn.batch_size={batch}", "cam.frozen_stages=[]",
-                              "irn.train_backbone=true", "model.amp=true"])
+    return load_config(
+        None,
+        [
+            f"model.backbone={backbone}",
+            f"cam.crop_size={crop}",
+            f"irn.crop_size={crop}",
+            f"cam.batch_size={batch}",
+            f"irn.batch_size={batch}",
+            "cam.frozen_stages=[]",
+            "irn.train_backbone=true",
+            "model.amp=true",
+        ],
+    )
 
 
 def timed_epochs(model, optimizer, step_fn, epochs_of_batches, device) -> tuple[float, float]:
@@ -82,7 +92,7 @@ def plain(kind: str, args: argparse.Namespace) -> tuple[float, float]:
 
     def epoch():
         for i in range(0, len(tensors["image"]), args.batch):
-            yield {k: v[i:i + args.batch] for k, v in tensors.items()}
+            yield {k: v[i : i + args.batch] for k, v in tensors.items()}
 
     return timed_epochs(model, optimizer, step_fn, (epoch() for _ in range(args.epochs)), device)
 
@@ -118,11 +128,12 @@ def with_ray(kind: str, args: argparse.Namespace) -> tuple[float, float]:
     name = f"bench-{kind}-{time.time_ns()}"
     os.makedirs(args.storage, exist_ok=True)
     result_file = os.path.join(os.path.abspath(args.storage), name + ".json")
-    trainer = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu,
-                                                              resources_per_worker={"CPU": args.threads}),
-                           run_config=RunConfig(name=name,
-                                                storage_path=os.path.abspath(args.storage)),
-                           datasets={"train": ds})
+    trainer = TorchTrainer(
+        loop,
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker={"CPU": args.threads}),
+        run_config=RunConfig(name=name, storage_path=os.path.abspath(args.storage)),
+        datasets={"train": ds},
+    )
     trainer.fit()
     with open(result_file) as f:
         result = json.load(f)
@@ -144,17 +155,26 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    report: dict[str, Any] = {"machine": machine(), "backbone": args.backbone, "crop": args.crop,
-                              "batch": args.batch, "threads": args.threads, "epochs": args.epochs,
-                              "rate": "median over epochs 2.."}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "backbone": args.backbone,
+        "crop": args.crop,
+        "batch": args.batch,
+        "threads": args.threads,
+        "epochs": args.epochs,
+        "rate": "median over epochs 2..",
+    }
     ratios = []
     for kind in ("cam", "irnet"):
         base, base_wait = plain(kind, args)
         ray_rate, ray_wait = with_ray(kind, args)
-        report[kind] = {"plain_samples_per_second": round(base, 3), "ray_samples_per_second": round(ray_rate, 3),
-                        "overhead_ratio": round(base / ray_rate, 3),
-                        "plain_input_wait_seconds_per_epoch": round(base_wait, 3),
-                        "ray_input_wait_seconds_per_epoch": round(ray_wait, 3)}
+        report[kind] = {
+            "plain_samples_per_second": round(base, 3),
+            "ray_samples_per_second": round(ray_rate, 3),
+            "overhead_ratio": round(base / ray_rate, 3),
+            "plain_input_wait_seconds_per_epoch": round(base_wait, 3),
+            "ray_input_wait_seconds_per_epoch": round(ray_wait, 3),
+        }
         ratios.append(base / ray_rate)
     report["train_overhead_ratio"] = round(max(ratios), 3)
     print(json.dumps(report))

@@ -13,15 +13,28 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 from ray_wsis.config import Config, ConfigError, load_config
 
-STAGE_NAMES = ("train-cam", "make-cams", "make-ir-labels", "make-affinity-labels", "train-irn",
-               "make-pseudo-labels", "calibrate", "evaluate")
+STAGE_NAMES = (
+    "train-cam",
+    "make-cams",
+    "make-ir-labels",
+    "make-affinity-labels",
+    "train-irn",
+    "make-pseudo-labels",
+    "calibrate",
+    "evaluate",
+)
 """The stage commands (the same names as stages/registry.py's NAMES, checked by a test; listed here
 so that `--help` needs no torch import)."""
+
+
+READS_AN_OUTPUT = ("status", "export", "visualize", "train-downstream")
+"""Commands that read an existing output (a --config for them is compared with the output's own)."""
 
 
 def builtin_config(name: str) -> str:
@@ -29,23 +42,39 @@ def builtin_config(name: str) -> str:
 
 
 def _common(parser: argparse.ArgumentParser, default_config: Optional[str] = None) -> None:
-    parser.add_argument("--config", default=default_config,
-                        help="YAML config file (default: the output's config.yaml when it has one)")
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                        help="override a config key (dotted), e.g. --set cam.epochs=3; repeatable")
+    parser.add_argument(
+        "--config", default=default_config, help="YAML config file (default: the output's config.yaml when it has one)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="override a config key (dotted), e.g. --set cam.epochs=3; repeatable",
+    )
     parser.add_argument("--verbose", action="store_true", help="show Ray's own log lines on the console too")
 
 
 def _rerun_flags(parser: argparse.ArgumentParser, stage: Optional[str]) -> None:
     if stage is None:
-        parser.add_argument("--force", nargs="*", metavar="STAGE", default=None,
-                            help="redo these stages and everything after them (no name: every stage)")
+        parser.add_argument(
+            "--force",
+            nargs="*",
+            metavar="STAGE",
+            default=None,
+            help="redo these stages and everything after them (no name: every stage)",
+        )
     else:
         parser.add_argument("--force", action="store_true", help="redo it even if nothing changed")
-    parser.add_argument("--retrain", action="store_true",
-                        help="retrain models when their training images changed (default: keep them)")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="re-attempt the images recorded as failed in errors/, and only those")
+    parser.add_argument(
+        "--retrain", action="store_true", help="retrain models when their training images changed (default: keep them)"
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-attempt the images recorded as failed in errors/, and only those",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo, builtin_config("demo"))
     _rerun_flags(demo, None)
     demo.add_argument("--downstream", action="store_true", help="also train DeepLab and Mask R-CNN on the labels")
-    run = sub.add_parser("run", help="every stage in order (a stage whose inputs and settings are unchanged is skipped)")
+    demo.add_argument(
+        "--scenes",
+        action="store_true",
+        help="the second built-in set (outdoor scenes with co-occurring context) in ./demo_data/"
+        "synthetic_scenes, output ./demo_output_scenes (unless --set says otherwise)",
+    )
+    run = sub.add_parser(
+        "run", help="every stage in order (a stage whose inputs and settings are unchanged is skipped)"
+    )
     _common(run)
     _rerun_flags(run, None)
     for name in STAGE_NAMES:
@@ -119,16 +156,18 @@ def resolve_config(args: argparse.Namespace, warn: Callable[[str], None]) -> Con
     overrides = list(args.overrides)
     if output and not any(o.partition("=")[0].strip() == "output" for o in overrides):
         overrides.append(f"output={output}")
-    if args.config:
+    if args.config or args.command == "config":
         config = load_config(args.config, overrides)
+        if args.command not in READS_AN_OUTPUT:
+            return config
         saved = recorded_config(config.output, config.storage)
-        if saved is not None and args.command not in ("run", "demo", *STAGE_NAMES):
+        if saved is not None:
             changed = [d for d in differences(saved, config) if not d.startswith("output:")]
             for line in changed:
                 warn(f"note: --config differs from {config.output}/config.yaml: {line}")
         return config
     if output:
-        saved = recorded_config(output)
+        saved = recorded_config(output, load_config(None, overrides).storage)
         if saved is not None:
             return load_config(None, overrides, base=saved.to_dict())
     return load_config(None, overrides)
@@ -160,7 +199,7 @@ def _start(args: argparse.Namespace, config: Config, names: Optional[Sequence[st
     check_output(config)
     configure_console(config, verbose=args.verbose)
     ctx = StageContext(config)
-    ctx.source  # validate the dataset before starting Ray
+    _ = ctx.source  # validate the dataset before starting Ray
     options = _options(args, config, names or [])
     preflight(ctx, may_run(ctx, selected(ctx, names), options))
     init_ray(config, verbose=args.verbose)
@@ -181,10 +220,21 @@ def cmd_run(args: argparse.Namespace, config: Config, names: Optional[Sequence[s
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from ray_wsis.data.synthetic import make_synthetic_voc
 
+    kind = "scenes" if args.scenes else "parts"
+    if args.scenes:
+        given = {o.partition("=")[0].strip() for o in args.overrides}
+        config = load_config(
+            args.config,
+            [
+                *(["dataset.root=./demo_data/synthetic_scenes"] if "dataset.root" not in given else []),
+                *(["output=./demo_output_scenes"] if "output" not in given else []),
+                *args.overrides,
+            ],
+        )
     root = config.dataset.root
     if not os.path.isdir(os.path.join(root, "JPEGImages")):
-        print(f"making the synthetic VOC-layout dataset in {root} ...", flush=True)
-        make_synthetic_voc(root)
+        print(f"making the synthetic VOC-layout dataset ({kind}) in {root} ...", flush=True)
+        make_synthetic_voc(root, kind=kind)
     code = cmd_run(args, config)
     if args.downstream:
         from ray_wsis.downstream.demo import run_downstream_demo
@@ -247,8 +297,15 @@ def cmd_downstream(args: argparse.Namespace, config: Config) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "run": cmd_run, "demo": cmd_demo, "status": cmd_status, "config": cmd_config, "export": cmd_export,
-    "visualize": cmd_visualize, "train-downstream": cmd_downstream, **{name: cmd_stage for name in STAGE_NAMES}}
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "status": cmd_status,
+    "config": cmd_config,
+    "export": cmd_export,
+    "visualize": cmd_visualize,
+    "train-downstream": cmd_downstream,
+    **{name: cmd_stage for name in STAGE_NAMES},
+}
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -266,9 +323,53 @@ def reporting_user_errors(body: Callable[[], int]) -> int:
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _is_ray_failure(exc):
+            raise
+        _log_traceback(exc)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        where = os.environ.get("RAY_WSIS_LOG_FILE", "Ray's log")
+        print(
+            f"error: the cluster failed under the stage ({type(exc).__name__}: {first}); what was committed is "
+            f"kept: run the same command again to continue (traceback in {where})",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _is_ray_failure(exc: BaseException) -> bool:
+    """Ray's own failures (a node or actor lost beyond its retries), not bugs of ours."""
+    names = {t.__module__.split(".")[0] for t in type(exc).__mro__}
+    cause = exc.__cause__
+    return (
+        "ray" in names
+        and type(exc).__name__
+        in (
+            "SystemException",
+            "RayActorError",
+            "RayTaskError",
+            "ActorDiedError",
+            "NodeDiedError",
+            "WorkerGroupError",
+            "ControllerError",
+            "TrainingFailedError",
+            "ObjectLostError",
+            "OwnerDiedError",
+        )
+        or (cause is not None and _is_ray_failure(cause))
+    )
+
+
+def _log_traceback(exc: BaseException) -> None:
+    import traceback
+
+    path = os.environ.get("RAY_WSIS_LOG_FILE")
+    if path:
+        with open(path, "a") as f:
+            f.write("".join(traceback.format_exception(exc)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -32,7 +32,8 @@ class DatasetConfig:
 
     format: Literal["voc", "coco", "manifest"] = "voc"
     root: str = ""
-    """VOC: the folder holding JPEGImages. COCO: the folder holding the image folders. Manifest: base for relative URIs."""
+    """VOC: the folder holding JPEGImages. COCO: the folder holding the image folders.
+    Manifest: the base of relative URIs."""
     train_split: str = "train"
     infer_split: str = "train"
     eval_split: str = ""
@@ -80,6 +81,9 @@ class RayConfig:
     """Actors in each Ray Data inference pool (one GPU each when use_gpu)."""
     cpus_per_actor: float = 1.0
     cpus_per_worker: float = 1.0
+    accelerator_resource: str = ""
+    """A custom Ray resource each training worker and inference actor asks one unit of (e.g. a node
+    label for a kind of accelerator; tests use it to stand in for GPUs). Empty: none."""
     inference_batch_size: int = 4
     rows_per_file: int = 1000
     """Rows per Parquet shard: files of tens of MB for VOC-sized images."""
@@ -303,7 +307,7 @@ class Config:
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
 
@@ -317,14 +321,16 @@ BUILTIN_CONFIGS = Path(__file__).parent / "configs"
 
 def _base_path(name: str, relative_to: Path) -> Path:
     """A `base:` entry: a path relative to the file that names it, else a built-in config."""
-    candidate = (relative_to / name)
+    candidate = relative_to / name
     if candidate.exists():
         return candidate
     builtin = BUILTIN_CONFIGS / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml")
     if builtin.exists():
         return builtin
-    raise ConfigError(f"base config {name!r} (named in {relative_to}) not found: neither {candidate} nor a "
-                      f"built-in one ({', '.join(sorted(p.stem for p in BUILTIN_CONFIGS.glob('*.yaml')))})")
+    raise ConfigError(
+        f"base config {name!r} (named in {relative_to}) not found: neither {candidate} nor a "
+        f"built-in one ({', '.join(sorted(p.stem for p in BUILTIN_CONFIGS.glob('*.yaml')))})"
+    )
 
 
 def read_tree(path: str, sources: Optional[dict[str, str]] = None, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -352,8 +358,9 @@ def read_tree(path: str, sources: Optional[dict[str, str]] = None, _seen: tuple[
     return tree
 
 
-def _merge(into: dict[str, Any], tree: dict[str, Any], sources: Optional[dict[str, str]], origin: str,
-           prefix: str = "") -> None:
+def _merge(
+    into: dict[str, Any], tree: dict[str, Any], sources: Optional[dict[str, str]], origin: str, prefix: str = ""
+) -> None:
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(into.get(key), dict):
@@ -371,8 +378,12 @@ def _leaves(value: Any, name: str) -> list[str]:
     return [name]
 
 
-def load_config(path: Optional[str] = None, overrides: typing.Sequence[str] = (),
-                base: Optional[dict[str, Any]] = None, sources: Optional[dict[str, str]] = None) -> Config:
+def load_config(
+    path: Optional[str] = None,
+    overrides: typing.Sequence[str] = (),
+    base: Optional[dict[str, Any]] = None,
+    sources: Optional[dict[str, str]] = None,
+) -> Config:
     """Defaults <- ``base`` tree <- YAML file (and its `base:` chain) <- `dotted.key=value` overrides,
     then validated. ``sources``, when given, is filled with where each set value came from."""
     tree: dict[str, Any] = json.loads(json.dumps(base)) if base else {}
@@ -400,13 +411,15 @@ def _absolute(path: str) -> str:
 
 def absolute_paths(config: Config) -> Config:
     d = config.dataset
-    dataset = dataclasses.replace(d, root=_absolute(d.root), manifest=_absolute(d.manifest),
-                                  class_names_file=_absolute(d.class_names_file))
+    dataset = dataclasses.replace(
+        d, root=_absolute(d.root), manifest=_absolute(d.manifest), class_names_file=_absolute(d.class_names_file)
+    )
     weights = config.model.weights
     model = dataclasses.replace(config.model, weights=_absolute(weights) if os.path.exists(weights) else weights)
     downstream = dataclasses.replace(config.downstream, labels=_absolute(config.downstream.labels))
-    return dataclasses.replace(config, output=_absolute(config.output), dataset=dataset, model=model,
-                               downstream=downstream)
+    return dataclasses.replace(
+        config, output=_absolute(config.output), dataset=dataset, model=model, downstream=downstream
+    )
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -446,7 +459,7 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value if value is not None else {}, name + ".")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -495,11 +508,13 @@ def show_config(config: Config, sources: dict[str, str]) -> str:
     for name in leaf_fields(config):
         parts = tuple(name.split("."))
         for depth in range(len(parts) - 1):
-            if previous[:depth + 1] != parts[:depth + 1]:
+            if previous[: depth + 1] != parts[: depth + 1]:
                 lines.append("  " * depth + f"{parts[depth]}:")
         value = yaml.safe_dump(config_field(config, name), default_flow_style=True).strip()
         value = value.removesuffix("...").strip()
-        lines.append("  " * (len(parts) - 1) + f"{parts[-1]}: {value}".ljust(48) + f"  # {sources.get(name, 'default')}")
+        lines.append(
+            "  " * (len(parts) - 1) + f"{parts[-1]}: {value}".ljust(48) + f"  # {sources.get(name, 'default')}"
+        )
         previous = parts
     return "\n".join(lines)
 
@@ -560,33 +575,67 @@ def validate(config: Config) -> None:
         "irn": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "backbone_lr_scale", "dp_lr_scale"),
         "affinity": ("crop_size", "batch_size", "epochs", "learning_rate", "radius", "beta"),
         "walk": ("radius", "beta", "centroid_iterations", "cluster_threshold"),
-        "ray": ("num_workers", "inference_actors", "cpus_per_actor", "cpus_per_worker",
-                "inference_batch_size", "rows_per_file"),
+        "ray": (
+            "num_workers",
+            "inference_actors",
+            "cpus_per_actor",
+            "cpus_per_worker",
+            "inference_batch_size",
+            "rows_per_file",
+        ),
         "dataset": ("max_long_side",),
         "downstream": ("epochs", "batch_size", "learning_rate", "crop_size"),
         "storage": ("connect_timeout_s", "request_timeout_s"),
     }.items():
         for name in names:
             positive(f"{section}.{name}", getattr(getattr(c, section), name))
-    for name in ("cam.weight_decay", "cam.momentum", "cam.color_jitter", "irn.weight_decay", "irn.momentum",
-                 "affinity.weight_decay", "affinity.momentum", "walk.exp_times", "ray.num_cpus",
-                 "ray.max_failures", "ray.actor_max_restarts", "storage.retries", "dataset.limit",
-                 "affinity.exp_times", "affinity.bg_alpha", "ir_label.crf_iterations", "affinity.la_alpha",
-                 "affinity.ha_alpha", "affinity.crf_iterations"):
+    for name in (
+        "cam.weight_decay",
+        "cam.momentum",
+        "cam.color_jitter",
+        "irn.weight_decay",
+        "irn.momentum",
+        "affinity.weight_decay",
+        "affinity.momentum",
+        "walk.exp_times",
+        "ray.num_cpus",
+        "ray.max_failures",
+        "ray.actor_max_restarts",
+        "storage.retries",
+        "dataset.limit",
+        "affinity.exp_times",
+        "affinity.bg_alpha",
+        "ir_label.crf_iterations",
+        "affinity.la_alpha",
+        "affinity.ha_alpha",
+        "affinity.crf_iterations",
+    ):
         section, attr = name.split(".")
         non_negative(name, getattr(getattr(c, section), attr))
     non_negative("seed", c.seed)
-    for name in ("cam.eval_threshold", "ir_label.fg_threshold", "ir_label.bg_threshold",
-                 "ir_label.fg_quantile", "ir_label.bg_quantile", "ir_label.crf_gt_prob",
-                 "walk.sem_bg_threshold", "walk.ins_bg_threshold", "walk.min_fragment_fraction",
-                 "cam.momentum", "irn.momentum", "affinity.momentum"):
+    for name in (
+        "cam.eval_threshold",
+        "ir_label.fg_threshold",
+        "ir_label.bg_threshold",
+        "ir_label.fg_quantile",
+        "ir_label.bg_quantile",
+        "ir_label.crf_gt_prob",
+        "walk.sem_bg_threshold",
+        "walk.ins_bg_threshold",
+        "walk.min_fragment_fraction",
+        "cam.momentum",
+        "irn.momentum",
+        "affinity.momentum",
+    ):
         section, attr = name.split(".")
         unit(name, getattr(getattr(c, section), attr))
     for name in ("walk.radius", "irn.radius", "affinity.radius"):
         section, attr = name.split(".")
         if getattr(getattr(c, section), attr) < 2:
-            raise ConfigError(f"{name} must be at least 2 (pixel pairs need a neighbourhood), got "
-                              f"{getattr(getattr(c, section), attr)}")
+            raise ConfigError(
+                f"{name} must be at least 2 (pixel pairs need a neighbourhood), got "
+                f"{getattr(getattr(c, section), attr)}"
+            )
     if c.ir_label.bg_threshold > c.ir_label.fg_threshold:
         raise ConfigError("ir_label.bg_threshold must not exceed ir_label.fg_threshold")
     if c.ir_label.bg_quantile > c.ir_label.fg_quantile:

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 from ray_wsis.config import StorageConfig
 from ray_wsis.masks import decode_label_png, decode_rle
 from ray_wsis.storage import Location, StorageError, exists, list_files, resolve
+
+if TYPE_CHECKING:
+    import ray
 
 PART_PREFIX = "part-"
 
@@ -48,19 +52,27 @@ def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
     h, w = int(row["height"]), int(row["width"])
     instances = [i for i in (row.get("instances") or []) if i["score"] >= min_score]
     masks = np.stack([decode_rle(i["rle"]) for i in instances]) if instances else np.zeros((0, h, w), bool)
-    boxes = np.asarray([[i["bbox"][0], i["bbox"][1], i["bbox"][0] + i["bbox"][2], i["bbox"][1] + i["bbox"][3]]
-                        for i in instances], np.float32).reshape(-1, 4)
-    return {"image_id": row["image_id"], "height": h, "width": w,
-            "image_labels": np.asarray(row.get("labels") or [], np.int64),
-            "semantic": decode_label_png(row["semantic"]),
-            "confidence": decode_label_png(row["confidence"]) if row.get("confidence") else None,
-            "masks": masks, "boxes": boxes,
-            "labels": np.asarray([i["category_id"] for i in instances], np.int64),
-            "scores": np.asarray([i["score"] for i in instances], np.float32)}
+    boxes = np.asarray(
+        [[i["bbox"][0], i["bbox"][1], i["bbox"][0] + i["bbox"][2], i["bbox"][1] + i["bbox"][3]] for i in instances],
+        np.float32,
+    ).reshape(-1, 4)
+    return {
+        "image_id": row["image_id"],
+        "height": h,
+        "width": w,
+        "image_labels": np.asarray(row.get("labels") or [], np.int64),
+        "semantic": decode_label_png(row["semantic"]),
+        "confidence": decode_label_png(row["confidence"]) if row.get("confidence") else None,
+        "masks": masks,
+        "boxes": boxes,
+        "labels": np.asarray([i["category_id"] for i in instances], np.int64),
+        "scores": np.asarray([i["score"] for i in instances], np.float32),
+    }
 
 
-def iter_pseudo_labels(uri: str, storage: Optional[StorageConfig] = None, min_score: float = 0.0,
-                       decode: bool = True) -> Iterator[dict[str, Any]]:
+def iter_pseudo_labels(
+    uri: str, storage: Optional[StorageConfig] = None, min_score: float = 0.0, decode: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of every shard, in file order, with plain pyarrow (no Ray)."""
     location, paths = shard_files(uri, storage)
     for path in paths:
@@ -77,8 +89,13 @@ class _Index:
 class PseudoLabelDataset:
     """A map-style ``torch.utils.data.Dataset`` over the shards (rows read lazily per file)."""
 
-    def __init__(self, uri: str, storage: Optional[StorageConfig] = None, min_score: float = 0.0,
-                 image_root: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        storage: Optional[StorageConfig] = None,
+        min_score: float = 0.0,
+        image_root: Optional[dict[str, str]] = None,
+    ) -> None:
         self.location, paths = shard_files(uri, storage)
         self.min_score = min_score
         self.index: list[_Index] = []
@@ -102,8 +119,13 @@ class PseudoLabelDataset:
         return decode_row(row, self.min_score)
 
 
-def _decode_batch(batch: pa.Table, min_score: float, with_images: bool, image_uris: Optional[dict[str, str]],
-                  storage: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _decode_batch(
+    batch: pa.Table,
+    min_score: float,
+    with_images: bool,
+    image_uris: Optional[dict[str, str]],
+    storage: Optional[dict[str, Any]],
+) -> dict[str, Any]:
     from ray_wsis.data.records import ImageRecord
     from ray_wsis.data.sources import load_image
 
@@ -123,9 +145,15 @@ def _decode_batch(batch: pa.Table, min_score: float, with_images: bool, image_ur
     return out
 
 
-def read_pseudo_labels(uri: str, *, storage: Optional[StorageConfig] = None, min_score: float = 0.0,
-                       with_images: bool = False, image_uris: Optional[dict[str, str]] = None,
-                       dataset_config: Optional[Any] = None) -> "ray.data.Dataset":  # noqa: F821
+def read_pseudo_labels(
+    uri: str,
+    *,
+    storage: Optional[StorageConfig] = None,
+    min_score: float = 0.0,
+    with_images: bool = False,
+    image_uris: Optional[dict[str, str]] = None,
+    dataset_config: Optional[Any] = None,
+) -> ray.data.Dataset:
     """Stream the shards as a Ray Dataset with decoded masks (CPU map_batches).
 
     Columns: image_id, height, width, image_labels, semantic, confidence, masks, boxes, labels,
@@ -145,6 +173,14 @@ def read_pseudo_labels(uri: str, *, storage: Optional[StorageConfig] = None, min
         image_uris = {r.image_id: r.uri for s in splits for r in source.records(s)}
     ds = ray.data.read_parquet(paths, filesystem=location.fs)
     storage_dict = dataclasses.asdict(storage) if storage else None
-    return ds.map_batches(_decode_batch, fn_kwargs={"min_score": min_score, "with_images": with_images,
-                                                    "image_uris": image_uris, "storage": storage_dict},
-                          batch_format="pyarrow", batch_size=16)
+    return ds.map_batches(
+        _decode_batch,
+        fn_kwargs={
+            "min_score": min_score,
+            "with_images": with_images,
+            "image_uris": image_uris,
+            "storage": storage_dict,
+        },
+        batch_format="pyarrow",
+        batch_size=16,
+    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,8 +26,10 @@ _PALETTE = voc_palette()
 # pycocotools <= 2.0.11 decodes through an ``__array__`` without numpy 2's ``copy`` keyword,
 # which numpy flags on every decode; harmless, and narrowed to that module and message.
 warnings.filterwarnings(
-    "ignore", message="__array__ implementation doesn't accept a copy keyword",
-    category=DeprecationWarning, module="pycocotools",
+    "ignore",
+    message="__array__ implementation doesn't accept a copy keyword",
+    category=DeprecationWarning,
+    module="pycocotools",
 )
 
 

@@ -29,8 +29,11 @@ def _reasons(ctx: StageContext, stage: str) -> dict[str, Any]:
     rows = {r["image_id"]: r for r in table.to_pylist()}.values()
     kinds = Counter(r["kind"] for r in rows)
     reasons = Counter(f"{r['kind']}: {r['reason'][:80]}" for r in rows)
-    return {"failed": kinds["failed"], "skipped": kinds["skipped"],
-            "top_reasons": [{"reason": k, "images": v} for k, v in reasons.most_common(3)]}
+    return {
+        "failed": kinds["failed"],
+        "skipped": kinds["skipped"],
+        "top_reasons": [{"reason": k, "images": v} for k, v in reasons.most_common(3)],
+    }
 
 
 def output_status(config: Config) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def output_status(config: Config) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     unsettled: set[str] = set()
     try:
-        ctx.source
+        _ = ctx.source
         dataset_error = None
     except (DatasetError, StorageError, OSError) as exc:
         dataset_error = str(exc)
@@ -68,8 +71,12 @@ def output_status(config: Config) -> dict[str, Any]:
         if stage.kind == "images":
             entry["errors"] = _reasons(ctx, stage.name)
         entries.append(entry)
-    report: dict[str, Any] = {"output": config.output, "method": config.method, "stages": entries,
-                              "log": log_path(config)}
+    report: dict[str, Any] = {
+        "output": config.output,
+        "method": config.method,
+        "stages": entries,
+        "log": log_path(config),
+    }
     for key, location in (("metrics", ctx.layout.metrics), ("calibration", ctx.layout.calibration)):
         report[key] = json.loads(read_bytes(location)) if exists(location) else None
     return report
@@ -81,16 +88,21 @@ def _count(summary: dict[str, Any], key: str) -> str:
 
 
 def status_text(report: dict[str, Any]) -> str:
-    lines = [f"output {report['output']} (method {report['method']}; Ray's log: {report['log']})", "",
-             f"{'stage':<22}{'state':<9}{'images':>7}{'labelled':>10}{'skipped':>8}{'failed':>7}{'seconds':>9}  note"]
+    lines = [
+        f"output {report['output']} (method {report['method']}; Ray's log: {report['log']})",
+        "",
+        f"{'stage':<22}{'state':<9}{'images':>7}{'labelled':>10}{'skipped':>8}{'failed':>7}{'seconds':>9}  note",
+    ]
     for e in report["stages"]:
         s = e.get("summary", {})
         labelled = str(s.get("processed", 0) + s.get("kept", 0)) if "processed" in s else ""
         note = e.get("why", "")
         if e.get("model_id"):
-            note = (f"model {e['model_id']}" + (f"; {note}" if note else ""))
-        lines.append(f"{e['stage']:<22}{e['state']:<9}{e.get('images', ''):>7}{labelled:>10}{_count(s, 'skipped'):>8}"
-                     f"{_count(s, 'failed'):>7}{_count(e, 'seconds'):>9}  {note}")
+            note = f"model {e['model_id']}" + (f"; {note}" if note else "")
+        lines.append(
+            f"{e['stage']:<22}{e['state']:<9}{e.get('images', ''):>7}{labelled:>10}{_count(s, 'skipped'):>8}"
+            f"{_count(s, 'failed'):>7}{_count(e, 'seconds'):>9}  {note}"
+        )
     reasons = [(e["stage"], r) for e in report["stages"] for r in e.get("errors", {}).get("top_reasons", [])]
     if reasons:
         lines += ["", "most common reasons for skipped and failed images:"]
@@ -98,9 +110,11 @@ def status_text(report: dict[str, Any]) -> str:
     calibration = report.get("calibration")
     if calibration:
         sem, ins = calibration["semantic"]["threshold"], calibration["instance"]["threshold"]
-        lines += ["", f"calibration ({calibration['mode']}, {calibration['images']} images): semantic "
-                      f"{sem['default']:.2f}, instance {ins['default']:.2f}"
-                      + (" (per class)" if ins.get("per_class") else "")]
+        lines += [
+            "",
+            f"calibration ({calibration['mode']}, {calibration['images']} images): semantic "
+            f"{sem['default']:.2f}, instance {ins['default']:.2f}" + (" (per class)" if ins.get("per_class") else ""),
+        ]
     metrics = report.get("metrics")
     if metrics:
         from ray_wsis.stages.evaluate import metrics_table

@@ -13,8 +13,9 @@ import os
 import posixpath
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -34,7 +35,7 @@ class Location:
     path: str
     uri: str
 
-    def child(self, *parts: str) -> "Location":
+    def child(self, *parts: str) -> Location:
         return Location(self.fs, posixpath.join(self.path, *parts), join(self.uri, *parts))
 
 
@@ -85,7 +86,7 @@ def resolve(uri: str, storage: Optional[StorageConfig] = None) -> Location:
         path = (parsed.netloc + parsed.path).rstrip("/")
         return Location(_s3_filesystem(storage), path, uri)
     if not is_remote(uri):
-        local = uri[len("file://"):] if uri.startswith("file://") else uri
+        local = uri[len("file://") :] if uri.startswith("file://") else uri
         return Location(pafs.LocalFileSystem(), os.path.abspath(local), os.path.abspath(local))
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
@@ -110,10 +111,14 @@ def fsspec_filesystem(uri: str, storage: Optional[StorageConfig] = None):
         endpoint = endpoint_url(storage)
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
-        fs = s3fs.S3FileSystem(client_kwargs=client_kwargs,
-                               config_kwargs={"connect_timeout": storage.connect_timeout_s,
-                                              "read_timeout": storage.request_timeout_s,
-                                              "retries": {"max_attempts": max(1, storage.retries)}})
+        fs = s3fs.S3FileSystem(
+            client_kwargs=client_kwargs,
+            config_kwargs={
+                "connect_timeout": storage.connect_timeout_s,
+                "read_timeout": storage.request_timeout_s,
+                "retries": {"max_attempts": max(1, storage.retries)},
+            },
+        )
         return fs, (parsed.netloc + parsed.path).rstrip("/")
     return fsspec.core.url_to_fs(uri)
 
@@ -141,8 +146,10 @@ def check_endpoint(storage: StorageConfig, uri: str, timeout_s: float = 3.0) -> 
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as exc:
-        raise StorageError(f"object store endpoint {endpoint} is unreachable ({exc.strerror or exc}); "
-                           f"is the server running and storage.endpoint_url right?") from None
+        raise StorageError(
+            f"object store endpoint {endpoint} is unreachable ({exc.strerror or exc}); "
+            f"is the server running and storage.endpoint_url right?"
+        ) from None
 
 
 def check_access(location: Location, storage: StorageConfig, create: bool = False) -> None:
@@ -154,10 +161,22 @@ def check_access(location: Location, storage: StorageConfig, create: bool = Fals
         location.fs.get_file_info(location.path)
     except OSError as exc:
         text = _describe(exc)
-        if any(k in text for k in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                   "INVALID_ACCESS_KEY", "403", "Forbidden", "ACCESS_DENIED")):
-            raise StorageError(f"storage at {location.uri} refused the credentials from the environment "
-                               f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {text}") from None
+        if any(
+            k in text
+            for k in (
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "INVALID_ACCESS_KEY",
+                "403",
+                "Forbidden",
+                "ACCESS_DENIED",
+            )
+        ):
+            raise StorageError(
+                f"storage at {location.uri} refused the credentials from the environment "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): {text}"
+            ) from None
         raise StorageError(f"cannot access {location.uri}: {text}") from None
 
 
@@ -198,9 +217,13 @@ def list_files(location: Location, suffix: str = "", prefix: str = "") -> list[s
     """Scheme-less paths of the files directly in a folder (sorted); [] if it does not exist."""
     selector = pafs.FileSelector(location.path, allow_not_found=True, recursive=False)
     infos = location.fs.get_file_info(selector)
-    names = [i.path for i in infos if i.type == pafs.FileType.File
-             and posixpath.basename(i.path).endswith(suffix)
-             and posixpath.basename(i.path).startswith(prefix)]
+    names = [
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and posixpath.basename(i.path).endswith(suffix)
+        and posixpath.basename(i.path).startswith(prefix)
+    ]
     return sorted(names)
 
 

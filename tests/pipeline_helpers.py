@@ -11,11 +11,24 @@ from ray_wsis.data.synthetic import make_synthetic_voc
 
 TINY_SETTINGS = [
     "model.backbone=resnet18",
-    "cam.crop_size=64", "cam.resize_long=[64, 96]", "cam.batch_size=4", "cam.epochs=1",
-    "cam.frozen_stages=[]", "cam.scales=[1.0, 0.5]", "cam.momentum=0.9",
-    "irn.crop_size=96", "irn.batch_size=4", "irn.epochs=1", "irn.backbone_init=classifier",
-    "irn.train_backbone=true", "walk.centroid_iterations=30", "walk.exp_times=5",
-    "ray.num_cpus=2", "ray.inference_actors=1", "ray.cpus_per_worker=1", "ray.rows_per_file=4",
+    "cam.crop_size=64",
+    "cam.resize_long=[64, 96]",
+    "cam.batch_size=4",
+    "cam.epochs=1",
+    "cam.frozen_stages=[]",
+    "cam.scales=[1.0, 0.5]",
+    "cam.momentum=0.9",
+    "irn.crop_size=96",
+    "irn.batch_size=4",
+    "irn.epochs=1",
+    "irn.backbone_init=classifier",
+    "irn.train_backbone=true",
+    "walk.centroid_iterations=30",
+    "walk.exp_times=5",
+    "ray.num_cpus=2",
+    "ray.inference_actors=1",
+    "ray.cpus_per_worker=1",
+    "ray.rows_per_file=4",
     "ray.progress_bars=false",
     "ray.inference_batch_size=2",
 ]
@@ -28,8 +41,7 @@ def make_tiny_voc(root: Path, n_train: int = 8, n_val: int = 2) -> str:
 
 
 def tiny_config(data_root: str, output: str, *extra: str) -> Config:
-    return load_config(None, [f"dataset.root={data_root}", f"output={output}", "run_name=tiny", *TINY_SETTINGS,
-                              *extra])
+    return load_config(None, [f"dataset.root={data_root}", f"output={output}", "run_name=tiny", *TINY_SETTINGS, *extra])
 
 
 def start_local_ray(num_cpus: int = 2) -> Any:
@@ -43,8 +55,14 @@ def start_local_ray(num_cpus: int = 2) -> Any:
     return ray
 
 
-def run_stages(config: Config, *names: str, force: tuple[str, ...] = (), retrain: bool = False,
-               retry_failed: bool = False, log: Any = None) -> dict[str, Any]:
+def run_stages(
+    config: Config,
+    *names: str,
+    force: tuple[str, ...] = (),
+    retrain: bool = False,
+    retry_failed: bool = False,
+    log: Any = None,
+) -> dict[str, Any]:
     """Run the named stages (all of the pipeline when none) as `ray-wsis run` would, quietly."""
     from ray_wsis.pipeline.context import StageContext
     from ray_wsis.pipeline.run import run_pipeline

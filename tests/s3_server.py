@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
+from ray_wsis.config import StorageConfig
+from ray_wsis.storage import resolve
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -79,9 +83,13 @@ def stop(process: subprocess.Popen) -> None:
 def s3_client(endpoint: str):
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-                        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def upload_tree(local_dir: str | os.PathLike, bucket: str, prefix: str, endpoint: str) -> None:
@@ -113,3 +121,90 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     return moto_endpoint
+
+
+# -- SeaweedFS (`weed mini`): a real S3 server that persists, for restart and cluster tests ----------
+
+KEY, SECRET = "weedkey", "weed-s3cr3t-value-123"
+
+
+def weed_binary() -> str:
+    found = Path(sys.executable).with_name("weed")
+    return str(found) if found.exists() else (shutil.which("weed") or "")
+
+
+def free_weed_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        # weed also listens on port + 10000 (gRPC)
+        if port + 10000 < 65535 and port not in ports:
+            ports.append(port)
+    return ports
+
+
+class Weed:
+    """One `weed mini` server; start() and stop() can be repeated on the same data folder."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.ports = free_weed_ports(5)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        s3, master, volume, filer, admin = self.ports
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "S3_BUCKET": "labels"}
+        self.process = subprocess.Popen(
+            [
+                weed_binary(),
+                "mini",
+                f"-dir={self.data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-s3.port={s3}",
+                f"-master.port={master}",
+                f"-volume.port={volume}",
+                f"-filer.port={filer}",
+                f"-admin.port={admin}",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while time.monotonic() < deadline:
+            try:
+                opener.open(self.endpoint + "/labels", timeout=1).close()
+                return
+            except urllib.error.HTTPError as exc:
+                if exc.code in (403, 404):  # answering; bucket may still be on its way
+                    if self._bucket_ready():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError("weed mini did not start")
+
+    def _bucket_ready(self) -> bool:
+        try:
+            location = resolve("s3://labels/probe", StorageConfig(endpoint_url=self.endpoint, retries=1))
+            location.fs.get_file_info(location.path)
+            return True
+        except OSError:
+            return False
+
+    def stop(self, hard: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL if hard else signal.SIGTERM)
+            self.process.wait(timeout=30)

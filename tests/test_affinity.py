@@ -81,17 +81,18 @@ def test_walked_background_cut_is_psas_argmax():
     scores = encode_region_scores(30, 38, [2, 7], walked[1:], walked[:1], scale=8)
     label = cut_semantic(scores, WALKED_BACKGROUND).label
     q = np.concatenate([scores.background, scores.semantic]).astype(np.float32)
-    up = torch.nn.functional.interpolate(torch.from_numpy(q)[None], scale_factor=8, mode="bilinear",
-                                         align_corners=False)[0, :, :30, :38]
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(q)[None], scale_factor=8, mode="bilinear", align_corners=False
+    )[0, :, :30, :38]
     expected = np.array([0, 2, 7], np.uint8)[up.argmax(0).numpy()]
     assert (label == expected).mean() > 0.995  # ties of quantised values aside
 
 
 def test_affinity_predictor_outputs_scores_and_labels():
     from ray_wsis.method.predictors import AffinityPredictor
+    from ray_wsis.method.scores import cut_labels
     from ray_wsis.models.affinitynet import AffinityNet
     from ray_wsis.models.backbone import Backbone
-    from ray_wsis.method.scores import cut_labels
 
     torch.manual_seed(0)
     predictor = AffinityPredictor(AffinityNet(Backbone("resnet18")), AffinityConfig(exp_times=4))
@@ -111,13 +112,27 @@ def test_affinitynet_runs_end_to_end(tmp_path):
     from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
 
     data = make_tiny_voc(tmp_path / "voc")
-    config = tiny_config(data, str(tmp_path / "out"), "method=affinitynet", "affinity.crop_size=96",
-                         "affinity.batch_size=4", "affinity.epochs=1", "affinity.exp_times=5")
+    config = tiny_config(
+        data,
+        str(tmp_path / "out"),
+        "method=affinitynet",
+        "affinity.crop_size=96",
+        "affinity.batch_size=4",
+        "affinity.epochs=1",
+        "affinity.exp_times=5",
+    )
     start_local_ray()
     results = run_stages(config)
     names = [k for k in results if k != "seconds"]
-    assert names == ["train-cam", "make-cams", "make-affinity-labels", "train-irn", "make-pseudo-labels",
-                     "calibrate", "evaluate"]
+    assert names == [
+        "train-cam",
+        "make-cams",
+        "make-affinity-labels",
+        "train-irn",
+        "make-pseudo-labels",
+        "calibrate",
+        "evaluate",
+    ]
     assert results["make-affinity-labels"]["processed"] == 8 and results["make-pseudo-labels"]["processed"] == 8
     import json
     import os

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from ray_wsis.data.records import GroundTruth
-from ray_wsis.method.calibration import (FewShotStats, ImageCut, LabelFreeStats, agreement_confusions,
-                                         choose_instance, choose_semantic, otsu_ratio)
+from ray_wsis.method.calibration import (
+    FewShotStats,
+    ImageCut,
+    LabelFreeStats,
+    agreement_confusions,
+    choose_instance,
+    choose_semantic,
+    otsu_ratio,
+)
 from ray_wsis.method.scores import Thresholds, WalkScores, cut_semantic, quantise
 
 CANDIDATES = [round(0.05 * i, 2) for i in range(1, 19)]
@@ -84,5 +91,6 @@ def test_thresholds_round_trip_and_per_class_cut():
     assert Thresholds.from_dict(t.as_dict()) == t and t.lowest == 0.4
     assert t.of([1, 3]).tolist() == pytest.approx([0.4, 0.7])
     scores, _ = _image(0, 0.7)
-    assert (cut_semantic(scores, Thresholds(0.5, {1: 0.99})).label == 1).sum() < \
-        (cut_semantic(scores, 0.5).label == 1).sum()
+    assert (cut_semantic(scores, Thresholds(0.5, {1: 0.99})).label == 1).sum() < (
+        cut_semantic(scores, 0.5).label == 1
+    ).sum()

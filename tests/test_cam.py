@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_wsis.method.predictors import CamPredictor
 from ray_wsis.method.cam import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -14,6 +13,7 @@ from ray_wsis.method.cam import (
     strided_size,
     to_tensor,
 )
+from ray_wsis.method.predictors import CamPredictor
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.models.backbone import Backbone
 from ray_wsis.models.cam_net import CAMNet
@@ -120,18 +120,23 @@ def test_upsample_cams():
     np.testing.assert_allclose(upsample_cams(np.full((1, 10, 13), 0.3), 37, 50), np.full((1, 37, 50), 0.3), rtol=1e-6)
     # bilinear x4 (align_corners=False): full-res pixels 0 and 1 sample cell 0 exactly
     np.testing.assert_allclose(up[:, :2, :2], np.broadcast_to(cams[:, :1, :1], (2, 2, 2)), rtol=1e-6)
-    np.testing.assert_allclose(up[:, 2, 2], 0.875 ** 2 * cams[:, 0, 0] + 0.875 * 0.125 * (cams[:, 0, 1] + cams[:, 1, 0])
-                               + 0.125 ** 2 * cams[:, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(
+        up[:, 2, 2],
+        0.875**2 * cams[:, 0, 0] + 0.875 * 0.125 * (cams[:, 0, 1] + cams[:, 1, 0]) + 0.125**2 * cams[:, 1, 1],
+        rtol=1e-6,
+    )
     assert upsample_cams(np.zeros((0, 10, 13)), 37, 50).shape == (0, 37, 50)
     with pytest.raises(ValueError, match="crop"):
         upsample_cams(cams, 41, 50)
 
 
-@pytest.mark.parametrize("shape, size", [((10, 13), (37, 50)), ((1, 1), (4, 4)), ((24, 32), (94, 125)), ((2, 2), (5, 3))])
+@pytest.mark.parametrize(
+    "shape, size", [((10, 13), (37, 50)), ((1, 1), (4, 4)), ((24, 32), (94, 125)), ((2, 2), (5, 3))]
+)
 def test_upsample_cams_matches_torch_bilinear(shape, size):
     """The numpy upsample (torch-free CPU tasks) equals F.interpolate(scale 4, align_corners=False)."""
     cams = torch.rand(3, *shape)
-    ref = F.interpolate(cams[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :size[0], :size[1]]
+    ref = F.interpolate(cams[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, : size[0], : size[1]]
     np.testing.assert_allclose(upsample_cams(cams.numpy(), *size), ref.numpy(), rtol=0, atol=1e-6)
 
 

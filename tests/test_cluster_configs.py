@@ -14,15 +14,15 @@ import os
 import shlex
 import socket
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
-from ray_wsis.cli import STAGE_NAMES
 import ray
 import yaml
 
+from ray_wsis.cli import STAGE_NAMES
 from ray_wsis.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,14 +108,18 @@ def _break_launcher(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     return broken
 
 
-@pytest.mark.parametrize("change", [
-    lambda c: c.update(idle_timeout_minute=10),  # typo: the schema forbids unknown keys
-    lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="eight"),
-    lambda c: c.update(head_node_type="missing"),
-    lambda c: c["available_node_types"]["head"].update(resources={}),
-    lambda c: c["docker"].update(image="rayproject/ray:2.52.0-py311-gpu"),
-    lambda c: c["available_node_types"]["gpu_worker"]["node_config"].pop("IamInstanceProfile"),
-], ids=["unknown-key", "wrong-type", "no-head-type", "cpu-on-head", "old-image", "no-profile"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c.update(idle_timeout_minute=10),  # typo: the schema forbids unknown keys
+        lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="eight"),
+        lambda c: c.update(head_node_type="missing"),
+        lambda c: c["available_node_types"]["head"].update(resources={}),
+        lambda c: c["docker"].update(image="rayproject/ray:2.52.0-py311-gpu"),
+        lambda c: c["available_node_types"]["gpu_worker"]["node_config"].pop("IamInstanceProfile"),
+    ],
+    ids=["unknown-key", "wrong-type", "no-head-type", "cpu-on-head", "old-image", "no-profile"],
+)
 def test_launcher_negative_controls(offline: None, change: Callable[[dict[str, Any]], None]) -> None:
     import jsonschema
 
@@ -143,17 +147,22 @@ def kuberay_problems(doc: dict[str, Any]) -> list[str]:
     head = spec["headGroupSpec"]
     if head.get("rayStartParams", {}).get("num-cpus") != "0":
         problems.append('head rayStartParams num-cpus must be the string "0"')
-    pods = [("head", head["template"]["spec"])] + [(g.get("groupName", "?"), g["template"]["spec"])
-                                                   for g in spec.get("workerGroupSpecs", [])]
+    pods = [("head", head["template"]["spec"])] + [
+        (g.get("groupName", "?"), g["template"]["spec"]) for g in spec.get("workerGroupSpecs", [])
+    ]
     for name, pod in pods:
         if not pod.get("serviceAccountName"):
             problems.append(f"{name}: serviceAccountName missing (bucket access via IRSA/workload identity)")
         for container in pod["containers"]:
             if ray.__version__ not in container.get("image", ""):
                 problems.append(f"{name}: image {container.get('image')!r} is not pinned to {ray.__version__}")
-    gpu_groups = [g for g in spec.get("workerGroupSpecs", [])
-                  if any(int(c.get("resources", {}).get("limits", {}).get(GPU, 0)) >= 1
-                         for c in g["template"]["spec"]["containers"])]
+    gpu_groups = [
+        g
+        for g in spec.get("workerGroupSpecs", [])
+        if any(
+            int(c.get("resources", {}).get("limits", {}).get(GPU, 0)) >= 1 for c in g["template"]["spec"]["containers"]
+        )
+    ]
     if not gpu_groups:
         problems.append(f"no worker group with a {GPU} limit")
     for group in spec.get("workerGroupSpecs", []):
@@ -269,8 +278,16 @@ def test_working_dir_upload_is_small_and_complete(tmp_path: Path) -> None:
     _zip_files(str(ROOT), env["excludes"], str(package), include_gitignore=True)
     names = set(zipfile.ZipFile(package).namelist())
     assert package.stat().st_size < 64 * 2**20  # Ray's limit is 512 MiB; .venv alone is ~6 GB
-    for needed in ("ray_wsis/__init__.py", "ray_wsis/__main__.py", "ray_wsis/data/voc.py", "ray_wsis/pipeline/run.py",
-                   "ray_wsis/stages/registry.py", "jobs/submit.sh", "configs/cluster.yaml", "configs/demo.yaml"):
+    for needed in (
+        "ray_wsis/__init__.py",
+        "ray_wsis/__main__.py",
+        "ray_wsis/data/voc.py",
+        "ray_wsis/pipeline/run.py",
+        "ray_wsis/stages/registry.py",
+        "jobs/submit.sh",
+        "configs/cluster.yaml",
+        "configs/demo.yaml",
+    ):
         assert needed in names, needed
     for left_out in (".venv/", "demo_data/", "outputs/", ".git/"):
         assert not any(n.startswith(left_out) for n in names), left_out

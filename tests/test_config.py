@@ -61,10 +61,14 @@ def test_load_config_defaults_without_file():
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("cam:\n  epochs: 7\n  scales: [1.0, 0.5]\nwalk:\n  beta: 9\nmodel:\n  backbone: resnet18\n"
-                    "output: s3://bucket/run\n")
-    config = load_config(str(path), ["cam.epochs=3", "irn.rescale=[0.75, 1.25]", "ir_label.crf=false",
-                                     "model.weights=", "dataset.root=/data/voc"])
+    path.write_text(
+        "cam:\n  epochs: 7\n  scales: [1.0, 0.5]\nwalk:\n  beta: 9\nmodel:\n  backbone: resnet18\n"
+        "output: s3://bucket/run\n"
+    )
+    config = load_config(
+        str(path),
+        ["cam.epochs=3", "irn.rescale=[0.75, 1.25]", "ir_label.crf=false", "model.weights=", "dataset.root=/data/voc"],
+    )
     assert config.cam.epochs == 3  # --set beats the file
     assert config.cam.scales == (1.0, 0.5)  # lists become tuples
     assert config.walk.beta == 9.0 and isinstance(config.walk.beta, float)  # ints widen to float
@@ -84,12 +88,15 @@ def test_packaged_demo_config_loads():
     assert config.cam.frozen_stages == () and config.irn.train_backbone is True
 
 
-@pytest.mark.parametrize("override, field", [
-    ("cam.epoch=3", "cam.epoch"),
-    ("walk.betaa=1", "walk.betaa"),
-    ("nonsense=1", "nonsense"),
-    ("ir_label.crf_sxy=3", "ir_label.crf_sxy"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("cam.epoch=3", "cam.epoch"),
+        ("walk.betaa=1", "walk.betaa"),
+        ("nonsense=1", "nonsense"),
+        ("ir_label.crf_sxy=3", "ir_label.crf_sxy"),
+    ],
+)
 def test_unknown_key_names_the_dotted_key(override, field):
     with pytest.raises(ConfigError, match=f"unknown config key {field}"):
         load_config(None, [override])
@@ -103,52 +110,61 @@ def test_unknown_key_in_file(tmp_path):
     assert "irn.radius" in str(info.value)  # the suggestion
 
 
-@pytest.mark.parametrize("override, field", [
-    ("cam.epochs=abc", "cam.epochs"),
-    ("cam.epochs=2.5", "cam.epochs"),
-    ("cam.epochs=true", "cam.epochs"),
-    ("walk.beta=high", "walk.beta"),
-    ("ir_label.crf=maybe", "ir_label.crf"),
-    ("cam.scales=1.0", "cam.scales"),
-    ("cam.scales=[1.0, x]", r"cam.scales\[1\]"),
-    ("irn.rescale=[0.5]", "irn.rescale"),
-    ("model.backbone=resnet152", "model.backbone"),
-    ("method=deeplab", "method"),
-    ("cam=3", "cam"),
-    ("dataset.root=[1, 2]", "dataset.root"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("cam.epochs=abc", "cam.epochs"),
+        ("cam.epochs=2.5", "cam.epochs"),
+        ("cam.epochs=true", "cam.epochs"),
+        ("walk.beta=high", "walk.beta"),
+        ("ir_label.crf=maybe", "ir_label.crf"),
+        ("cam.scales=1.0", "cam.scales"),
+        ("cam.scales=[1.0, x]", r"cam.scales\[1\]"),
+        ("irn.rescale=[0.5]", "irn.rescale"),
+        ("model.backbone=resnet152", "model.backbone"),
+        ("method=deeplab", "method"),
+        ("cam=3", "cam"),
+        ("dataset.root=[1, 2]", "dataset.root"),
+    ],
+)
 def test_wrong_types_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override, field", [
-    ("cam.batch_size=-1", "cam.batch_size"),
-    ("cam.crop_size=0", "cam.crop_size"),
-    ("irn.crop_size=-512", "irn.crop_size"),
-    ("irn.radius=0", "irn.radius"),
-    ("walk.centroid_iterations=0", "walk.centroid_iterations"),
-    ("affinity.beta=-8", "affinity.beta"),
-    ("cam.weight_decay=-0.1", "cam.weight_decay"),
-    ("walk.exp_times=-1", "walk.exp_times"),
-    ("seed=-3", "seed"),
-    ("ray.num_workers=0", "ray.num_workers"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("cam.batch_size=-1", "cam.batch_size"),
+        ("cam.crop_size=0", "cam.crop_size"),
+        ("irn.crop_size=-512", "irn.crop_size"),
+        ("irn.radius=0", "irn.radius"),
+        ("walk.centroid_iterations=0", "walk.centroid_iterations"),
+        ("affinity.beta=-8", "affinity.beta"),
+        ("cam.weight_decay=-0.1", "cam.weight_decay"),
+        ("walk.exp_times=-1", "walk.exp_times"),
+        ("seed=-3", "seed"),
+        ("ray.num_workers=0", "ray.num_workers"),
+    ],
+)
 def test_negative_or_zero_sizes(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(None, [override])
 
 
-@pytest.mark.parametrize("override, field", [
-    ("ir_label.fg_threshold=1.5", "ir_label.fg_threshold"),
-    ("ir_label.bg_threshold=-0.1", "ir_label.bg_threshold"),
-    ("walk.sem_bg_threshold=2", "walk.sem_bg_threshold"),
-    ("walk.ins_bg_threshold=-0.5", "walk.ins_bg_threshold"),
-    ("cam.eval_threshold=1.01", "cam.eval_threshold"),
-    ("ir_label.fg_quantile=1.2", "ir_label.fg_quantile"),
-    ("walk.min_fragment_fraction=3", "walk.min_fragment_fraction"),
-    ("cam.momentum=1.5", "cam.momentum"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("ir_label.fg_threshold=1.5", "ir_label.fg_threshold"),
+        ("ir_label.bg_threshold=-0.1", "ir_label.bg_threshold"),
+        ("walk.sem_bg_threshold=2", "walk.sem_bg_threshold"),
+        ("walk.ins_bg_threshold=-0.5", "walk.ins_bg_threshold"),
+        ("cam.eval_threshold=1.01", "cam.eval_threshold"),
+        ("ir_label.fg_quantile=1.2", "ir_label.fg_quantile"),
+        ("walk.min_fragment_fraction=3", "walk.min_fragment_fraction"),
+        ("cam.momentum=1.5", "cam.momentum"),
+    ],
+)
 def test_thresholds_outside_unit_interval(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(None, [override])
@@ -193,8 +209,16 @@ def test_file_errors(tmp_path):
 
 
 def test_round_trip_through_a_plain_dict():
-    config = load_config(None, ["cam.epochs=9", "cam.scales=[1.0, 2.0]", "model.backbone=resnet34",
-                                "ray.num_workers=4", "ir_label.threshold_mode=quantile"])
+    config = load_config(
+        None,
+        [
+            "cam.epochs=9",
+            "cam.scales=[1.0, 2.0]",
+            "model.backbone=resnet34",
+            "ray.num_workers=4",
+            "ir_label.threshold_mode=quantile",
+        ],
+    )
     plain = config.to_dict()
     assert plain["cam"]["scales"] == [1.0, 2.0]  # tuples become lists: JSON-friendly
     again = config_from_dict(json.loads(json.dumps(plain)))
@@ -209,9 +233,12 @@ def test_hash_is_stable_and_ignores_ray_and_output():
     h = base.hash()
     assert len(h) == 16 and int(h, 16) >= 0
     assert Config().hash() == h
-    ignored = base.replace(ray=RayConfig(num_workers=8, use_gpu=True, address="ray://head:10001"),
-                           output="s3://elsewhere", run_name="other",
-                           storage=StorageConfig(endpoint_url="http://127.0.0.1:9000"))
+    ignored = base.replace(
+        ray=RayConfig(num_workers=8, use_gpu=True, address="ray://head:10001"),
+        output="s3://elsewhere",
+        run_name="other",
+        storage=StorageConfig(endpoint_url="http://127.0.0.1:9000"),
+    )
     assert ignored.hash() == h
     assert load_config(None, ["ray.inference_actors=3", "ray.rows_per_file=10"]).hash() == h
     for change in ("cam.epochs=6", "walk.beta=9", "model.backbone=resnet18", "ir_label.crf=false", "seed=1"):
@@ -220,8 +247,13 @@ def test_hash_is_stable_and_ignores_ray_and_output():
 
 def test_hash_is_the_same_in_another_process():
     code = "from ray_wsis.config import Config; print(Config().hash())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
     assert out.stdout.strip() == Config().hash()
 
 
@@ -244,7 +276,9 @@ def test_radius_one_is_rejected_up_front(field):
 def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
     """Ray workers run in their own working directories: a relative output must not move."""
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, ["output=./out", "dataset.root=data/voc", "model.weights=ResNet50_Weights.IMAGENET1K_V1"])
+    config = load_config(
+        None, ["output=./out", "dataset.root=data/voc", "model.weights=ResNet50_Weights.IMAGENET1K_V1"]
+    )
     assert config.output == str(tmp_path / "out")
     assert config.dataset.root == str(tmp_path / "data" / "voc")
     assert config.model.weights == "ResNet50_Weights.IMAGENET1K_V1"  # an enum name, not a path

@@ -47,29 +47,75 @@ def make_coco(root: Path) -> Path:
     ]
     annotations = [
         # a big person as a polygon (x, y pairs) covering columns 2..14, rows 2..16
-        {"id": 1, "image_id": 9, "category_id": 1, "iscrowd": 0,
-         "segmentation": [[2, 2, 14, 2, 14, 16, 2, 16]], "area": 168, "bbox": [2, 2, 12, 14]},
+        {
+            "id": 1,
+            "image_id": 9,
+            "category_id": 1,
+            "iscrowd": 0,
+            "segmentation": [[2, 2, 14, 2, 14, 16, 2, 16]],
+            "area": 168,
+            "bbox": [2, 2, 12, 14],
+        },
         # a small dog on top of it, compressed RLE
-        {"id": 2, "image_id": 9, "category_id": 18, "iscrowd": 0,
-         "segmentation": rle_of(box(5, 9, 5, 9)), "area": 16, "bbox": [5, 5, 4, 4]},
+        {
+            "id": 2,
+            "image_id": 9,
+            "category_id": 18,
+            "iscrowd": 0,
+            "segmentation": rle_of(box(5, 9, 5, 9)),
+            "area": 16,
+            "bbox": [5, 5, 4, 4],
+        },
         # a crowd of people, uncompressed RLE, overlapping the dog's corner
-        {"id": 3, "image_id": 9, "category_id": 1, "iscrowd": 1,
-         "segmentation": rle_of(box(8, 12, 8, 22), compressed=False), "area": 56, "bbox": [8, 8, 14, 4]},
+        {
+            "id": 3,
+            "image_id": 9,
+            "category_id": 1,
+            "iscrowd": 1,
+            "segmentation": rle_of(box(8, 12, 8, 22), compressed=False),
+            "area": 56,
+            "bbox": [8, 8, 14, 4],
+        },
         # image 25: only a crowd of dogs
-        {"id": 4, "image_id": 25, "category_id": 18, "iscrowd": 1,
-         "segmentation": rle_of(box(0, 5, 0, 5), compressed=False), "area": 25, "bbox": [0, 0, 5, 5]},
+        {
+            "id": 4,
+            "image_id": 25,
+            "category_id": 18,
+            "iscrowd": 1,
+            "segmentation": rle_of(box(0, 5, 0, 5), compressed=False),
+            "area": 25,
+            "bbox": [0, 0, 5, 5],
+        },
         # image 31: a category that is not declared
-        {"id": 5, "image_id": 31, "category_id": 99, "iscrowd": 0,
-         "segmentation": [[0, 0, 4, 0, 4, 4]], "area": 8, "bbox": [0, 0, 4, 4]},
+        {
+            "id": 5,
+            "image_id": 31,
+            "category_id": 99,
+            "iscrowd": 0,
+            "segmentation": [[0, 0, 4, 0, 4, 4]],
+            "area": 8,
+            "bbox": [0, 0, 4, 4],
+        },
     ]
     val_images = [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg", "height": H, "width": W}]
-    val_annotations = [{"id": 10, "image_id": 42, "category_id": 3, "iscrowd": 0,
-                        "segmentation": [[1, 1, 10, 1, 10, 10, 1, 10]], "area": 81, "bbox": [1, 1, 9, 9]}]
+    val_annotations = [
+        {
+            "id": 10,
+            "image_id": 42,
+            "category_id": 3,
+            "iscrowd": 0,
+            "segmentation": [[1, 1, 10, 1, 10, 10, 1, 10]],
+            "area": 81,
+            "bbox": [1, 1, 9, 9],
+        }
+    ]
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_train2014.json").write_text(
-        json.dumps({"images": train_images, "annotations": annotations, "categories": categories}))
+        json.dumps({"images": train_images, "annotations": annotations, "categories": categories})
+    )
     (root / "annotations" / "instances_val2014.json").write_text(
-        json.dumps({"images": val_images, "annotations": val_annotations, "categories": categories}))
+        json.dumps({"images": val_images, "annotations": val_annotations, "categories": categories})
+    )
     for split, images in (("train2014", train_images), ("val2014", val_images)):
         (root / split).mkdir()
         for image in images:
@@ -95,8 +141,11 @@ def test_classes_are_contiguous_by_category_id(coco_root):
 def test_records(coco_root):
     source = source_of(coco_root)
     records, invalid = source.scan("train2014")
-    assert [r.image_id for r in records] == ["COCO_train2014_000000000009", "COCO_train2014_000000000025",
-                                             "COCO_train2014_000000000030"]
+    assert [r.image_id for r in records] == [
+        "COCO_train2014_000000000009",
+        "COCO_train2014_000000000025",
+        "COCO_train2014_000000000030",
+    ]
     assert [r.class_ids for r in records] == [(PERSON, DOG), (DOG,), ()]  # crowd counts as present
     assert records[0].uri == str(coco_root / "train2014" / "COCO_train2014_000000000009.jpg")
     assert Path(records[0].uri).exists()

@@ -90,8 +90,10 @@ def test_root_is_the_base_of_relative_uris(data_dir, tmp_path):
 
 
 def test_jsonl_and_parquet_manifests(data_dir):
-    rows = [{"image_uri": str(data_dir / "images" / "a.jpg"), "labels": ["cat", "bird"]},
-            {"image_uri": "images/b.jpg", "labels": []}]
+    rows = [
+        {"image_uri": str(data_dir / "images" / "a.jpg"), "labels": ["cat", "bird"]},
+        {"image_uri": "images/b.jpg", "labels": []},
+    ]
     jsonl = data_dir / "m.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     parquet = data_dir / "m.parquet"
@@ -105,8 +107,10 @@ def test_jsonl_and_parquet_manifests(data_dir):
 
 
 def test_unknown_class_name_reports_its_row(data_dir):
-    rows = ROWS[:2] + [{"image_uri": "images/c.jpg", "labels": "cat|zebra", "split": "train"},
-                       {"image_uri": "images/d.png", "labels": "cat,dog", "split": "train"}]
+    rows = ROWS[:2] + [
+        {"image_uri": "images/c.jpg", "labels": "cat|zebra", "split": "train"},
+        {"image_uri": "images/d.png", "labels": "cat,dog", "split": "train"},
+    ]
     source = ManifestSource(str(write_csv(data_dir / "m.csv", rows)), str(data_dir / "classes.txt"))
     records, invalid = source.scan("train")
     assert [r.image_id for r in records] == ["a"]
@@ -128,8 +132,15 @@ def test_malformed_uri_fails_the_manifest(data_dir, bad):
 
 
 def test_uri_problem_accepts_good_uris():
-    for good in ("s3://bucket/key.jpg", "/abs/x.jpg", "rel/x.jpg", "file:///x.jpg", "gs://b/k.png",
-                 "https://host/x.jpg", "images//x.jpg"):
+    for good in (
+        "s3://bucket/key.jpg",
+        "/abs/x.jpg",
+        "rel/x.jpg",
+        "file:///x.jpg",
+        "gs://b/k.png",
+        "https://host/x.jpg",
+        "images//x.jpg",
+    ):
         assert uri_problem(good) is None, good
 
 
@@ -163,8 +174,10 @@ def test_ground_truth_columns(data_dir):
         img = Image.fromarray(array).convert("P")
         img.putpalette(voc_palette())
         img.save(data_dir / name)
-    rows = [{"image_uri": "images/a.jpg", "labels": "dog", "semantic_uri": "a_sem.png", "instance_uri": "a_ins.png"},
-            {"image_uri": "images/b.jpg", "labels": "cat", "semantic_uri": "", "instance_uri": ""}]
+    rows = [
+        {"image_uri": "images/a.jpg", "labels": "dog", "semantic_uri": "a_sem.png", "instance_uri": "a_ins.png"},
+        {"image_uri": "images/b.jpg", "labels": "cat", "semantic_uri": "", "instance_uri": ""},
+    ]
     source = ManifestSource(str(write_csv(data_dir / "m.csv", rows)), str(data_dir / "classes.txt"))
     assert source.has_ground_truth("train")
     gt = source.ground_truth("a")
@@ -176,13 +189,19 @@ def test_ground_truth_columns(data_dir):
 def test_images_on_s3(data_dir, s3_env):
     upload_tree(data_dir / "images", "manifest-bucket", "imgs", s3_env)
     storage = StorageConfig(endpoint_url=s3_env)
-    rows = [{"image_uri": "s3://manifest-bucket/imgs/a.jpg", "labels": "cat"},
-            {"image_uri": "imgs/b.jpg", "labels": "dog"}]
+    rows = [
+        {"image_uri": "s3://manifest-bucket/imgs/a.jpg", "labels": "cat"},
+        {"image_uri": "imgs/b.jpg", "labels": "dog"},
+    ]
     jsonl = data_dir / "s3.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     upload_tree(data_dir, "manifest-bucket", "meta", s3_env)  # the manifest and classes on S3 too
-    source = ManifestSource("s3://manifest-bucket/meta/s3.jsonl", "s3://manifest-bucket/meta/classes.txt",
-                            root="s3://manifest-bucket", storage=storage)
+    source = ManifestSource(
+        "s3://manifest-bucket/meta/s3.jsonl",
+        "s3://manifest-bucket/meta/classes.txt",
+        root="s3://manifest-bucket",
+        storage=storage,
+    )
     records = source.records("train")
     assert [r.uri for r in records] == ["s3://manifest-bucket/imgs/a.jpg", "s3://manifest-bucket/imgs/b.jpg"]
     assert read_bytes(resolve(records[0].uri, storage)) == (data_dir / "images" / "a.jpg").read_bytes()
@@ -207,9 +226,15 @@ def test_build_source(data_dir, tmp_path):
     with pytest.raises(DatasetError, match="dataset.manifest is empty"):
         build_source(DatasetConfig(format="manifest"), storage)
     with pytest.raises(DatasetError, match="dataset.manifest .* does not exist"):
-        build_source(DatasetConfig(format="manifest", manifest=str(tmp_path / "m.csv"),
-                                   class_names_file=str(data_dir / "classes.txt")), storage)
+        build_source(
+            DatasetConfig(
+                format="manifest", manifest=str(tmp_path / "m.csv"), class_names_file=str(data_dir / "classes.txt")
+            ),
+            storage,
+        )
     manifest = write_csv(data_dir / "m.csv", ROWS)
-    source = build_source(DatasetConfig(format="manifest", manifest=str(manifest),
-                                        class_names_file=str(data_dir / "classes.txt")), storage)
+    source = build_source(
+        DatasetConfig(format="manifest", manifest=str(manifest), class_names_file=str(data_dir / "classes.txt")),
+        storage,
+    )
     assert isinstance(source, ManifestSource) and len(source.records("all")) == 4

@@ -59,7 +59,7 @@ def test_ground_truth_is_consistent(synthetic_root):
         sem_img = Image.open(root / "SegmentationClass" / f"{image_id}.png")
         ins_img = Image.open(root / "SegmentationObject" / f"{image_id}.png")
         assert sem_img.mode == "P" and ins_img.mode == "P"
-        assert sem_img.getpalette()[:len(palette)] == palette[:len(sem_img.getpalette())]
+        assert sem_img.getpalette()[: len(palette)] == palette[: len(sem_img.getpalette())]
         semantic, instance = np.array(sem_img), np.array(ins_img)
         assert semantic.shape == (128, 160)
         values = set(np.unique(semantic).tolist())
@@ -102,8 +102,9 @@ def test_some_images_have_touching_same_class_instances(synthetic_root):
         ids = [k for k in np.unique(instance).tolist() if k not in (0, 255)]
         classes = {k: int(np.bincount(semantic[instance == k]).argmax()) for k in ids}
         grown = {k: ndimage.binary_dilation(instance == k, iterations=3) for k in ids}
-        if any(classes[a] == classes[b] and (grown[a] & grown[b]).any()
-               for i, a in enumerate(ids) for b in ids[i + 1:]):
+        if any(
+            classes[a] == classes[b] and (grown[a] & grown[b]).any() for i, a in enumerate(ids) for b in ids[i + 1 :]
+        ):
             touching += 1
     assert touching >= 3
 
@@ -122,10 +123,16 @@ def test_deterministic(tmp_path):
     make_synthetic_voc(str(tmp_path / "a"), n_train=3, n_val=1, seed=11)
     make_synthetic_voc(str(tmp_path / "b"), n_train=3, n_val=1, seed=11)
     make_synthetic_voc(str(tmp_path / "c"), n_train=3, n_val=1, seed=12)
-    for sub in ("SegmentationClass/syn_000002.png", "SegmentationObject/syn_000004.png",
-                "JPEGImages/syn_000001.jpg", "Annotations/syn_000003.xml"):
+    for sub in (
+        "SegmentationClass/syn_000002.png",
+        "SegmentationObject/syn_000004.png",
+        "JPEGImages/syn_000001.jpg",
+        "Annotations/syn_000003.xml",
+    ):
         assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes()
-    assert (tmp_path / "a/JPEGImages/syn_000001.jpg").read_bytes() != (tmp_path / "c/JPEGImages/syn_000001.jpg").read_bytes()
+    assert (tmp_path / "a/JPEGImages/syn_000001.jpg").read_bytes() != (
+        tmp_path / "c/JPEGImages/syn_000001.jpg"
+    ).read_bytes()
 
 
 def test_other_classes_and_sizes(tmp_path):

@@ -19,8 +19,9 @@ CAT, DOG, PERSON = (VOC_CLASSES.index(n) + 1 for n in ("cat", "dog", "person"))
 
 
 def xml(*objects: tuple[str, int]) -> str:
-    body = "".join(f"<object><name>{name}</name><difficult>{difficult}</difficult></object>"
-                   for name, difficult in objects)
+    body = "".join(
+        f"<object><name>{name}</name><difficult>{difficult}</difficult></object>" for name, difficult in objects
+    )
     return f"<annotation><filename>x.jpg</filename>{body}</annotation>"
 
 
@@ -111,7 +112,8 @@ def test_split_fallbacks_and_sbd_lines(voc_root):
     (voc_root / "ImageSets/Main/trainval.txt").write_text("2007_000033\n")
     (voc_root / "train_aug.txt").write_text(
         "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n"
-        "/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n\n")
+        "/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n\n"
+    )
     source = VOCSource(str(voc_root))
     assert [r.image_id for r in source.records("trainval")] == ["2007_000033"]
     assert [r.image_id for r in source.records("train_aug")] == ["2007_000032", "2007_000033"]

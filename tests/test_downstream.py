@@ -31,8 +31,14 @@ from ray_wsis.pipeline.schema import PSEUDO_LABELS, pseudo_label_row, rows_to_ta
 from ray_wsis.pipeline.sink import commit, split_rows
 from tests.pipeline_helpers import make_tiny_voc, start_local_ray, tiny_config
 
-DOWNSTREAM = ["downstream.backbone=resnet18", "downstream.crop_size=64", "downstream.batch_size=2",
-              "downstream.epochs=1", "downstream.max_eval_images=2", "ray.cpus_per_worker=0.5"]
+DOWNSTREAM = [
+    "downstream.backbone=resnet18",
+    "downstream.crop_size=64",
+    "downstream.batch_size=2",
+    "downstream.epochs=1",
+    "downstream.max_eval_images=2",
+    "ray.cpus_per_worker=0.5",
+]
 
 
 def write_pseudo_labels(config, n: int = 4) -> list[str]:
@@ -47,11 +53,20 @@ def write_pseudo_labels(config, n: int = 4) -> list[str]:
         masks = np.concatenate([gt.instance_masks, fragment])
         class_ids = np.concatenate([gt.instance_class_ids, [record.class_ids[0]]])
         scores = np.concatenate([np.full(len(gt.instance_class_ids), 0.9), [0.0]])
-        rows.append(pseudo_label_row(record.image_id, *semantic.shape, record.class_ids, semantic,
-                                     np.full_like(semantic, 255), masks,
-                                     class_ids, scores))
+        rows.append(
+            pseudo_label_row(
+                record.image_id,
+                *semantic.shape,
+                record.class_ids,
+                semantic,
+                np.full_like(semantic, 255),
+                masks,
+                class_ids,
+                scores,
+            )
+        )
     location = Layout.of(config).pseudo_labels
-    for part in (rows[: n // 2], rows[n // 2:]):
+    for part in (rows[: n // 2], rows[n // 2 :]):
         good, _ = split_rows(rows_to_table(part, PSEUDO_LABELS), "make-pseudo-labels", PSEUDO_LABELS)
         commit(location, good, retries=0)
     return [r["image_id"] for r in rows]
@@ -63,10 +78,15 @@ def _decoded_row(rng: np.random.Generator, h: int = 40, w: int = 50) -> dict:
     masks[0, 5:20, 5:25] = True
     masks[1, 22:38, 30:48] = True
     masks[2, 0:2, 0:2] = True
-    return {"image_id": "a", "image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
-            "semantic": np.where(masks[0], 1, 0).astype(np.uint8), "masks": masks,
-            "boxes": np.asarray([[5, 5, 25, 20], [30, 22, 48, 38], [0, 0, 2, 2]], np.float32),
-            "labels": np.asarray([1, 2, 3]), "scores": np.asarray([0.9, 0.3, 0.0], np.float32)}
+    return {
+        "image_id": "a",
+        "image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8),
+        "semantic": np.where(masks[0], 1, 0).astype(np.uint8),
+        "masks": masks,
+        "boxes": np.asarray([[5, 5, 25, 20], [30, 22, 48, 38], [0, 0, 2, 2]], np.float32),
+        "labels": np.asarray([1, 2, 3]),
+        "scores": np.asarray([0.9, 0.3, 0.0], np.float32),
+    }
 
 
 def _batch(rows: list[dict]) -> dict:
@@ -123,8 +143,10 @@ def test_coco_mask_ap_with_pycocotools():
     gt = [{"category_id": 1, "rle": rles[0]}, {"category_id": 2, "rle": rles[1]}]
     perfect = [{"category_id": 1, "score": 0.9, "rle": rles[0]}, {"category_id": 2, "score": 0.8, "rle": rles[1]}]
     record = {"height": 30, "width": 40, "gt": gt}
-    assert coco_mask_ap([{**record, "dt": perfect}], 3) == {"coco_ap": pytest.approx(100.0),
-                                                            "coco_ap50": pytest.approx(100.0)}
+    assert coco_mask_ap([{**record, "dt": perfect}], 3) == {
+        "coco_ap": pytest.approx(100.0),
+        "coco_ap50": pytest.approx(100.0),
+    }
     assert coco_mask_ap([{**record, "dt": perfect[:1]}], 3)["coco_ap"] == pytest.approx(50.0)
     assert coco_mask_ap([{**record, "dt": []}], 3) == {"coco_ap": 0.0, "coco_ap50": 0.0}
     assert coco_mask_ap([{**record, "gt": [], "dt": perfect}], 3) == {"coco_ap": None, "coco_ap50": None}
@@ -137,9 +159,11 @@ def test_downstream_config_fields():
         load_config(None, ["downstream.rescale=[2.0, 1.0]"])
     demo = demo_config(config)
     assert demo.downstream.epochs == 7 and demo.downstream.crop_size == 128  # explicit values win
-    table = comparison_table({"sem_miou": 50.0, "ins_map50": 20.0, "images": {"split": "train"}},
-                             {"split": "val", "miou": 40.0, "train": {"epochs": 3, "backbone": "resnet18"}},
-                             {"split": "val", "map50": 10.0, "coco_ap": 5.0})
+    table = comparison_table(
+        {"sem_miou": 50.0, "ins_map50": 20.0, "images": {"split": "train"}},
+        {"split": "val", "miou": 40.0, "train": {"epochs": 3, "backbone": "resnet18"}},
+        {"split": "val", "map50": 10.0, "coco_ap": 5.0},
+    )
     assert "semantic mIoU" in table and "50.0" in table and "40.0" in table and "5.0" in table
 
 

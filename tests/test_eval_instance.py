@@ -150,13 +150,22 @@ def coco_per_class_ap(images, iou_thresh):
     gt_anns, dt_anns, ann_id = [], [], 1
     for image_id, (pm, pl, ps, gm, gl) in enumerate(images, start=1):
         for mask, label in zip(gm, gl):
-            gt_anns.append({
-                "id": ann_id, "image_id": image_id, "category_id": int(label), "segmentation": rle(mask),
-                "area": float(mask.sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0,
-            })
+            gt_anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "segmentation": rle(mask),
+                    "area": float(mask.sum()),
+                    "bbox": [0, 0, 1, 1],
+                    "iscrowd": 0,
+                }
+            )
             ann_id += 1  # ids must be nonzero: COCOeval stores the matched gt id as the TP flag
         for mask, label, s in zip(pm, pl, ps):
-            dt_anns.append({"image_id": image_id, "category_id": int(label), "segmentation": rle(mask), "score": float(s)})
+            dt_anns.append(
+                {"image_id": image_id, "category_id": int(label), "segmentation": rle(mask), "score": float(s)}
+            )
     gt = COCO()
     gt.dataset = {
         "images": [{"id": i, "height": H, "width": W} for i in range(1, len(images) + 1)],

@@ -194,7 +194,7 @@ def many_channel_scene():
     regions = []
     for r0, c0 in ((2, 2), (2, 11), (11, 6)):
         region = torch.zeros(h, w, dtype=torch.bool)
-        region[r0:r0 + 7, c0:c0 + 7] = True
+        region[r0 : r0 + 7, c0 : c0 + 7] = True
         regions.append(region)
     centres = [(5.0, 5.0), (5.0, 14.0), (14.0, 9.0)]
     dp = field_to(centres, regions, h, w)

@@ -16,7 +16,7 @@ LO, HI = 14, 25  # the bright square spans rows/cols LO..HI
 def scene():
     """A bright square on a dark image; its CAM is 1 inside, 0.2 in a 4-px band, 0 beyond."""
     image = np.full((H, W, 3), 30, np.uint8)
-    image[LO:HI + 1, LO:HI + 1] = 220
+    image[LO : HI + 1, LO : HI + 1] = 220
     yy, xx = np.mgrid[:H, :W]
     outside = np.maximum(np.maximum(LO - yy, yy - HI), np.maximum(LO - xx, xx - HI))  # <= 0 inside
     inside = outside <= 0
@@ -45,8 +45,7 @@ def test_exact_threshold_values_without_crf():
 
 def test_two_classes_take_the_larger_cam():
     image = np.zeros((1, 5, 3), np.uint8)
-    cams = np.array([[[0.9, 0.4, 0.1, 0.0, 0.2]],
-                     [[0.5, 0.6, 0.2, 0.0, 0.04]]], np.float32)
+    cams = np.array([[[0.9, 0.4, 0.1, 0.0, 0.2]], [[0.5, 0.6, 0.2, 0.0, 0.04]]], np.float32)
     out = relation_labels(image, cams, [2, 9], IRLabelConfig(crf=False))
     assert out.tolist() == [[2, 9, 255, 0, 255]]
 

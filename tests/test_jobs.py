@@ -1,7 +1,8 @@
 """Ray jobs: the CLI as entrypoint (`python -m ray_wsis`), jobs/submit.sh, and one real `ray job submit`.
 
-The submit test starts its own Ray head (private --temp-dir and ports, so it never touches another
-Ray on the machine nor leaves a stale /tmp/ray/ray_current_cluster) and stops it by process id.
+The submit test starts its own Ray head (tests/ray_cluster.py: private --temp-dir and ports, so it
+never touches another Ray on the machine nor leaves a stale /tmp/ray/ray_current_cluster) and stops
+it by process id.
 """
 
 from __future__ import annotations
@@ -9,20 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
+from tests.ray_cluster import local_cluster, ray_cli
 from tests.s3_server import moto_endpoint, s3_env  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +30,17 @@ def _run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
-    (["--set", "cam.epochs=zero"], "cam.epochs must be an integer"),
-    (["--set", "dataset.root=/nonexistent/voc"], "dataset.root /nonexistent/voc does not exist"),
-])
-def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "/nonexistent/run.yaml"], "cannot read config file"),
+        (["--set", "cam.epochs=zero"], "cam.epochs must be an integer"),
+        (["--set", "dataset.root=/nonexistent/voc"], "dataset.root /nonexistent/voc does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
     """The job entrypoint is the CLI: no traceback, one `error:` line, status 2, before any Ray is started."""
     import ray
 
@@ -58,12 +58,14 @@ def test_module_entrypoint_imports_the_working_dirs_ray_wsis(tmp_path: Path) -> 
     installed package or not, and fails like the CLI."""
     copy = tmp_path / "checkout"
     shutil.copytree(ROOT / "ray_wsis", copy / "ray_wsis", ignore=shutil.ignore_patterns("__pycache__"))
-    probe = ("import runpy, sys\n"
-             "sys.argv = ['ray_wsis', 'run', '--config', '/nonexistent.yaml']\n"
-             "try:\n"
-             "    runpy.run_module('ray_wsis', run_name='__main__', alter_sys=True)\n"
-             "except SystemExit as exc:\n"
-             "    print(sys.modules['ray_wsis'].__file__, exc.code)\n")
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['ray_wsis', 'run', '--config', '/nonexistent.yaml']\n"
+        "try:\n"
+        "    runpy.run_module('ray_wsis', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exc:\n"
+        "    print(sys.modules['ray_wsis'].__file__, exc.code)\n"
+    )
     done = _run("-c", probe, cwd=copy)
     path, code = done.stdout.split()
     assert Path(path).is_relative_to(copy) and code == "2", done.stdout + done.stderr
@@ -73,14 +75,28 @@ def test_module_entrypoint_imports_the_working_dirs_ray_wsis(tmp_path: Path) -> 
 def test_submit_script_needs_a_command_and_passes_it_through(tmp_path: Path) -> None:
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "ray").write_text("#!/usr/bin/env bash\necho \"$@\"\n")
+    (fake / "ray").write_text('#!/usr/bin/env bash\necho "$@"\n')
     (fake / "ray").chmod(0o755)
     env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
-    usage = subprocess.run(["bash", str(ROOT / "jobs" / "submit.sh"), "--address", "x"], env=env,
-                           capture_output=True, text=True)
+    usage = subprocess.run(
+        ["bash", str(ROOT / "jobs" / "submit.sh"), "--address", "x"], env=env, capture_output=True, text=True
+    )
     assert usage.returncode == 2 and "usage" in usage.stderr
-    done = subprocess.run(["bash", str(ROOT / "jobs" / "submit.sh"), "--address", "http://h:8265", "--",
-                           "run", "--config", "configs/cluster.yaml"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "jobs" / "submit.sh"),
+            "--address",
+            "http://h:8265",
+            "--",
+            "run",
+            "--config",
+            "configs/cluster.yaml",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     words = done.stdout.split()
     assert words[:3] == ["job", "submit", "--working-dir"] and words[3] == str(ROOT)
     assert "--runtime-env" in words and words[words.index("--runtime-env") + 1].endswith("cluster/runtime_env.yaml")
@@ -88,104 +104,6 @@ def test_submit_script_needs_a_command_and_passes_it_through(tmp_path: Path) -> 
 
 
 # -- one real Ray job ------------------------------------------------------------------------
-
-
-def _free_ports(n: int) -> list[int]:
-    """Ephemeral ports (outside Ray's default worker range 10002-19999)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, pgid, command line), read from /proc."""
-    out: dict[int, tuple[int, int, str]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(name)] = (int(fields[1]), int(fields[2]), cmd)
-    return out
-
-
-def _head_pids(temp_dir: str, pgid: int) -> set[int]:
-    """Our head's processes: gcs_server, raylet, dashboard... (their command lines name our temp dir,
-    or they are in the process group of our `ray start`) plus all their descendants (agents, workers)."""
-    procs = _processes()
-    ours = {pid for pid, (_, group, cmd) in procs.items() if temp_dir in cmd or group == pgid}
-    grew = True
-    while grew:
-        children = {pid for pid, (ppid, _, _) in procs.items() if ppid in ours} - ours
-        ours |= children
-        grew = bool(children)
-    return ours - {os.getpid(), os.getppid()}
-
-
-def _stop_head(temp_dir: str, pgid: int) -> list[int]:
-    """SIGTERM our head's processes by pid, SIGKILL what is left after 20 s; returns the survivors."""
-    for sig, grace in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
-        for pid in _head_pids(temp_dir, pgid):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while _alive(_head_pids(temp_dir, pgid)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-    return sorted(_alive(_head_pids(temp_dir, pgid)))
-
-
-def _alive(pids: set[int]) -> set[int]:
-    """Zombies (reaped later by init) don't count."""
-    alive = set()
-    for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.add(pid)
-        except OSError:
-            pass
-    return alive
-
-
-def _ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() \
-        else shutil.which("ray") or "ray"
-
-
-@contextmanager
-def local_head(num_cpus: int = 2) -> Iterator[dict[str, Any]]:
-    """`ray start --head` on private ports and a private temp dir; stopped by pid afterwards."""
-    temp_dir = tempfile.mkdtemp(prefix="rwj-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
-    gcs, dash, client, agent = _free_ports(4)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # job's `python`
-    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
-    cmd = [_ray_cli(), "start", "--head", f"--port={gcs}", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", "--disable-usage-stats", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"]
-    starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # its pgid = its pid, inherited by the daemons
-    survivors: list[int] = []
-    try:
-        out, _ = starter.communicate(timeout=240)
-        assert starter.returncode == 0, f"ray start failed:\n{out[-3000:]}"
-        yield {"address": f"http://127.0.0.1:{dash}", "env": env, "temp_dir": temp_dir}
-    finally:
-        if starter.poll() is None:
-            starter.kill()
-        survivors = _stop_head(temp_dir, starter.pid)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not survivors, f"head processes survived SIGKILL: {survivors}"
 
 
 @pytest.mark.slow
@@ -207,18 +125,32 @@ def test_submit_pipeline_job_reading_and_writing_s3(tmp_path: Path, s3_env: str)
     client.create_bucket(Bucket="data")
     client.create_bucket(Bucket="labels")
     upload_tree(make_tiny_voc(tmp_path / "voc"), "data", "voc", endpoint)
-    overrides = ["dataset.root=s3://data/voc", "output=s3://labels/job1", f"storage.endpoint_url={endpoint}",
-                 "run_name=tiny-job", *TINY_SETTINGS]
+    overrides = [
+        "dataset.root=s3://data/voc",
+        "output=s3://labels/job1",
+        f"storage.endpoint_url={endpoint}",
+        "run_name=tiny-job",
+        *TINY_SETTINGS,
+    ]
     config = tiny_config("s3://data/voc", "s3://labels/job1", f"storage.endpoint_url={endpoint}")
     check_output(config)
     command = ["run", "--config", "configs/demo.yaml", *[arg for item in overrides for arg in ("--set", item)]]
-    with local_head() as head:
-        env = {k: v for k, v in head["env"].items() if k not in CREDENTIALS}  # not inherited by the job
+    with local_cluster(head_cpus=2) as head:
+        env = {k: v for k, v in head.env.items() if k not in CREDENTIALS}  # not inherited by the job
         runtime_env = {"env_vars": {"OMP_NUM_THREADS": "1", **CREDENTIALS}}
-        env["PATH"] = os.pathsep.join([str(Path(_ray_cli()).parent), env.get("PATH", "")])  # submit.sh's `ray`
-        submit = ["bash", "jobs/submit.sh", "--address", head["address"],
-                  "--submission-id", f"ray-wsis-test-{uuid.uuid4().hex[:8]}",
-                  "--runtime-env-json", json.dumps(runtime_env), "--", *command]
+        env["PATH"] = os.pathsep.join([str(Path(ray_cli()).parent), env.get("PATH", "")])  # submit.sh's `ray`
+        submit = [
+            "bash",
+            "jobs/submit.sh",
+            "--address",
+            head.dashboard,
+            "--submission-id",
+            f"ray-wsis-test-{uuid.uuid4().hex[:8]}",
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            *command,
+        ]
         done = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S)
     log = done.stdout + done.stderr
     assert done.returncode == 0 and "succeeded" in log, log[-6000:]

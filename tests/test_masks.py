@@ -86,9 +86,11 @@ def test_rle_round_trip_area_bbox(mask):
     np.testing.assert_array_equal(decode_rle({"size": rle["size"], "counts": rle["counts"].encode()}), mask)
     assert rle_area(rle) == int(mask.sum())
     ys, xs = np.nonzero(mask)
-    expected = [0.0, 0.0, 0.0, 0.0] if ys.size == 0 else [
-        float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)
-    ]
+    expected = (
+        [0.0, 0.0, 0.0, 0.0]
+        if ys.size == 0
+        else [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    )
     assert rle_bbox(rle) == expected
 
 

@@ -34,7 +34,7 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
     """Perturb every parameter and buffer, so a tensor loaded under the wrong name shows."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=g))
         for name, b in model.named_buffers():
             if name.endswith("running_var"):
@@ -104,8 +104,11 @@ def test_frozen_stages_have_no_grad_and_stay_in_eval():
         stage = n.split(".")[0]
         if stage in frozen:
             assert torch.equal(b, before[n]), n  # statistics of frozen stages do not move
-    moved = [n for n, b in backbone.named_buffers() if n.startswith("layer4") and n.endswith("running_mean")
-             and not torch.equal(b, before[n])]
+    moved = [
+        n
+        for n, b in backbone.named_buffers()
+        if n.startswith("layer4") and n.endswith("running_mean") and not torch.equal(b, before[n])
+    ]
     assert moved  # but the trained stages' statistics do
     for name in STAGES:
         for p in getattr(backbone, name).parameters():
@@ -373,8 +376,11 @@ def test_checkpoint_wrong_arch_names_both(cam_bytes):
 
 @pytest.mark.parametrize("corrupt", ["garbage", "truncated", "flipped"])
 def test_checkpoint_corrupt_bytes(cam_bytes, corrupt):
-    data = {"garbage": b"definitely not a checkpoint", "truncated": cam_bytes[: len(cam_bytes) // 2],
-            "flipped": cam_bytes[:100] + bytes(b ^ 0xFF for b in cam_bytes[100:400]) + cam_bytes[400:]}[corrupt]
+    data = {
+        "garbage": b"definitely not a checkpoint",
+        "truncated": cam_bytes[: len(cam_bytes) // 2],
+        "flipped": cam_bytes[:100] + bytes(b ^ 0xFF for b in cam_bytes[100:400]) + cam_bytes[400:],
+    }[corrupt]
     with pytest.raises(CheckpointError, match="my.pt"):
         read_checkpoint(data, "cam", source="my.pt")
 
@@ -413,8 +419,14 @@ class Sneaky:
 
 def test_checkpoint_loads_weights_only():
     UNPICKLED.clear()
-    evil = {"format": FORMAT, "kind": "cam", "arch": "resnet18", "num_classes": 3, "meta": {},
-            "state_dict": {"x": Sneaky()}}
+    evil = {
+        "format": FORMAT,
+        "kind": "cam",
+        "arch": "resnet18",
+        "num_classes": 3,
+        "meta": {},
+        "state_dict": {"x": Sneaky()},
+    }
     for obj in (Sneaky(), evil):
         buffer = io.BytesIO()
         torch.save(obj, buffer)
@@ -432,21 +444,31 @@ def test_checkpoint_loads_weights_only():
 
 def _torchvision_name(ours: str) -> str:
     """backbone.conv1.0.* -> conv1.*, backbone.conv1.1.* -> bn1.*, backbone.layerN.* -> layerN.*"""
-    rest = ours[len("backbone."):]
+    rest = ours[len("backbone.") :]
     if rest.startswith("conv1.0."):
-        return "conv1." + rest[len("conv1.0."):]
+        return "conv1." + rest[len("conv1.0.") :]
     if rest.startswith("conv1.1."):
-        return "bn1." + rest[len("conv1.1."):]
+        return "bn1." + rest[len("conv1.1.") :]
     return rest
 
 
 # torchvision module -> (stage alias, backbone.* mirror) in each reference network
-CAM_ALIASES = {"conv1": ("stage1.0", "backbone.0.0"), "bn1": ("stage1.1", "backbone.0.1"),
-               "layer1": ("stage1.4", "backbone.0.4"), "layer2": ("stage2.0", "backbone.1.0"),
-               "layer3": ("stage3.0", "backbone.2.0"), "layer4": ("stage4.0", "backbone.3.0")}
-IRN_ALIASES = {"conv1": ("stage1.0", "backbone.0.0"), "bn1": ("stage1.1", "backbone.0.1"),
-               "layer1": ("stage2.0", "backbone.1.0"), "layer2": ("stage3.0", "backbone.2.0"),
-               "layer3": ("stage4.0", "backbone.3.0"), "layer4": ("stage5.0", "backbone.4.0")}
+CAM_ALIASES = {
+    "conv1": ("stage1.0", "backbone.0.0"),
+    "bn1": ("stage1.1", "backbone.0.1"),
+    "layer1": ("stage1.4", "backbone.0.4"),
+    "layer2": ("stage2.0", "backbone.1.0"),
+    "layer3": ("stage3.0", "backbone.2.0"),
+    "layer4": ("stage4.0", "backbone.3.0"),
+}
+IRN_ALIASES = {
+    "conv1": ("stage1.0", "backbone.0.0"),
+    "bn1": ("stage1.1", "backbone.0.1"),
+    "layer1": ("stage2.0", "backbone.1.0"),
+    "layer2": ("stage3.0", "backbone.2.0"),
+    "layer3": ("stage4.0", "backbone.3.0"),
+    "layer4": ("stage5.0", "backbone.4.0"),
+}
 
 
 def reference_backbone(state, aliases, resnet=True, stage_aliases=True, mirrors=True):
@@ -480,7 +502,7 @@ def reference_irn_state(model: IRNet, old_mean_shift=False, **kw):
     for key, value in state.items():
         for branch, layers in (("edge", "edge_layers"), ("dp", "dp_layers")):
             if key.startswith(branch) and key[len(branch)].isdigit():
-                number, rest = key[len(branch)], key[len(branch) + 2:]
+                number, rest = key[len(branch)], key[len(branch) + 2 :]
                 out[f"fc_{branch}{number}.{rest}"] = value
                 out[f"{layers}.{int(number) - 1}.{rest}"] = value
     mean = state["mean_shift.running_mean"]
@@ -492,8 +514,28 @@ def reference_irn_state(model: IRNet, old_mean_shift=False, **kw):
     else:
         for key in ("mean_shift.running_mean", "fc_dp7.4.running_mean", "dp_layers.6.4.running_mean"):
             out[key] = mean
-    shapes = [(2, 2), (2, 3), (4, 4), (2, 5), (6, 6), (4, 7), (10, 8), (2, 9), (12, 10), (4, 11), (12, 12),
-              (2, 13), (8, 14), (8, 15), (22, 16), (16, 18), (6, 19), (20, 20), (4, 21), (6, 22)]
+    shapes = [
+        (2, 2),
+        (2, 3),
+        (4, 4),
+        (2, 5),
+        (6, 6),
+        (4, 7),
+        (10, 8),
+        (2, 9),
+        (12, 10),
+        (4, 11),
+        (12, 12),
+        (2, 13),
+        (8, 14),
+        (8, 15),
+        (22, 16),
+        (16, 18),
+        (6, 19),
+        (20, 20),
+        (4, 21),
+        (6, 22),
+    ]
     for i, (n, length) in enumerate(shapes):  # N_src shrunk from 13090 to 3 to keep the test light
         out[f"path_indices{i}"] = torch.zeros(n, length, 3, dtype=torch.int64)
     out["disp_target"] = torch.zeros(1, 2, 152, 1)
@@ -528,8 +570,12 @@ def test_reference_cam_layout_has_the_notes_key_count(cam50):
 
 @pytest.mark.parametrize("variant", ["full", "aliases_only", "stage_aliases_only", "resnet_and_newly_added"])
 def test_import_reference_cam(cam50, cam50_target, variant):
-    kw = {"full": {}, "aliases_only": {"resnet": False}, "stage_aliases_only": {"resnet": False, "mirrors": False},
-          "resnet_and_newly_added": {"stage_aliases": False, "mirrors": False}}[variant]
+    kw = {
+        "full": {},
+        "aliases_only": {"resnet": False},
+        "stage_aliases_only": {"resnet": False, "mirrors": False},
+        "resnet_and_newly_added": {"stage_aliases": False, "mirrors": False},
+    }[variant]
     state = reference_cam_state(cam50, **kw)
     if variant == "resnet_and_newly_added":
         del state["classifier.weight"]
@@ -605,7 +651,10 @@ def test_import_reference_irn_old_mean_shift_layout(irn50, irn50_target):
 
 
 def test_import_reference_irn_mean_shift_from_fc_dp7_only(irn50):
-    state = {k: v for k, v in reference_irn_state(irn50).items()
-             if k not in ("mean_shift.running_mean", "dp_layers.6.4.running_mean")}
+    state = {
+        k: v
+        for k, v in reference_irn_state(irn50).items()
+        if k not in ("mean_shift.running_mean", "dp_layers.6.4.running_mean")
+    }
     imported = import_reference_irn(state)
     assert torch.equal(imported["mean_shift.running_mean"], torch.tensor([0.4, -1.1]))

@@ -65,8 +65,12 @@ def test_directions_unique_half_plane_within_radius(radius):
         # the opposite direction is never listed: each unordered pair appears once
         assert (-dy, -dx) not in dirs
     # and every offset of the half disc is there
-    expected = {(y, x) for y in range(0, radius) for x in range(-radius + 1, radius)
-                if x * x + y * y < radius * radius and (y > 0 or x > 0)}
+    expected = {
+        (y, x)
+        for y in range(0, radius)
+        for x in range(-radius + 1, radius)
+        if x * x + y * y < radius * radius and (y > 0 or x > 0)
+    }
     assert set(dirs) == expected
 
 
@@ -101,8 +105,28 @@ def test_matches_reference_search_paths_and_order(radius):
 
 def test_group_shapes_match_the_reference_checkpoint_buffers():
     # notes 2.5: shapes of path_indices0..19 in res50_irn.pth are (n_paths, path_len, 13090)
-    expected = [(2, 2), (2, 3), (4, 4), (2, 5), (6, 6), (4, 7), (10, 8), (2, 9), (12, 10), (4, 11), (12, 12),
-                (2, 13), (8, 14), (8, 15), (22, 16), (16, 18), (6, 19), (20, 20), (4, 21), (6, 22)]
+    expected = [
+        (2, 2),
+        (2, 3),
+        (4, 4),
+        (2, 5),
+        (6, 6),
+        (4, 7),
+        (10, 8),
+        (2, 9),
+        (12, 10),
+        (4, 11),
+        (12, 12),
+        (2, 13),
+        (8, 14),
+        (8, 15),
+        (22, 16),
+        (16, 18),
+        (6, 19),
+        (20, 20),
+        (4, 21),
+        (6, 22),
+    ]
     index = path_index(10)
     assert [g.shape[:2] for g in index.groups] == expected
     hs, ws = source_window(128, 128, index)
@@ -228,7 +252,7 @@ def test_valid_layout_equals_same_layout_interior():
     hs, ws = source_window(14, 17, index)
     m = index.margin
     assert valid.shape == (2, 34, hs, ws)
-    assert torch.equal(valid, same[..., :hs, m:m + ws])
+    assert torch.equal(valid, same[..., :hs, m : m + ws])
     with pytest.raises(ValueError, match="layout"):
         boundary_to_affinity(boundary, index, layout="full")
 

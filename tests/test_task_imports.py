@@ -16,25 +16,44 @@ from ray_wsis.labels import _decode_batch
 from ray_wsis.pipeline.decode_task import decode_images
 from ray_wsis.pipeline.reads import keep_ids
 from ray_wsis.pipeline.sink import ShardSink
-from ray_wsis.stages.calibrate import agreement_task, few_shot_task, label_free_task, recut_task
+from ray_wsis.stages.calibrate import agreement_task, label_free_task, recut_task
 from ray_wsis.stages.evaluate import eval_cams, eval_ir_labels, eval_pseudo_labels, eval_sweep
 from ray_wsis.stages.make_affinity_labels import make_affinity_labels
 from ray_wsis.stages.make_ir_labels import decode_and_label
 from ray_wsis.train.batches import classifier_batch, relation_batch, top_left_batch
 
-TASK_CODE = [keep_ids, decode_images, decode_and_label, make_affinity_labels, eval_cams, eval_ir_labels,
-             eval_pseudo_labels, eval_sweep, label_free_task, agreement_task, few_shot_task, recut_task,
-             classifier_batch, relation_batch, top_left_batch, _decode_batch, semantic_batch, instance_batch, ShardSink]
+TASK_CODE = [
+    keep_ids,
+    decode_images,
+    decode_and_label,
+    make_affinity_labels,
+    eval_cams,
+    eval_ir_labels,
+    eval_pseudo_labels,
+    eval_sweep,
+    label_free_task,
+    agreement_task,
+    recut_task,
+    classifier_batch,
+    relation_batch,
+    top_left_batch,
+    _decode_batch,
+    semantic_batch,
+    instance_batch,
+    ShardSink,
+]
 
 
 def test_task_modules_import_without_torch():
     modules = sorted({code.__module__ for code in TASK_CODE})
-    probe = ("import sys\n"
-             f"for name in {modules!r}:\n"
-             "    __import__(name)\n"
-             "    if 'torch' in sys.modules:\n"
-             "        print(name)\n"
-             "        break\n")
+    probe = (
+        "import sys\n"
+        f"for name in {modules!r}:\n"
+        "    __import__(name)\n"
+        "    if 'torch' in sys.modules:\n"
+        "        print(name)\n"
+        "        break\n"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"{done.stdout.strip()} imports torch: Ray task workers would pay for it"

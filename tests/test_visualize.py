@@ -31,8 +31,17 @@ NO_CAM_ID = "syn_000002"
 def _cam_row(image_id: str, labels: tuple[int, ...], rng: np.random.Generator) -> dict[str, Any]:
     h, w = -(-HEIGHT // 4), -(-WIDTH // 4)
     cam = rng.random((len(labels), h, w)).astype(np.float16)
-    return {"image_id": image_id, "uri": "", "height": HEIGHT, "width": WIDTH, "labels": list(labels),
-            "cam_height": h, "cam_width": w, "cam": cam.tobytes(), "error": ""}
+    return {
+        "image_id": image_id,
+        "uri": "",
+        "height": HEIGHT,
+        "width": WIDTH,
+        "labels": list(labels),
+        "cam_height": h,
+        "cam_width": w,
+        "cam": cam.tobytes(),
+        "error": "",
+    }
 
 
 def _label_row(source: VOCSource, image_id: str, labels: tuple[int, ...]) -> dict[str, Any]:
@@ -40,19 +49,38 @@ def _label_row(source: VOCSource, image_id: str, labels: tuple[int, ...]) -> dic
     truth = source.ground_truth(image_id)
     semantic = np.where(truth.semantic == 255, 0, truth.semantic).astype(np.uint8)
     masks = truth.instance_masks if truth.instance_masks is not None else np.zeros((0, HEIGHT, WIDTH), bool)
-    return pseudo_label_row(image_id, HEIGHT, WIDTH, labels, semantic, np.full_like(semantic, 255), masks,
-                            truth.instance_class_ids,
-                            np.full(len(masks), 0.9, np.float32))
+    return pseudo_label_row(
+        image_id,
+        HEIGHT,
+        WIDTH,
+        labels,
+        semantic,
+        np.full_like(semantic, 255),
+        masks,
+        truth.instance_class_ids,
+        np.full(len(masks), 0.9, np.float32),
+    )
 
 
 def _metrics(names: tuple[str, ...]) -> dict[str, Any]:
     n = len(names)
-    return {"cam_miou": 41.5, "ir_label_precision": 80.25, "ir_label_coverage": 55.0, "sem_miou": 52.0,
-            "ins_map25": 40.0, "ins_map50": 30.0, "ins_map70": None, "ins_map75": 10.0,
-            "per_class": {"names": ["background", *names], "cam_iou": [70.0] + [30.0 + k for k in range(n)],
-                          "sem_iou": [80.0] + [None] + [40.0 + k for k in range(n - 1)],
-                          "ins_ap50": [20.0 + k if k % 3 else None for k in range(n)]},
-            "images": {"split": "train"}}
+    return {
+        "cam_miou": 41.5,
+        "ir_label_precision": 80.25,
+        "ir_label_coverage": 55.0,
+        "sem_miou": 52.0,
+        "ins_map25": 40.0,
+        "ins_map50": 30.0,
+        "ins_map70": None,
+        "ins_map75": 10.0,
+        "per_class": {
+            "names": ["background", *names],
+            "cam_iou": [70.0] + [30.0 + k for k in range(n)],
+            "sem_iou": [80.0] + [None] + [40.0 + k for k in range(n - 1)],
+            "ins_ap50": [20.0 + k if k % 3 else None for k in range(n)],
+        },
+        "images": {"split": "train"},
+    }
 
 
 def _write_run(run: Path, data: str, with_extras: bool) -> None:
@@ -175,8 +203,19 @@ def test_cli_visualize_prints_summary(tmp_path: Path, dataset: str, capsys: pyte
 
     run = tmp_path / "run"
     _write_run(run, dataset, with_extras=False)
-    code = main(["visualize", "--labels", str(run), "--out", str(tmp_path / "out"), "--n", "2",
-                 "--set", f"dataset.root={dataset}"])
+    code = main(
+        [
+            "visualize",
+            "--labels",
+            str(run),
+            "--out",
+            str(tmp_path / "out"),
+            "--n",
+            "2",
+            "--set",
+            f"dataset.root={dataset}",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["panels"] == 2 and Path(summary["index"]).is_file()
@@ -191,9 +230,21 @@ def _chromium() -> str:
 
 
 def _run_chromium(binary: str, index: Path, profile: str, *args: str) -> subprocess.CompletedProcess:
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args, index.as_uri()]
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *args,
+        index.as_uri(),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
@@ -202,8 +253,9 @@ def test_index_renders_in_headless_chromium(full_report: tuple[Path, dict]) -> N
     index = Path(full_report[1]["index"])
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
-        done = _run_chromium(binary, index, str(Path(tmp) / "profile"), f"--screenshot={shot}",
-                             "--window-size=1200,900")
+        done = _run_chromium(
+            binary, index, str(Path(tmp) / "profile"), f"--screenshot={shot}", "--window-size=1200,900"
+        )
         assert shot.is_file(), f"no screenshot (rc {done.returncode}): {done.stderr[-2000:]}"
         assert _png_size(shot, ("RGB", "RGBA")) == (1200, 900)
         pixels = np.asarray(Image.open(shot).convert("RGB"), np.int16)

@@ -54,8 +54,9 @@ class _Split:
 class COCOSource:
     """COCO images under ``root`` with ``annotations`` (a path or URI with ``{split}``; relative to root)."""
 
-    def __init__(self, root: str, annotations: str, image_dir: str = "{split}",
-                 storage: StorageConfig = StorageConfig()):
+    def __init__(
+        self, root: str, annotations: str, image_dir: str = "{split}", storage: StorageConfig = StorageConfig()
+    ):
         if not root:
             raise DatasetError("dataset root is empty: set it to the folder holding the COCO image folders")
         if not annotations:
@@ -70,11 +71,16 @@ class COCOSource:
 
     # -- pickling: configuration and the names of splits seen, never the parsed JSON
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": self.root, "annotations": self.annotations, "image_dir": self.image_dir,
-                "storage": self.storage, "known_splits": list(self._known_splits)}
+        return {
+            "root": self.root,
+            "annotations": self.annotations,
+            "image_dir": self.image_dir,
+            "storage": self.storage,
+            "known_splits": list(self._known_splits),
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["annotations"], state["image_dir"], state["storage"])
+        COCOSource.__init__(self, state["root"], state["annotations"], state["image_dir"], state["storage"])
         self._known_splits = list(state["known_splits"])
 
     def __repr__(self) -> str:
@@ -94,8 +100,10 @@ class COCOSource:
                 if self._cache:
                     first = next(iter(self._cache.values()))
                     if first.categories != cached.categories:
-                        raise DatasetError(f"{self.annotation_uri(split)} has other categories than the splits "
-                                           f"read before ({', '.join(self._cache)}); class ids would not match")
+                        raise DatasetError(
+                            f"{self.annotation_uri(split)} has other categories than the splits "
+                            f"read before ({', '.join(self._cache)}); class ids would not match"
+                        )
                 self._cache[split] = cached
                 if split not in self._known_splits:
                     self._known_splits.append(split)
@@ -110,8 +118,11 @@ class COCOSource:
             tree = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{uri} is not valid JSON: {exc}") from None
-        if not isinstance(tree, dict) or not isinstance(tree.get("images"), list) \
-                or not isinstance(tree.get("categories"), list):
+        if (
+            not isinstance(tree, dict)
+            or not isinstance(tree.get("images"), list)
+            or not isinstance(tree.get("categories"), list)
+        ):
             raise DatasetError(f"{uri} is not a COCO annotation file: it needs 'images' and 'categories' lists")
         try:
             categories = tuple(sorted((int(c["id"]), str(c["name"])) for c in tree["categories"]))
@@ -129,7 +140,9 @@ class COCOSource:
                 stem = posixpath.splitext(posixpath.basename(str(image["file_name"])))[0]
                 int(image["id"]), int(image["height"]), int(image["width"])
             except (KeyError, TypeError, ValueError):
-                raise DatasetError(f"{uri}: image entry {number} needs 'id', 'file_name', 'height' and 'width'") from None
+                raise DatasetError(
+                    f"{uri}: image entry {number} needs 'id', 'file_name', 'height' and 'width'"
+                ) from None
             if stem in images:
                 raise DatasetError(f"{uri}: two images have the file name stem {stem!r}")
             images[stem] = image
@@ -153,14 +166,15 @@ class COCOSource:
         pattern = self.annotation_uri("\0")
         folder, name = posixpath.split(pattern) if is_remote(pattern) else os.path.split(pattern)
         if "\0" in folder:
-            raise DatasetError("COCO class names are read from a split's annotation file: "
-                               "call records(split) before class_names")
+            raise DatasetError(
+                "COCO class names are read from a split's annotation file: call records(split) before class_names"
+            )
         prefix, _, suffix = name.partition("\0")
         candidates = list_files(resolve(folder, self.storage), suffix=suffix, prefix=prefix)
         if not candidates:
             raise DatasetError(f"no COCO annotation file matches {self.annotation_uri('{split}')}")
         base = posixpath.basename(candidates[0])
-        return self._split(base[len(prefix):len(base) - len(suffix)]).categories
+        return self._split(base[len(prefix) : len(base) - len(suffix)]).categories
 
     @property
     def category_ids(self) -> tuple[int, ...]:
@@ -184,11 +198,15 @@ class COCOSource:
         for image_id in sorted(parsed.images):
             image = parsed.images[image_id]
             anns = parsed.annotations.get(int(image["id"]), [])
-            unknown = sorted({a.get("category_id") for a in anns if a.get("category_id") not in class_of},
-                             key=str)
+            unknown = sorted({a.get("category_id") for a in anns if a.get("category_id") not in class_of}, key=str)
             if unknown:
-                invalid.append((image_id, f"{self.annotation_uri(split)}: image {image['id']} has annotations "
-                                          f"with unknown category id {unknown[0]!r}"))
+                invalid.append(
+                    (
+                        image_id,
+                        f"{self.annotation_uri(split)}: image {image['id']} has annotations "
+                        f"with unknown category id {unknown[0]!r}",
+                    )
+                )
                 continue
             class_ids = tuple(sorted({class_of[a["category_id"]] for a in anns}))
             records.append(ImageRecord(image_id, join(folder, str(image["file_name"])), class_ids))
@@ -249,8 +267,9 @@ class COCOSource:
         areas = instance_masks.sum(axis=(1, 2))
         for index in np.argsort(-areas, kind="stable"):
             semantic[instance_masks[index]] = class_ids[index]
-        return GroundTruth(semantic=semantic, instance_masks=instance_masks,
-                           instance_class_ids=np.asarray(class_ids, dtype=np.int64))
+        return GroundTruth(
+            semantic=semantic, instance_masks=instance_masks, instance_class_ids=np.asarray(class_ids, dtype=np.int64)
+        )
 
 
 def annotation_mask(segmentation: Any, height: int, width: int) -> np.ndarray:

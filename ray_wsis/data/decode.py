@@ -50,8 +50,9 @@ def _open(data: bytes, source: str) -> Image.Image:
         raise ImageDecodeError(_CORRUPT, source) from None
     width, height = img.size
     if width * height > MAX_PIXELS:
-        raise ImageDecodeError(f"image too large ({width}x{height} pixels, over "
-                               f"{MAX_PIXELS // 1_000_000} megapixels)", source)
+        raise ImageDecodeError(
+            f"image too large ({width}x{height} pixels, over {MAX_PIXELS // 1_000_000} megapixels)", source
+        )
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})", source)
     try:
@@ -128,14 +129,14 @@ def resize_long_side(image: np.ndarray, max_long_side: int) -> np.ndarray:
     height, width = inference_size(image.shape[0], image.shape[1], max_long_side)
     if (height, width) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
 
 
 def resize_label(label: np.ndarray, height: int, width: int) -> np.ndarray:
     """A label map back to (height, width) with nearest neighbours (images above max_long_side)."""
     if label.shape == (height, width):
         return label
-    return np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
+    return np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
 
 
 def _palette_lookup() -> dict[int, int]:
@@ -173,7 +174,8 @@ def decode_label_png(data: bytes, *, source: str = "") -> np.ndarray:
         mapped: list[Optional[int]] = [lookup.get(int(k)) for k in unique]
         if any(m is None for m in mapped):
             bad = int(unique[[m is None for m in mapped]][0])
-            raise ImageDecodeError(f"colour {(bad >> 16, (bad >> 8) & 255, bad & 255)} is not in the VOC palette",
-                                   source)
+            raise ImageDecodeError(
+                f"colour {(bad >> 16, (bad >> 8) & 255, bad & 255)} is not in the VOC palette", source
+            )
         return np.asarray(mapped, dtype=np.uint8)[inverse].reshape(keys.shape)
     raise ImageDecodeError(f"unsupported label image mode {mode}", source)

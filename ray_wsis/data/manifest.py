@@ -81,8 +81,9 @@ def read_class_names(uri: str, storage: StorageConfig) -> tuple[str, ...]:
         if name in lines:
             raise DatasetError(f"class names file {uri}: {name!r} on lines {lines[name]} and {number}")
         if LABEL_SEPARATOR in name:
-            raise DatasetError(f"class names file {uri} line {number}: {name!r} contains {LABEL_SEPARATOR!r}, "
-                               f"the label separator")
+            raise DatasetError(
+                f"class names file {uri} line {number}: {name!r} contains {LABEL_SEPARATOR!r}, the label separator"
+            )
         lines[name] = number
         names.append(name)
     if not names:
@@ -121,7 +122,7 @@ def _base_of(manifest: str, root: str) -> str:
 
 def _absolute(uri: str, base: str) -> str:
     if uri.startswith("file://"):
-        return os.path.abspath(uri[len("file://"):])
+        return os.path.abspath(uri[len("file://") :])
     if is_remote(uri) or os.path.isabs(uri):
         return uri
     joined = join(base, uri)
@@ -135,8 +136,7 @@ def _cell(value: Any) -> str:
 class ManifestSource:
     """A dataset described by a manifest table; see the module docstring for the format."""
 
-    def __init__(self, manifest: str, class_names_file: str, root: str = "",
-                 storage: StorageConfig = StorageConfig()):
+    def __init__(self, manifest: str, class_names_file: str, root: str = "", storage: StorageConfig = StorageConfig()):
         if not manifest:
             raise DatasetError("dataset.manifest is empty: set it to a .csv, .jsonl or .parquet file")
         if not class_names_file:
@@ -151,8 +151,13 @@ class ManifestSource:
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # the parsed table is re-read on first use
-        return {"manifest": self.manifest, "class_names_file": self.class_names_file, "root": self.root,
-                "storage": self.storage, "class_names": self.class_names}
+        return {
+            "manifest": self.manifest,
+            "class_names_file": self.class_names_file,
+            "root": self.root,
+            "storage": self.storage,
+            "class_names": self.class_names,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -171,6 +176,7 @@ class ManifestSource:
             raise DatasetError(f"manifest {self.manifest} does not exist")
         ext = posixpath.splitext(urlparse(self.manifest).path if is_remote(self.manifest) else self.manifest)[1]
         ext = ext.lower()
+        rows: list[dict[str, Any]]
         if ext == ".csv":
             try:
                 reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")))
@@ -179,7 +185,8 @@ class ManifestSource:
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise DatasetError(f"manifest {self.manifest} is not a readable CSV file: {exc}") from None
         elif ext in (".jsonl", ".ndjson"):
-            rows, header_set = [], set()
+            rows = []
+            header_set: set[str] = set()
             try:
                 lines = data.decode("utf-8-sig").splitlines()
             except UnicodeDecodeError:
@@ -190,11 +197,14 @@ class ManifestSource:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DatasetError(f"manifest {self.manifest} line {line_number} (row {len(rows) + 1}) "
-                                       f"is not valid JSON: {exc.msg}") from None
+                    raise DatasetError(
+                        f"manifest {self.manifest} line {line_number} (row {len(rows) + 1}) "
+                        f"is not valid JSON: {exc.msg}"
+                    ) from None
                 if not isinstance(row, dict):
-                    raise DatasetError(f"manifest {self.manifest} line {line_number} (row {len(rows) + 1}) "
-                                       f"is not a JSON object")
+                    raise DatasetError(
+                        f"manifest {self.manifest} line {line_number} (row {len(rows) + 1}) is not a JSON object"
+                    )
                 header_set.update(row)
                 rows.append(row)
             header = sorted(header_set) if rows else []
@@ -208,8 +218,9 @@ class ManifestSource:
                 raise DatasetError(f"manifest {self.manifest} is not a readable Parquet file: {exc}") from None
             header, rows = table.column_names, table.to_pylist()
         else:
-            raise DatasetError(f"manifest {self.manifest}: unknown format {ext or '(no extension)'!r}; "
-                               f"use .csv, .jsonl or .parquet")
+            raise DatasetError(
+                f"manifest {self.manifest}: unknown format {ext or '(no extension)'!r}; use .csv, .jsonl or .parquet"
+            )
         for column in ("image_uri", "labels"):
             if column not in header:
                 raise DatasetError(f"manifest {self.manifest} has no {column!r} column (columns: {list(header)})")
@@ -233,21 +244,33 @@ class ManifestSource:
                 extra[column] = _absolute(value, base) if value else ""
             path = urlparse(uri).path if is_remote(uri) else uri
             image_id = _cell(raw.get("image_id")) or posixpath.splitext(posixpath.basename(path.replace("\\", "/")))[0]
-            rows.append(_Row(number, image_id, _absolute(uri, base), raw.get("labels"),
-                             _cell(raw.get("split")) or DEFAULT_SPLIT, **extra))
+            rows.append(
+                _Row(
+                    number,
+                    image_id,
+                    _absolute(uri, base),
+                    raw.get("labels"),
+                    _cell(raw.get("split")) or DEFAULT_SPLIT,
+                    **extra,
+                )
+            )
         if malformed:
-            listed = "; ".join(malformed[:_MAX_LISTED]) + (f"; and {len(malformed) - _MAX_LISTED} more"
-                                                           if len(malformed) > _MAX_LISTED else "")
+            listed = "; ".join(malformed[:_MAX_LISTED]) + (
+                f"; and {len(malformed) - _MAX_LISTED} more" if len(malformed) > _MAX_LISTED else ""
+            )
             raise DatasetError(f"manifest {self.manifest} has malformed URIs (rows are 1-based data rows): {listed}")
         by_id: dict[str, list[int]] = {}
         for row in rows:
             by_id.setdefault(row.image_id, []).append(row.number)
         duplicates = {i: n for i, n in by_id.items() if len(n) > 1}
         if duplicates:
-            listed = "; ".join(f"{i!r} in rows {', '.join(map(str, n))}"
-                               for i, n in list(duplicates.items())[:_MAX_LISTED])
-            raise DatasetError(f"manifest {self.manifest} has duplicate image ids (rows are 1-based data rows; "
-                               f"set an image_id column to tell them apart): {listed}")
+            listed = "; ".join(
+                f"{i!r} in rows {', '.join(map(str, n))}" for i, n in list(duplicates.items())[:_MAX_LISTED]
+            )
+            raise DatasetError(
+                f"manifest {self.manifest} has duplicate image ids (rows are 1-based data rows; "
+                f"set an image_id column to tell them apart): {listed}"
+            )
         return rows
 
     def _all_rows(self) -> list[_Row]:
@@ -265,8 +288,10 @@ class ManifestSource:
             chosen = [r for r in rows if r.split == split]
         if not chosen:
             splits = sorted({r.split for r in rows})
-            raise DatasetError(f"split {split!r} is empty: no row of manifest {self.manifest} has it "
-                               f"(splits: {', '.join(splits) or 'none'}, or 'all')")
+            raise DatasetError(
+                f"split {split!r} is empty: no row of manifest {self.manifest} has it "
+                f"(splits: {', '.join(splits) or 'none'}, or 'all')"
+            )
         return chosen
 
     # -- labels
@@ -301,8 +326,7 @@ class ManifestSource:
             if not name:
                 continue
             if name not in index:
-                hint = (f" (separate labels with {LABEL_SEPARATOR!r})"
-                        if any(s in name for s in ",;") else "")
+                hint = f" (separate labels with {LABEL_SEPARATOR!r})" if any(s in name for s in ",;") else ""
                 raise DatasetError(f"{where}: unknown class name {name!r}{hint}")
             ids.add(index[name])
         return tuple(sorted(ids))
@@ -335,13 +359,18 @@ class ManifestSource:
         rows = self._split_rows(split)
         _, problems = self.scan(split)
         if check_files:
+
             def missing(row: _Row) -> list[Invalid]:
                 found = []
-                for column, uri in (("image_uri", row.uri), ("semantic_uri", row.semantic_uri),
-                                    ("instance_uri", row.instance_uri)):
+                for column, uri in (
+                    ("image_uri", row.uri),
+                    ("semantic_uri", row.semantic_uri),
+                    ("instance_uri", row.instance_uri),
+                ):
                     if uri and not exists(resolve(uri, self.storage)):
-                        found.append((row.image_id, f"manifest {self.manifest} row {row.number}: "
-                                                    f"{column} {uri} does not exist"))
+                        found.append(
+                            (row.image_id, f"manifest {self.manifest} row {row.number}: {column} {uri} does not exist")
+                        )
                 return found
 
             for found in parallel_map(missing, rows):
@@ -370,4 +399,3 @@ class ManifestSource:
             raise DatasetError(f"{row.instance_uri} and {row.semantic_uri} differ in size")
         masks, class_ids = instances_from_maps(semantic, instance_map)
         return GroundTruth(semantic=semantic, instance_masks=masks, instance_class_ids=class_ids)
-

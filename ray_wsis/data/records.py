@@ -37,7 +37,10 @@ class GroundTruth:
 class DatasetSource(Protocol):
     """A dataset format. Implementations must be picklable: Ray tasks call them remotely."""
 
-    class_names: tuple[str, ...]
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The dataset's class names; class id k is class_names[k - 1]."""
+        ...
 
     def records(self, split: str) -> list[ImageRecord]:
         """The split's images, sorted by image_id; raises DatasetError for a missing split."""

@@ -31,8 +31,11 @@ def build_source(dataset: DatasetConfig, storage: StorageConfig) -> DatasetSourc
         return VOCSource(dataset.root, storage, dataset.segmentation_class_dir)
     if dataset.format == "coco":
         _require(dataset.root, "dataset.root", "the folder holding the COCO image folders")
-        _require(dataset.coco_annotations, "dataset.coco_annotations",
-                 "the instances JSON with {split}, e.g. annotations/instances_{split}.json")
+        _require(
+            dataset.coco_annotations,
+            "dataset.coco_annotations",
+            "the instances JSON with {split}, e.g. annotations/instances_{split}.json",
+        )
         _require_exists(dataset.root, "dataset.root", storage)
         return COCOSource(dataset.root, dataset.coco_annotations, dataset.coco_image_dir, storage)
     if dataset.format == "manifest":

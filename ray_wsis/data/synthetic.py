@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -39,17 +40,30 @@ from ray_wsis.storage import Location, resolve, write_bytes_atomic
 
 DEFAULT_CLASSES: tuple[str, ...] = ("aeroplane", "bicycle", "bird", "boat")
 
-BODY_PALETTE = np.array([
-    (178, 70, 60), (62, 112, 176), (196, 164, 82), (84, 150, 88), (140, 92, 158), (204, 122, 64),
-    (118, 118, 118), (70, 160, 160), (186, 136, 150), (122, 92, 64), (150, 170, 70), (92, 84, 140),
-], dtype=np.float32)
+BODY_PALETTE = np.array(
+    [
+        (178, 70, 60),
+        (62, 112, 176),
+        (196, 164, 82),
+        (84, 150, 88),
+        (140, 92, 158),
+        (204, 122, 64),
+        (118, 118, 118),
+        (70, 160, 160),
+        (186, 136, 150),
+        (122, 92, 64),
+        (150, 170, 70),
+        (92, 84, 140),
+    ],
+    dtype=np.float32,
+)
 """Body colours, shared by every class and by the distractors: not discriminative."""
 
 _PART_COLOURS = [
-    ((252, 226, 36), (28, 28, 32)),     # 1 stripes: yellow / black
-    ((40, 222, 244), (16, 24, 72)),     # 2 checkerboard: cyan / navy
+    ((252, 226, 36), (28, 28, 32)),  # 1 stripes: yellow / black
+    ((40, 222, 244), (16, 24, 72)),  # 2 checkerboard: cyan / navy
     ((238, 40, 196), (246, 244, 238)),  # 3 dots: magenta on white
-    ((52, 236, 72), (248, 250, 248)),   # 4 rings: green / white
+    ((52, 236, 72), (248, 250, 248)),  # 4 rings: green / white
     ((255, 120, 0), (20, 60, 20)),
     ((255, 255, 255), (200, 0, 40)),
     ((0, 90, 255), (255, 230, 200)),
@@ -134,12 +148,13 @@ class _Placed:
 # Drawing
 
 
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, grid: tuple[int, int],
-                  channels: int = 3) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, height: int, width: int, grid: tuple[int, int], channels: int = 3
+) -> np.ndarray:
     """Low-frequency noise in [-1, 1]: a small random grid resized bicubically."""
     small = rng.uniform(0, 255, size=(grid[0], grid[1], channels)).astype(np.uint8)
     img = Image.fromarray(small if channels == 3 else small[..., 0])
-    big = np.asarray(img.resize((width, height), Image.BICUBIC), dtype=np.float32)
+    big = np.asarray(img.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     big = big if channels == 3 else big[..., None]
     return big / 127.5 - 1.0
 
@@ -161,7 +176,7 @@ def _blob_mask(rng: np.random.Generator, short_side: float, long_cap: float) -> 
     a = float(np.clip(b * rng.uniform(1.0, 1.8), b, max(b, long_cap / 2.0)))
     theta = rng.uniform(0, np.pi)
     reach = int(np.ceil(a * 1.5)) + 1
-    yy, xx = np.mgrid[-reach:reach + 1, -reach:reach + 1].astype(np.float32)
+    yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1].astype(np.float32)
     u = (xx * np.cos(theta) + yy * np.sin(theta)) / a
     v = (-xx * np.sin(theta) + yy * np.cos(theta)) / b
     kind = rng.integers(3)
@@ -182,11 +197,12 @@ def _blob_mask(rng: np.random.Generator, short_side: float, long_cap: float) -> 
         if count > 1:
             mask = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def _pattern(style: PartStyle, shape: tuple[int, int], centre: tuple[float, float],
-             rng: np.random.Generator) -> np.ndarray:
+def _pattern(
+    style: PartStyle, shape: tuple[int, int], centre: tuple[float, float], rng: np.random.Generator
+) -> np.ndarray:
     yy, xx = np.indices(shape, dtype=np.float32)
     yy -= centre[0]
     xx -= centre[1]
@@ -207,8 +223,7 @@ def _pattern(style: PartStyle, shape: tuple[int, int], centre: tuple[float, floa
     return np.where(on[..., None], np.float32(style.foreground), np.float32(style.background))
 
 
-def _disc(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float],
-          angle: float) -> np.ndarray:
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float) -> np.ndarray:
     yy, xx = np.indices(shape, dtype=np.float32)
     yy -= centre[0]
     xx -= centre[1]
@@ -217,8 +232,9 @@ def _disc(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[floa
     return u * u + v * v <= 1.0
 
 
-def _inner_spot(rng: np.random.Generator, mask: np.ndarray, fraction: float
-                ) -> Optional[tuple[np.ndarray, tuple[float, float]]]:
+def _inner_spot(
+    rng: np.random.Generator, mask: np.ndarray, fraction: float
+) -> Optional[tuple[np.ndarray, tuple[float, float]]]:
     """A disc or short ellipse of ~fraction of the mask's area, at least 1.5 px inside it."""
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     elongation = rng.uniform(1.0, 1.6) if rng.random() < 0.5 else 1.0
@@ -247,8 +263,14 @@ def _body_pixels(rng: np.random.Generator, shape: tuple[int, int], colour: np.nd
     return colour * shading[..., None] + blotches + fine
 
 
-def _make_shape(rng: np.random.Generator, short_side: float, long_cap: float, colour: np.ndarray,
-                style: Optional[PartStyle], decoy: Optional[np.ndarray] = None) -> Optional[_Shape]:
+def _make_shape(
+    rng: np.random.Generator,
+    short_side: float,
+    long_cap: float,
+    colour: np.ndarray,
+    style: Optional[PartStyle],
+    decoy: Optional[np.ndarray] = None,
+) -> Optional[_Shape]:
     """A body; with ``style`` a patterned part (None if none fits), with ``decoy`` a plain disc."""
     mask = _blob_mask(rng, short_side, long_cap)
     pixels = _body_pixels(rng, mask.shape, colour)
@@ -267,8 +289,9 @@ def _make_shape(rng: np.random.Generator, short_side: float, long_cap: float, co
     return _Shape(mask, part if style is not None else None, pixels, short_side)
 
 
-def _slices(y: int, x: int, h: int, w: int, height: int, width: int
-            ) -> Optional[tuple[tuple[slice, slice], tuple[slice, slice]]]:
+def _slices(
+    y: int, x: int, h: int, w: int, height: int, width: int
+) -> Optional[tuple[tuple[slice, slice], tuple[slice, slice]]]:
     """Image and patch slices of a patch whose top-left corner is at (y, x); None if off-image."""
     y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, height), min(x + w, width)
     if y0 >= y1 or x0 >= x1:
@@ -327,8 +350,9 @@ def _random_position(rng: np.random.Generator, shape: _Shape, height: int, width
     return y, x
 
 
-def _touching_position(rng: np.random.Generator, anchor: _Placed, shape: _Shape, owner: np.ndarray,
-                       anchor_index: int) -> Optional[tuple[int, int]]:
+def _touching_position(
+    rng: np.random.Generator, anchor: _Placed, shape: _Shape, owner: np.ndarray, anchor_index: int
+) -> Optional[tuple[int, int]]:
     """Slide the new shape out from the anchor's centre until they barely overlap, or just touch."""
     height, width = owner.shape
     visible = owner == anchor_index
@@ -351,13 +375,15 @@ def _touching_position(rng: np.random.Generator, anchor: _Placed, shape: _Shape,
 
 
 def _distinct_colour(rng: np.random.Generator, avoid: Sequence[int]) -> int:
-    choices = [i for i in range(len(BODY_PALETTE))
-               if all(np.abs(BODY_PALETTE[i] - BODY_PALETTE[j]).sum() > 150 for j in avoid)]
+    choices = [
+        i for i in range(len(BODY_PALETTE)) if all(np.abs(BODY_PALETTE[i] - BODY_PALETTE[j]).sum() > 150 for j in avoid)
+    ]
     return int(rng.choice(choices)) if choices else int(rng.integers(len(BODY_PALETTE)))
 
 
-def synthesize(rng: np.random.Generator, size: tuple[int, int] = (128, 160),
-               class_ids: Sequence[int] = (1, 2, 3, 4)) -> SyntheticSample:
+def synthesize(
+    rng: np.random.Generator, size: tuple[int, int] = (128, 160), class_ids: Sequence[int] = (1, 2, 3, 4)
+) -> SyntheticSample:
     """One image and its ground truth; ``class_ids`` are the 1-based VOC ids the dataset uses."""
     for _ in range(50):
         sample = _try_synthesize(rng, size, tuple(class_ids))
@@ -366,8 +392,9 @@ def synthesize(rng: np.random.Generator, size: tuple[int, int] = (128, 160),
     raise RuntimeError("could not lay out a synthetic image in 50 attempts")  # pragma: no cover
 
 
-def _try_synthesize(rng: np.random.Generator, size: tuple[int, int],
-                    class_ids: tuple[int, ...]) -> Optional[SyntheticSample]:
+def _try_synthesize(
+    rng: np.random.Generator, size: tuple[int, int], class_ids: tuple[int, ...]
+) -> Optional[SyntheticSample]:
     height, width = size
     scale = min(height, width) / 128.0
     short_range = (18 * scale, 70 * scale)
@@ -381,13 +408,14 @@ def _try_synthesize(rng: np.random.Generator, size: tuple[int, int],
         ph, pw = (int(v) for v in rng.integers(int(3 * scale) + 1, int(10 * scale) + 2, size=2))
         py, px = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))
         colour = BODY_PALETTE[rng.integers(len(BODY_PALETTE))] * rng.uniform(0.6, 1.3)
-        image[py:py + ph, px:px + pw] = colour + rng.normal(0, 8, size=(ph, pw, 3))
+        image[py : py + ph, px : px + pw] = colour + rng.normal(0, 8, size=(ph, pw, 3))
     for _ in range(int(rng.choice(4, p=(0.25, 0.35, 0.25, 0.15)))):  # distractor bodies
         decoy = None
         if rng.random() < 0.4:
             decoy = BODY_PALETTE[rng.integers(len(BODY_PALETTE))] * rng.uniform(0.5, 1.3)
-        shape = _make_shape(rng, short_side() * 0.9, long_cap,
-                            BODY_PALETTE[rng.integers(len(BODY_PALETTE))], None, decoy)
+        shape = _make_shape(
+            rng, short_side() * 0.9, long_cap, BODY_PALETTE[rng.integers(len(BODY_PALETTE))], None, decoy
+        )
         if shape is not None:
             y, x = _random_position(rng, shape, height, width)
             _paint(image, shape, y, x)
@@ -458,8 +486,11 @@ def _ground_truth(rgb: np.ndarray, owner: np.ndarray, placed: list[_Placed]) -> 
         instance[visible] = number
         ys, xs = np.nonzero(visible)
         truncated = bool(item.in_image < item.shape.mask.sum())
-        objects.append(SyntheticObject(item.class_id, (int(xs.min()) + 1, int(ys.min()) + 1,
-                                                       int(xs.max()) + 1, int(ys.max()) + 1), truncated))
+        objects.append(
+            SyntheticObject(
+                item.class_id, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1), truncated
+            )
+        )
         parts.append(_full(item.shape.part, item.y, item.x, height, width) & visible)
     semantic[band] = IGNORE
     instance[band] = IGNORE
@@ -521,15 +552,23 @@ def write_split_lists(root: str, splits: dict[str, list[str]], storage: Optional
 def _write_sample(location: Location, image_id: str, sample: SyntheticSample, palette: list[int]) -> None:
     height, width = sample.semantic.shape
     write_bytes_atomic(location.child("JPEGImages", f"{image_id}.jpg"), _jpeg(sample.image))
-    write_bytes_atomic(location.child("Annotations", f"{image_id}.xml"),
-                       voc_xml(image_id, height, width, sample.objects))
+    write_bytes_atomic(
+        location.child("Annotations", f"{image_id}.xml"), voc_xml(image_id, height, width, sample.objects)
+    )
     write_bytes_atomic(location.child("SegmentationClass", f"{image_id}.png"), _png(sample.semantic, palette))
     write_bytes_atomic(location.child("SegmentationObject", f"{image_id}.png"), _png(sample.instance, palette))
 
 
-def make_synthetic_voc(root: str, n_train: int = 240, n_val: int = 80, size: tuple[int, int] = (128, 160),
-                       classes: Optional[tuple[str, ...]] = None, seed: int = 0,
-                       storage: Optional[StorageConfig] = None, kind: str = "parts") -> None:
+def make_synthetic_voc(
+    root: str,
+    n_train: int = 240,
+    n_val: int = 80,
+    size: tuple[int, int] = (128, 160),
+    classes: Optional[tuple[str, ...]] = None,
+    seed: int = 0,
+    storage: Optional[StorageConfig] = None,
+    kind: str = "parts",
+) -> None:
     """Write a synthetic dataset as a VOC 2012 folder (local path or URI) with train and val splits.
 
     ``kind`` "parts" (this module: blobs with a class-specific part, every image ``size``,
@@ -579,5 +618,15 @@ def _first_scene(rng: np.random.Generator, class_ids: tuple[int, ...], draw) -> 
     raise RuntimeError("could not lay out a synthetic scene in 100 attempts")  # pragma: no cover
 
 
-__all__ = ["DEFAULT_CLASSES", "BODY_PALETTE", "PartStyle", "SyntheticObject", "SyntheticSample",
-           "make_synthetic_voc", "part_style", "synthesize", "voc_xml", "write_split_lists"]
+__all__ = [
+    "DEFAULT_CLASSES",
+    "BODY_PALETTE",
+    "PartStyle",
+    "SyntheticObject",
+    "SyntheticSample",
+    "make_synthetic_voc",
+    "part_style",
+    "synthesize",
+    "voc_xml",
+    "write_split_lists",
+]

@@ -20,8 +20,9 @@ boundary). Everything is drawn from ``np.random.default_rng([seed, split, index]
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -116,8 +117,11 @@ def _car(rng: np.random.Generator, size: float) -> _Figure:
     yy, xx = np.indices(shape, dtype=np.float32)
     window = _box(shape, 3, w * 0.3, cabin_h - 1, w * 0.7)
     pixels = np.where(window[..., None], np.float32((170, 210, 235)) + rng.normal(0, 4, pixels.shape), pixels)
-    tyre = np.where(np.mod(np.hypot(yy - (cabin_h + body_h), np.minimum(np.abs(xx - w * 0.22), np.abs(xx - w * 0.78))),
-                           4.0) < 2.0, 20.0, 200.0)
+    tyre = np.where(
+        np.mod(np.hypot(yy - (cabin_h + body_h), np.minimum(np.abs(xx - w * 0.22), np.abs(xx - w * 0.78))), 4.0) < 2.0,
+        20.0,
+        200.0,
+    )
     pixels = np.where(wheels[..., None], np.stack([tyre] * 3, -1).astype(np.float32), pixels)
     return _Figure(mask, wheels, pixels)
 
@@ -156,8 +160,9 @@ def _person(rng: np.random.Generator, size: float) -> _Figure:
     cx = wi / 2
     head = _ellipse(shape, head_r + 1, cx, head_r, head_r)
     torso = _ellipse(shape, 2 * head_r + torso_h / 2, cx, torso_h / 2, torso_w / 2)
-    legs = _box(shape, 2 * head_r + torso_h * 0.8, cx - torso_w * 0.35, h - 1, cx - torso_w * 0.05) | \
-        _box(shape, 2 * head_r + torso_h * 0.8, cx + torso_w * 0.05, h - 1, cx + torso_w * 0.35)
+    legs = _box(shape, 2 * head_r + torso_h * 0.8, cx - torso_w * 0.35, h - 1, cx - torso_w * 0.05) | _box(
+        shape, 2 * head_r + torso_h * 0.8, cx + torso_w * 0.05, h - 1, cx + torso_w * 0.35
+    )
     mask = head | torso | legs
     pixels = _body_pixels(rng, shape, _colour(rng))
     yy, _ = np.indices(shape, dtype=np.float32)
@@ -192,7 +197,11 @@ def _bird(rng: np.random.Generator, size: float) -> _Figure:
 
 
 _DRAW: dict[str, Callable[[np.random.Generator, float], _Figure]] = {
-    "boat": _boat, "car": _car, "cow": _cow, "person": _person, "bird": _bird,
+    "boat": _boat,
+    "car": _car,
+    "cow": _cow,
+    "person": _person,
+    "bird": _bird,
 }
 _STANDS_ON = {"boat": "water", "car": "land", "cow": "land", "person": "land", "bird": "any"}
 
@@ -259,8 +268,9 @@ def _distractors(rng: np.random.Generator, image: np.ndarray, horizon: int, grou
             image[post] = _colour(rng) * 0.7
 
 
-def _place(rng: np.random.Generator, figure: _Figure, kind: str, horizon: int, height: int, width: int
-           ) -> tuple[int, int]:
+def _place(
+    rng: np.random.Generator, figure: _Figure, kind: str, horizon: int, height: int, width: int
+) -> tuple[int, int]:
     """Top-left corner: boats float on the waterline region, land objects stand on the ground."""
     fh, fw = figure.mask.shape
     x = int(rng.integers(-fw // 4, max(-fw // 4 + 1, width - 3 * fw // 4)))
@@ -298,31 +308,33 @@ def synthesize_scene(rng: np.random.Generator, class_ids: Sequence[int]) -> Opti
     figures.sort(key=lambda item: item[2][0] + item[1].mask.shape[0])  # far (higher base) first
     owner = np.zeros((height, width), np.int32)
     parts = []
-    for index, (name, figure, (y, x)) in enumerate(figures, start=1):
+    for index, (_name, figure, (y, x)) in enumerate(figures, start=1):
         fh, fw = figure.mask.shape
         y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + fh, height), min(x + fw, width)
         if y0 >= y1 or x0 >= x1:
             return None
-        local = figure.mask[y0 - y:y1 - y, x0 - x:x1 - x]
+        local = figure.mask[y0 - y : y1 - y, x0 - x : x1 - x]
         region = image[y0:y1, x0:x1]
-        region[local] = figure.pixels[y0 - y:y1 - y, x0 - x:x1 - x][local]
+        region[local] = figure.pixels[y0 - y : y1 - y, x0 - x : x1 - x][local]
         owner[y0:y1, x0:x1][local] = index
         part = np.zeros((height, width), bool)
-        part[y0:y1, x0:x1] = figure.part[y0 - y:y1 - y, x0 - x:x1 - x]
+        part[y0:y1, x0:x1] = figure.part[y0 - y : y1 - y, x0 - x : x1 - x]
         parts.append(part)
     image += rng.normal(0, 2.0, size=image.shape).astype(np.float32)
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return _scene_truth(rgb, owner, [(VOC_CLASSES.index(n) + 1, f.mask.sum()) for n, f, _ in figures], parts)
 
 
-def _scene_truth(rgb: np.ndarray, owner: np.ndarray, items: list[tuple[int, int]], parts: list[np.ndarray]
-                 ) -> Optional[SyntheticSample]:
+def _scene_truth(
+    rgb: np.ndarray, owner: np.ndarray, items: list[tuple[int, int]], parts: list[np.ndarray]
+) -> Optional[SyntheticSample]:
     """VOC ground truth of the visible objects; an object must keep its part and 30 % of itself in view."""
     height, width = owner.shape
     semantic = np.zeros((height, width), np.uint8)
     instance = np.zeros((height, width), np.uint8)
     band = np.zeros((height, width), bool)
-    objects, kept_parts = [], []
+    objects: list[SyntheticObject] = []
+    kept_parts: list[np.ndarray] = []
     for index, (class_id, full_area) in enumerate(items, start=1):
         visible = owner == index
         area = int(visible.sum())
@@ -339,8 +351,11 @@ def _scene_truth(rgb: np.ndarray, owner: np.ndarray, items: list[tuple[int, int]
         semantic[visible] = class_id
         instance[visible] = number
         ys, xs = np.nonzero(visible)
-        objects.append(SyntheticObject(class_id, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1,
-                                                  int(ys.max()) + 1), area < full_area))
+        objects.append(
+            SyntheticObject(
+                class_id, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1), area < full_area
+            )
+        )
         kept_parts.append(parts[index - 1] & visible)
     if not objects:
         return None

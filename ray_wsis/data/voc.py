@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import posixpath
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TypeVar
+from typing import Optional, TypeVar
 
 import numpy as np
 
@@ -132,9 +133,11 @@ class VOCSource:
         return location
 
     def _split_ids(self, root: Location, split: str) -> list[str]:
-        candidates = [root.child("ImageSets", "Segmentation", f"{split}.txt"),
-                      root.child("ImageSets", "Main", f"{split}.txt"),
-                      root.child(f"{split}.txt")]
+        candidates = [
+            root.child("ImageSets", "Segmentation", f"{split}.txt"),
+            root.child("ImageSets", "Main", f"{split}.txt"),
+            root.child(f"{split}.txt"),
+        ]
         for location in candidates:
             data = read_optional(location)
             if data is None:
@@ -147,8 +150,10 @@ class VOCSource:
             if not ids:
                 raise DatasetError(f"split {split!r} is empty ({location.uri} lists no image)")
             return sorted(set(ids))
-        raise DatasetError(f"split {split!r} not found: no file {candidates[0].uri} "
-                           f"(nor ImageSets/Main/{split}.txt, nor {split}.txt under the root)")
+        raise DatasetError(
+            f"split {split!r} not found: no file {candidates[0].uri} "
+            f"(nor ImageSets/Main/{split}.txt, nor {split}.txt under the root)"
+        )
 
     def scan(self, split: str) -> tuple[list[ImageRecord], list[Invalid]]:
         """Read the split list and every image's labels once: (good records, (id, reason) of bad ones)."""
@@ -159,8 +164,9 @@ class VOCSource:
 
         def one(image_id: str) -> ImageRecord | Invalid:
             try:
-                return ImageRecord(image_id, root.child("JPEGImages", f"{image_id}.jpg").uri,
-                                   self._labels(root, image_id, use_xml))
+                return ImageRecord(
+                    image_id, root.child("JPEGImages", f"{image_id}.jpg").uri, self._labels(root, image_id, use_xml)
+                )
             except DatasetError as exc:
                 return (image_id, str(exc))
 
@@ -206,8 +212,10 @@ class VOCSource:
             return GroundTruth(semantic=semantic)
         instance_map = ground_truth_map(obj_data, obj_loc.uri)
         if instance_map.shape != semantic.shape:
-            raise DatasetError(f"{obj_loc.uri} is {instance_map.shape[1]}x{instance_map.shape[0]} but "
-                               f"{sem_loc.uri} is {semantic.shape[1]}x{semantic.shape[0]}")
+            raise DatasetError(
+                f"{obj_loc.uri} is {instance_map.shape[1]}x{instance_map.shape[0]} but "
+                f"{sem_loc.uri} is {semantic.shape[1]}x{semantic.shape[0]}"
+            )
         masks, class_ids = instances_from_maps(semantic, instance_map)
         return GroundTruth(semantic=semantic, instance_masks=masks, instance_class_ids=class_ids)
 

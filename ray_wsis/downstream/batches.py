@@ -10,7 +10,8 @@ byte columns with their shapes, which every Arrow and Ray version carries.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,9 @@ def detector_sizes(crop_size: int) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- DeepLab
-def semantic_sample(image: np.ndarray, semantic: np.ndarray, crop_size: int, rescale: tuple[float, float],
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def semantic_sample(
+    image: np.ndarray, semantic: np.ndarray, crop_size: int, rescale: tuple[float, float], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Random scale, flip and crop (image fill 0 after normalisation, label fill 255 = ignored).
 
     irn's relation augmentation at stride 1 is exactly the DeepLab recipe, so it is reused.
@@ -42,8 +44,9 @@ def uncertain_as_ignore(semantic: np.ndarray, confidence: np.ndarray | None, min
     return np.where(np.asarray(confidence) < round(min_confidence * 255), np.uint8(255), semantic).astype(np.uint8)
 
 
-def semantic_batch(batch: dict[str, Any], crop_size: int, rescale: tuple[float, float],
-                   min_confidence: float = 0.0) -> dict[str, np.ndarray]:
+def semantic_batch(
+    batch: dict[str, Any], crop_size: int, rescale: tuple[float, float], min_confidence: float = 0.0
+) -> dict[str, np.ndarray]:
     """Decoded rows (image, semantic[, confidence]) -> {'image': (B, 3, S, S) float32, 'label': (B, S, S) uint8}.
 
     With min_confidence > 0 (downstream.ignore_uncertain) pixels decided close to the threshold
@@ -56,12 +59,14 @@ def semantic_batch(batch: dict[str, Any], crop_size: int, rescale: tuple[float, 
         if image.shape[:2] != semantic.shape:
             continue  # a label of another image size cannot be aligned; the pipeline never makes one
         semantic = uncertain_as_ignore(semantic, confidence, min_confidence)
-        x, y = semantic_sample(image, semantic, crop_size, tuple(rescale), rng)
+        x, y = semantic_sample(image, semantic, crop_size, (float(rescale[0]), float(rescale[1])), rng)
         images.append(x)
         labels.append(y)
     s = crop_size
-    return {"image": np.stack(images) if images else np.zeros((0, 3, s, s), np.float32),
-            "label": np.stack(labels) if labels else np.zeros((0, s, s), np.uint8)}
+    return {
+        "image": np.stack(images) if images else np.zeros((0, 3, s, s), np.float32),
+        "label": np.stack(labels) if labels else np.zeros((0, s, s), np.uint8),
+    }
 
 
 # --------------------------------------------------------------------------- Mask R-CNN
@@ -74,12 +79,21 @@ def keep_instances(scores: np.ndarray, min_score: float) -> np.ndarray:
 def _resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     if masks.shape[1:] == (height, width):
         return masks.astype(np.uint8)
-    return np.stack([resize(m.astype(np.uint8), height, width, nearest=True) for m in masks]) if len(masks) \
+    return (
+        np.stack([resize(m.astype(np.uint8), height, width, nearest=True) for m in masks])
+        if len(masks)
         else np.zeros((0, height, width), np.uint8)
+    )
 
 
-def instance_sample(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crop_size: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def instance_sample(
+    image: np.ndarray,
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    crop_size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Resize to the detector's own input size (so its transform does no work) and flip.
 
     Boxes are the RLE boxes (xyxy) scaled and mirrored with the image; an instance whose
@@ -98,8 +112,12 @@ def instance_sample(image: np.ndarray, masks: np.ndarray, boxes: np.ndarray, lab
         boxes = np.stack([nw - boxes[:, 2], boxes[:, 1], nw - boxes[:, 0], boxes[:, 3]], axis=1)
     boxes = np.clip(boxes, 0, [nw, nh, nw, nh]).astype(np.float32)
     valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & masks.any(axis=(1, 2))
-    return (np.ascontiguousarray(image.transpose(2, 0, 1)), np.ascontiguousarray(masks[valid]), boxes[valid],
-            np.asarray(labels, np.int64)[valid])
+    return (
+        np.ascontiguousarray(image.transpose(2, 0, 1)),
+        np.ascontiguousarray(masks[valid]),
+        boxes[valid],
+        np.asarray(labels, np.int64)[valid],
+    )
 
 
 def _objects(values: Iterable[bytes]) -> np.ndarray:
@@ -119,8 +137,14 @@ def instance_batch(batch: dict[str, Any], crop_size: int, min_score: float) -> d
         if masks.ndim != 3 or image.shape[:2] != masks.shape[1:]:
             continue
         keep = keep_instances(batch["scores"][i], min_score)
-        x, m, b, c = instance_sample(image, masks[keep], np.asarray(batch["boxes"][i])[keep],
-                                     np.asarray(batch["labels"][i])[keep], crop_size, rng)
+        x, m, b, c = instance_sample(
+            image,
+            masks[keep],
+            np.asarray(batch["boxes"][i])[keep],
+            np.asarray(batch["labels"][i])[keep],
+            crop_size,
+            rng,
+        )
         out["image"].append(x.tobytes())
         out["masks"].append(np.packbits(m.astype(bool), axis=None).tobytes())
         out["boxes"].append(b.tobytes())
@@ -128,6 +152,12 @@ def instance_batch(batch: dict[str, Any], crop_size: int, min_score: float) -> d
         out["height"].append(x.shape[1])
         out["width"].append(x.shape[2])
         out["count"].append(len(c))
-    return {"image": _objects(out["image"]), "masks": _objects(out["masks"]), "boxes": _objects(out["boxes"]),
-            "labels": _objects(out["labels"]), "height": np.asarray(out["height"], np.int32),
-            "width": np.asarray(out["width"], np.int32), "count": np.asarray(out["count"], np.int32)}
+    return {
+        "image": _objects(out["image"]),
+        "masks": _objects(out["masks"]),
+        "boxes": _objects(out["boxes"]),
+        "labels": _objects(out["labels"]),
+        "height": np.asarray(out["height"], np.int32),
+        "width": np.asarray(out["width"], np.int32),
+        "count": np.asarray(out["count"], np.int32),
+    }

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from ray_wsis.config import Config, DownstreamConfig
 from ray_wsis.downstream import TASKS
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.storage import exists, read_bytes
 
-DEMO_SETTINGS: dict[str, Any] = {"backbone": "resnet18", "epochs": 2, "batch_size": 8, "crop_size": 128,
-                                 "max_eval_images": 40}
+DEMO_SETTINGS: dict[str, Any] = {
+    "backbone": "resnet18",
+    "epochs": 2,
+    "batch_size": 8,
+    "crop_size": 128,
+    "max_eval_images": 40,
+}
 """CPU-sized settings; each applies only where the config leaves that downstream field at its default."""
 
 
@@ -42,25 +48,29 @@ def comparison_table(labels: Optional[dict[str, Any]], semantic: dict[str, Any],
     labels = labels or {}
     label_split = (labels.get("images") or {}).get("split", "-")
     model_split = semantic.get("split") or instance.get("split") or "-"
-    rows = [("semantic mIoU", labels.get("sem_miou"), semantic.get("miou")),
-            ("instance mAP25 (VOC)", labels.get("ins_map25"), instance.get("map25")),
-            ("instance mAP50 (VOC)", labels.get("ins_map50"), instance.get("map50")),
-            ("instance mAP75 (VOC)", labels.get("ins_map75"), instance.get("map75")),
-            ("instance AP (COCO)", None, instance.get("coco_ap")),
-            ("instance AP50 (COCO)", None, instance.get("coco_ap50"))]
+    rows = [
+        ("semantic mIoU", labels.get("sem_miou"), semantic.get("miou")),
+        ("instance mAP25 (VOC)", labels.get("ins_map25"), instance.get("map25")),
+        ("instance mAP50 (VOC)", labels.get("ins_map50"), instance.get("map50")),
+        ("instance mAP75 (VOC)", labels.get("ins_map75"), instance.get("map75")),
+        ("instance AP (COCO)", None, instance.get("coco_ap")),
+        ("instance AP50 (COCO)", None, instance.get("coco_ap50")),
+    ]
     head = ("", f"pseudo-labels ({label_split})", f"trained models ({model_split})")
     widths = [max(len(head[0]), *(len(r[0]) for r in rows)), len(head[1]), len(head[2])]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
-    lines += ["  ".join((name.ljust(widths[0]), _cell(a).rjust(widths[1]), _cell(b).rjust(widths[2])))
-              for name, a, b in rows]
+    lines += [
+        "  ".join((name.ljust(widths[0]), _cell(a).rjust(widths[1]), _cell(b).rjust(widths[2]))) for name, a, b in rows
+    ]
     train = semantic.get("train", {})
-    lines.append(f"DeepLabV3 and Mask R-CNN ({train.get('backbone')}) trained {train.get('epochs')} epochs on the "
-                 f"pseudo-labels; percentages.")
+    lines.append(
+        f"DeepLabV3 and Mask R-CNN ({train.get('backbone')}) trained {train.get('epochs')} epochs on the "
+        f"pseudo-labels; percentages."
+    )
     return "\n".join(lines)
 
 
-def run_downstream_demo(config: Config, force: bool = False,
-                        log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_downstream_demo(config: Config, force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train both downstream models on <output>/pseudo_labels, evaluate on val, print the table."""
     from ray_wsis.downstream.train import train_downstream
     from ray_wsis.pipeline.context import init_ray

@@ -13,7 +13,8 @@ import contextlib
 import io
 import json
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import numpy as np
 import ray
@@ -41,8 +42,7 @@ def _device(config: Config) -> torch.device:
 
 
 @torch.no_grad()
-def predict_semantic(model: torch.nn.Module, image: np.ndarray, device: torch.device,
-                     max_long_side: int) -> np.ndarray:
+def predict_semantic(model: torch.nn.Module, image: np.ndarray, device: torch.device, max_long_side: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) uint8 class map at the image's own size."""
     h, w = image.shape[:2]
     x = torch.from_numpy(normalize(resize_long_side(image, max_long_side)).transpose(2, 0, 1).copy())
@@ -53,8 +53,9 @@ def predict_semantic(model: torch.nn.Module, image: np.ndarray, device: torch.de
 
 
 @torch.no_grad()
-def predict_instances(model: torch.nn.Module, image: np.ndarray, device: torch.device
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_instances(
+    model: torch.nn.Module, image: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 -> masks (N, H, W) bool, class ids (N,), scores (N,)."""
     x = torch.from_numpy(image.transpose(2, 0, 1).copy()).to(device).float().div_(255.0)
     out = model([x])[0]
@@ -63,8 +64,9 @@ def predict_instances(model: torch.nn.Module, image: np.ndarray, device: torch.d
 
 
 def _rles(masks: np.ndarray) -> list[dict[str, Any]]:
-    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"]} for r in encode_rles(masks)] \
-        if len(masks) else []
+    return (
+        [{"size": [int(v) for v in r["size"]], "counts": r["counts"]} for r in encode_rles(masks)] if len(masks) else []
+    )
 
 
 class _EvalActor:
@@ -119,14 +121,25 @@ class InstanceEvalActor(_EvalActor):
             masks, labels, scores = predict_instances(self.model, image, self.device)
             keep = (labels >= 1) & (labels < self.num_classes)
             masks, labels, scores = masks[keep], labels[keep], scores[keep]
-            matches = match_image(masks, labels, scores, gt.instance_masks, gt.instance_class_ids,
-                                  num_classes=self.num_classes - 1)
-            records.append({"image_id": image_id, "height": int(image.shape[0]), "width": int(image.shape[1]),
-                            "matches": matches.as_dict(),
-                            "gt": [{"category_id": int(c), "rle": r}
-                                   for c, r in zip(gt.instance_class_ids, _rles(gt.instance_masks))],
-                            "dt": [{"category_id": int(c), "score": float(s), "rle": r}
-                                   for c, s, r in zip(labels, scores, _rles(masks))]})
+            matches = match_image(
+                masks, labels, scores, gt.instance_masks, gt.instance_class_ids, num_classes=self.num_classes - 1
+            )
+            records.append(
+                {
+                    "image_id": image_id,
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                    "matches": matches.as_dict(),
+                    "gt": [
+                        {"category_id": int(c), "rle": r}
+                        for c, r in zip(gt.instance_class_ids, _rles(gt.instance_masks))
+                    ],
+                    "dt": [
+                        {"category_id": int(c), "score": float(s), "rle": r}
+                        for c, s, r in zip(labels, scores, _rles(masks))
+                    ],
+                }
+            )
         out = np.empty(1, dtype=object)
         out[0] = json.dumps(records)
         return {"records": out}
@@ -143,23 +156,38 @@ def coco_mask_ap(records: list[dict[str, Any]], num_classes: int) -> dict[str, O
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, detections = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     for number, record in enumerate(records, start=1):
         images.append({"id": number, "height": record["height"], "width": record["width"]})
         for gt in record["gt"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": number, "category_id": gt["category_id"],
-                                "segmentation": gt["rle"], "area": float(mask_utils.area(gt["rle"])),
-                                "bbox": [float(v) for v in mask_utils.toBbox(gt["rle"])], "iscrowd": 0})
-        detections += [{"image_id": number, "category_id": dt["category_id"], "segmentation": dt["rle"],
-                        "score": dt["score"]} for dt in record["dt"]]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": number,
+                    "category_id": gt["category_id"],
+                    "segmentation": gt["rle"],
+                    "area": float(mask_utils.area(gt["rle"])),
+                    "bbox": [float(v) for v in mask_utils.toBbox(gt["rle"])],
+                    "iscrowd": 0,
+                }
+            )
+        detections += [
+            {"image_id": number, "category_id": dt["category_id"], "segmentation": dt["rle"], "score": dt["score"]}
+            for dt in record["dt"]
+        ]
     if not annotations:
         return {"coco_ap": None, "coco_ap50": None}
     if not detections:
         return {"coco_ap": 0.0, "coco_ap50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": annotations,
-                           "categories": [{"id": k, "name": str(k)} for k in range(1, num_classes + 1)]}
+        coco_gt.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": k, "name": str(k)} for k in range(1, num_classes + 1)],
+        }
         coco_gt.createIndex()
         evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), iouType="segm")
         evaluator.evaluate()
@@ -177,11 +205,16 @@ def _semantic_metrics(rows: list[dict[str, Any]], num_classes: int) -> dict[str,
     evaluator = SemanticEvaluator(num_classes + 1)
     for row in rows:
         if int(row["images"]):
-            evaluator.add_confusion(np.frombuffer(row["confusion"], np.int64).reshape(num_classes + 1, -1),
-                                    images=int(row["images"]))
+            evaluator.add_confusion(
+                np.frombuffer(row["confusion"], np.int64).reshape(num_classes + 1, -1), images=int(row["images"])
+            )
     result = evaluator.result()
-    return {"miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"], "iou": result["iou"],
-            "images": result["images"]}
+    return {
+        "miou": result["miou"],
+        "pixel_accuracy": result["pixel_accuracy"],
+        "iou": result["iou"],
+        "images": result["images"],
+    }
 
 
 def _instance_metrics(rows: list[dict[str, Any]], num_classes: int) -> dict[str, Any]:
@@ -196,8 +229,9 @@ def _instance_metrics(rows: list[dict[str, Any]], num_classes: int) -> dict[str,
     return metrics
 
 
-def evaluate_model(config: Config, task: str, model_uri: str,
-                   log: Callable[[str], None] = print) -> Optional[dict[str, Any]]:
+def evaluate_model(
+    config: Config, task: str, model_uri: str, log: Callable[[str], None] = print
+) -> Optional[dict[str, Any]]:
     """Metrics of the model file on downstream.eval_split, or None when it has no ground truth."""
     split = config.downstream.eval_split
     if not split:
@@ -214,10 +248,15 @@ def evaluate_model(config: Config, task: str, model_uri: str,
     r = config.ray
     actor = SemanticEvalActor if task == "semantic" else InstanceEvalActor
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(64, len(rows) // max(1, r.inference_batch_size))))
-    ds = ds.map_batches(actor, fn_constructor_kwargs={"config": config.to_dict(), "model_uri": model_uri},
-                        compute=ray.data.ActorPoolStrategy(size=r.inference_actors),
-                        num_gpus=1 if r.use_gpu else 0, num_cpus=r.cpus_per_actor,
-                        batch_size=r.inference_batch_size, batch_format="numpy")
+    ds = ds.map_batches(
+        actor,
+        fn_constructor_kwargs={"config": config.to_dict(), "model_uri": model_uri},
+        compute=ray.data.ActorPoolStrategy(size=r.inference_actors),
+        num_gpus=1 if r.use_gpu else 0,
+        num_cpus=r.cpus_per_actor,
+        batch_size=r.inference_batch_size,
+        batch_format="numpy",
+    )
     results = ds.take_all()
     n = len(source.class_names)
     metrics = _semantic_metrics(results, n) if task == "semantic" else _instance_metrics(results, n)

@@ -45,8 +45,13 @@ class ModelSpec:
     """Mask R-CNN from pretrained weights uses frozen BatchNorm and trains layer2..4 (torchvision)."""
 
     def header(self) -> dict[str, Any]:
-        return {"kind": self.kind, "arch": self.arch, "num_classes": self.num_classes,
-                "crop_size": self.crop_size, "frozen_bn": self.frozen_bn}
+        return {
+            "kind": self.kind,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "crop_size": self.crop_size,
+            "frozen_bn": self.frozen_bn,
+        }
 
 
 def check_weights(weights: str) -> None:
@@ -60,8 +65,10 @@ def check_weights(weights: str) -> None:
     try:
         torchvision.models.get_weight(weights)
     except (ValueError, KeyError, AttributeError):
-        raise ConfigError(f"downstream.weights: {weights!r} is neither an existing file nor a torchvision "
-                          f"weights name like ResNet50_Weights.IMAGENET1K_V1") from None
+        raise ConfigError(
+            f"downstream.weights: {weights!r} is neither an existing file nor a torchvision "
+            f"weights name like ResNet50_Weights.IMAGENET1K_V1"
+        ) from None
 
 
 def _load_weights(module: nn.Module, weights: str) -> None:
@@ -98,8 +105,9 @@ def build_maskrcnn(spec: ModelSpec, weights: str = "") -> nn.Module:
     BatchNorm is frozen and conv1/layer1 stay fixed (torchvision's defaults for both).
     """
     norm = FrozenBatchNorm2d if spec.frozen_bn else nn.BatchNorm2d
-    backbone = resnet_fpn_backbone(backbone_name=spec.arch, weights=None, norm_layer=norm,
-                                   trainable_layers=3 if spec.frozen_bn else 5)
+    backbone = resnet_fpn_backbone(
+        backbone_name=spec.arch, weights=None, norm_layer=norm, trainable_layers=3 if spec.frozen_bn else 5
+    )
     if weights:
         _load_weights(backbone.body, weights)
     min_size, max_size = detector_sizes(spec.crop_size)
@@ -121,9 +129,12 @@ def spec_for(kind: str, config: Config, num_classes: int) -> ModelSpec:
 
 
 def model_bytes(model: nn.Module, spec: ModelSpec, meta: Optional[dict[str, Any]] = None) -> bytes:
-    payload = {"format": FORMAT, **spec.header(),
-               "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload = {
+        "format": FORMAT,
+        **spec.header(),
+        "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -139,11 +150,17 @@ def load_model(data: bytes, expect_kind: str, source: str = "model file") -> tup
         raise CheckpointError(f"{source} is not a ray_wsis downstream model file")
     if payload.get("kind") != expect_kind:
         raise CheckpointError(f"{source} holds a {payload.get('kind')} model, expected {expect_kind}")
-    spec = ModelSpec(payload["kind"], payload["arch"], int(payload["num_classes"]), int(payload["crop_size"]),
-                     bool(payload["frozen_bn"]))
+    spec = ModelSpec(
+        payload["kind"],
+        payload["arch"],
+        int(payload["num_classes"]),
+        int(payload["crop_size"]),
+        bool(payload["frozen_bn"]),
+    )
     model = build(spec)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit {spec.kind}/{spec.arch}: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}")
+        raise CheckpointError(
+            f"{source} does not fit {spec.kind}/{spec.arch}: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
     return model, payload

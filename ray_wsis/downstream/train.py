@@ -19,7 +19,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Optional
 
 import pyarrow.parquet as pq
 import ray
@@ -34,11 +35,18 @@ from ray_wsis.downstream import MODEL_KINDS, TASKS
 from ray_wsis.downstream.data import count_rows, detection_inputs, labels_uri, training_dataset
 from ray_wsis.downstream.evaluate import evaluate_model
 from ray_wsis.downstream.models import ModelSpec, build, check_weights, model_bytes, spec_for
+from ray_wsis.labels import shard_files
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.training import (STATE_FILE, checkpoint_folder, latest_checkpoint_epoch, report_epoch,
-                                        restore_state, run_config, scaling_config)
-from ray_wsis.labels import shard_files
+from ray_wsis.pipeline.training import (
+    STATE_FILE,
+    checkpoint_folder,
+    latest_checkpoint_epoch,
+    report_epoch,
+    restore_state,
+    run_config,
+    scaling_config,
+)
 from ray_wsis.stages.base import RunOptions, Stage, StageRun, run_stage
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
 from ray_wsis.train.loops import max_steps
@@ -66,16 +74,18 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 def semantic_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
     """(image, label) tensors on the device; DeepLab's image-pooling BatchNorm needs 2+ images."""
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device,
-                                          local_shuffle_buffer_size=max(4 * batch_size, 64)):
+    for batch in shard.iter_torch_batches(
+        batch_size=batch_size, drop_last=True, device=device, local_shuffle_buffer_size=max(4 * batch_size, 64)
+    ):
         if batch["image"].shape[0] >= 2:
             yield (batch["image"], batch["label"].long()), batch["image"].shape[0]
 
 
 def instance_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
     """Ragged rows -> (images, list-of-dict targets) built here in the worker."""
-    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                    local_shuffle_buffer_size=max(4 * batch_size, 64)):
+    for batch in shard.iter_batches(
+        batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=max(4 * batch_size, 64)
+    ):
         if len(batch["count"]):
             yield detection_inputs(batch, device), len(batch["count"])
 
@@ -91,9 +101,16 @@ def instance_step(model: torch.nn.Module, inputs: Any) -> dict[str, torch.Tensor
     return {"loss": sum(losses.values()), **losses}
 
 
-def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Step,
-              batches: Iterable[tuple[Any, int]], global_step: int, max_step: int,
-              amp: bool, device: torch.device) -> tuple[int, dict[str, float]]:
+def run_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: Step,
+    batches: Iterable[tuple[Any, int]],
+    global_step: int,
+    max_step: int,
+    amp: bool,
+    device: torch.device,
+) -> tuple[int, dict[str, float]]:
     """One pass with poly lr decay; returns the new global step and the epoch's mean losses."""
     model.train()
     sums: dict[str, float] = {}
@@ -131,8 +148,9 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     batches, step_fn = (semantic_batches, semantic_step) if task == "semantic" else (instance_batches, instance_step)
     for epoch in range(start_epoch, d.epochs):
-        step, metrics = run_epoch(model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total,
-                                  config.model.amp, device)
+        step, metrics = run_epoch(
+            model, optimizer, step_fn, batches(shard, d.batch_size, device), step, total, config.model.amp, device
+        )
         report_epoch(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
 
 
@@ -146,8 +164,11 @@ def _export(ctx: StageContext, result: Any, spec: ModelSpec) -> tuple[str, dict[
     model = build(spec)
     model.load_state_dict(state["model"])
     location = ctx.layout.model(spec.kind)
-    meta = {"epochs": int(state["epoch"]) + 1, "global_step": int(state["global_step"]),
-            "config_hash": ctx.config.hash()}
+    meta = {
+        "epochs": int(state["epoch"]) + 1,
+        "global_step": int(state["global_step"]),
+        "config_hash": ctx.config.hash(),
+    }
     write_bytes_atomic(location, model_bytes(model, spec, meta))
     return location.uri, meta
 
@@ -156,9 +177,11 @@ def _check_enough(config: Config, task: str, num_images: int) -> None:
     """Each worker needs a full batch (DeepLab drops partial ones) or it would train no step at all."""
     needed = config.ray.num_workers * (config.downstream.batch_size if task == "semantic" else 1)
     if num_images < needed:
-        raise ConfigError(f"{num_images} pseudo-labelled images under {labels_uri(config)} are too few for "
-                          f"ray.num_workers={config.ray.num_workers} x downstream.batch_size="
-                          f"{config.downstream.batch_size}")
+        raise ConfigError(
+            f"{num_images} pseudo-labelled images under {labels_uri(config)} are too few for "
+            f"ray.num_workers={config.ray.num_workers} x downstream.batch_size="
+            f"{config.downstream.batch_size}"
+        )
 
 
 def _spec_file(ctx: StageContext, kind: str) -> Location:
@@ -175,8 +198,10 @@ def _check_resumable(ctx: StageContext, spec: ModelSpec, resumed: Optional[int])
         if found != wanted:
             changed = sorted(k for k in wanted if found.get(k) != wanted[k])
             what = ", ".join(f"{k} {found.get(k)} (now {wanted[k]})" for k in changed)
-            raise ConfigError(f"checkpoints of run {ctx.config.run_name!r} hold another {spec.kind}: {what}; "
-                              f"use --force to start over, or another run_name")
+            raise ConfigError(
+                f"checkpoints of run {ctx.config.run_name!r} hold another {spec.kind}: {what}; "
+                f"use --force to start over, or another run_name"
+            )
     write_bytes_atomic(location, json.dumps(wanted).encode())
 
 
@@ -193,17 +218,31 @@ def _train(run: StageRun, task: str) -> dict[str, Any]:
     _check_resumable(ctx, spec, resumed)
     if resumed is not None:
         run.log(f"resuming after epoch {resumed} from {checkpoint_folder(ctx, kind).uri}")
-    trainer = TorchTrainer(downstream_train_loop,
-                           train_loop_config={"config": config.to_dict(), "task": task,
-                                              "spec": dataclasses.asdict(spec), "num_images": num_images},
-                           scaling_config=scaling_config(config), run_config=run_config(ctx, kind),
-                           datasets={"train": training_dataset(config, task)})
+    trainer = TorchTrainer(
+        downstream_train_loop,
+        train_loop_config={
+            "config": config.to_dict(),
+            "task": task,
+            "spec": dataclasses.asdict(spec),
+            "num_images": num_images,
+        },
+        scaling_config=scaling_config(config),
+        run_config=run_config(ctx, kind),
+        datasets={"train": training_dataset(config, task)},
+    )
     result = trainer.fit()
     model_uri, meta = _export(ctx, result, spec)
     last = result.metrics or {}
-    train = {"backbone": spec.arch, "images": num_images, "epochs": meta["epochs"],
-             "start_epoch": 0 if resumed is None else resumed + 1, "global_step": meta["global_step"],
-             "final_loss": last.get("loss"), "model": model_uri, "labels": labels_uri(config)}
+    train = {
+        "backbone": spec.arch,
+        "images": num_images,
+        "epochs": meta["epochs"],
+        "start_epoch": 0 if resumed is None else resumed + 1,
+        "global_step": meta["global_step"],
+        "final_loss": last.get("loss"),
+        "model": model_uri,
+        "labels": labels_uri(config),
+    }
     run.log(f"trained: {train}")
     evaluation = evaluate_model(config, task, model_uri, run.ctx.log) or {}
     summary = {"task": task, "model": kind, **evaluation, "train": train, "model_id": ctx.model_id(kind)}
@@ -219,31 +258,59 @@ def _stage(task: str) -> Stage:
     kind = MODEL_KINDS[task]
 
     def outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-        return (layout.model(kind), layout.checkpoints.child(f"{config.run_name}-{kind}"), _metrics_file(layout, task),
-                layout.checkpoints.child(f"{config.run_name}-{kind}.spec.json"))
+        return (
+            layout.model(kind),
+            layout.checkpoints.child(f"{config.run_name}-{kind}"),
+            _metrics_file(layout, task),
+            layout.checkpoints.child(f"{config.run_name}-{kind}.spec.json"),
+        )
 
     def inputs(ctx: StageContext) -> list[str]:
         location, paths = shard_files(labels_uri(ctx.config), ctx.config.storage)
-        return [i for p in paths for i in pq.read_table(p, columns=["image_id"], filesystem=location.fs)
-                .column("image_id").to_pylist()]
+        return [
+            i
+            for p in paths
+            for i in pq.read_table(p, columns=["image_id"], filesystem=location.fs).column("image_id").to_pylist()
+        ]
 
-    return Stage(name=stage_name(task), about=f"train {'DeepLabV3' if task == 'semantic' else 'Mask R-CNN'} on the "
-                 f"pseudo-labels (Ray Train)", kind="train",
-                 reads=("seed", "model.amp", "downstream.labels", "downstream.backbone", "downstream.weights",
-                        "downstream.epochs", "downstream.batch_size", "downstream.learning_rate",
-                        "downstream.momentum", "downstream.weight_decay", "downstream.crop_size",
-                        "downstream.rescale", "downstream.min_score", "downstream.ignore_uncertain",
-                        "downstream.min_confidence", "downstream.eval_split", "downstream.max_eval_images"),
-                 consumes=("calibrate",), body=lambda run: _train(run, task), outputs=outputs, inputs=inputs,
-                 resume_on=("downstream.epochs", "downstream.eval_split", "downstream.max_eval_images"))
+    return Stage(
+        name=stage_name(task),
+        about=f"train {'DeepLabV3' if task == 'semantic' else 'Mask R-CNN'} on the pseudo-labels (Ray Train)",
+        kind="train",
+        reads=(
+            "seed",
+            "model.amp",
+            "downstream.labels",
+            "downstream.backbone",
+            "downstream.weights",
+            "downstream.epochs",
+            "downstream.batch_size",
+            "downstream.learning_rate",
+            "downstream.momentum",
+            "downstream.weight_decay",
+            "downstream.crop_size",
+            "downstream.rescale",
+            "downstream.min_score",
+            "downstream.ignore_uncertain",
+            "downstream.min_confidence",
+            "downstream.eval_split",
+            "downstream.max_eval_images",
+        ),
+        consumes=("calibrate",),
+        body=lambda run: _train(run, task),
+        outputs=outputs,
+        inputs=inputs,
+        resume_on=("downstream.epochs", "downstream.eval_split", "downstream.max_eval_images"),
+    )
 
 
 STAGES = {task: _stage(task) for task in TASKS}
 """The downstream trainers as stages (outside the pipeline: run by train-downstream and the demo)."""
 
 
-def train_downstream(config: Config, task: str, force: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_downstream(
+    config: Config, task: str, force: bool = False, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Train DeepLabV3 ("semantic") or Mask R-CNN ("instance") on the pseudo-labels; returns the metrics.
 
     Needs a running Ray (``ray_wsis.pipeline.context.init_ray``). A finished run is a no-op

@@ -25,8 +25,9 @@ Ties in score are broken by a stable sort (input order first) where chainercv's
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     dtype = np.float32 if pixels < 2**24 else np.float64
     fa = a.reshape(a.shape[0], -1).astype(dtype)
     fb = b.reshape(b.shape[0], -1).astype(dtype)
-    inter = (fa @ fb.T).astype(np.float64)
+    inter = np.matmul(fa, fb.T).astype(np.float64)
     union = fa.sum(axis=1, dtype=np.float64)[:, None] + fb.sum(axis=1, dtype=np.float64)[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
@@ -141,7 +142,7 @@ class ImageMatches:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ImageMatches":
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageMatches:
         thresholds = _check_thresholds(data["iou_thresholds"])
         labels = np.asarray(data["labels"], dtype=np.int64).reshape(-1)
         matches = np.asarray(data["matches"], dtype=np.int8).reshape(labels.shape[0], len(thresholds))
@@ -184,7 +185,9 @@ def match_image(
     else:
         difficult = np.asarray(gt_difficult)
         if difficult.shape != (m,) or (m and difficult.dtype != np.bool_):
-            raise ValueError(f"gt_difficult must be a bool array of shape ({m},), got {difficult.dtype} {difficult.shape}")
+            raise ValueError(
+                f"gt_difficult must be a bool array of shape ({m},), got {difficult.dtype} {difficult.shape}"
+            )
         difficult = difficult.astype(bool)
 
     gt_counts = np.bincount(gt_labels[~difficult], minlength=num_classes + 1).astype(np.int64)
@@ -281,8 +284,14 @@ class InstanceEvaluator:
     ) -> ImageMatches:
         """Match one image and keep its records; returns them."""
         records = match_image(
-            pred_masks, pred_labels, pred_scores, gt_masks, gt_labels, gt_difficult,
-            num_classes=self.num_classes, iou_thresholds=self.iou_thresholds,
+            pred_masks,
+            pred_labels,
+            pred_scores,
+            gt_masks,
+            gt_labels,
+            gt_difficult,
+            num_classes=self.num_classes,
+            iou_thresholds=self.iou_thresholds,
         )
         self.add_matches(records)
         return records
@@ -294,14 +303,16 @@ class InstanceEvaluator:
         if records.iou_thresholds != self.iou_thresholds:
             raise ValueError(f"records were matched at {records.iou_thresholds}, evaluator uses {self.iou_thresholds}")
         if records.gt_counts.shape != self.gt_counts.shape:
-            raise ValueError(f"records are for {records.gt_counts.shape[0] - 1} classes, evaluator has {self.num_classes}")
+            raise ValueError(
+                f"records are for {records.gt_counts.shape[0] - 1} classes, evaluator has {self.num_classes}"
+            )
         if records.labels.size and (records.labels.min() < 1 or records.labels.max() > self.num_classes):
             raise ValueError(f"records hold class ids outside 1..{self.num_classes}")
         self._records.append(records)
         self.gt_counts += records.gt_counts
         self.images += records.images
 
-    def merge(self, other: "InstanceEvaluator") -> "InstanceEvaluator":
+    def merge(self, other: InstanceEvaluator) -> InstanceEvaluator:
         if not isinstance(other, InstanceEvaluator):
             raise ValueError(f"other must be an InstanceEvaluator, got {type(other).__name__}")
         if other.num_classes != self.num_classes or other.iou_thresholds != self.iou_thresholds:

@@ -11,8 +11,9 @@ chainercv, negative values) is void and ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class SemanticEvaluator:
         self.confusion += conf.astype(np.int64)
         self.images += int(images)
 
-    def merge(self, other: "SemanticEvaluator") -> "SemanticEvaluator":
+    def merge(self, other: SemanticEvaluator) -> SemanticEvaluator:
         if not isinstance(other, SemanticEvaluator) or other.num_classes != self.num_classes:
             raise ValueError("other must be a SemanticEvaluator with the same num_classes")
         self.confusion += other.confusion
@@ -211,7 +212,7 @@ class IRLabelStats:
     def coverage(self) -> float:
         return self.labelled / self.valid if self.valid else float("nan")
 
-    def __add__(self, other: "IRLabelStats") -> "IRLabelStats":
+    def __add__(self, other: IRLabelStats) -> IRLabelStats:
         if not isinstance(other, IRLabelStats):
             return NotImplemented
         return IRLabelStats(self.correct + other.correct, self.labelled + other.labelled, self.valid + other.valid)

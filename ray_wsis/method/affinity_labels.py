@@ -16,7 +16,7 @@ full-resolution label and the training batches sample it at stride 8 (docs/faith
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,14 +39,18 @@ def crf_marginals(image: np.ndarray, scores: np.ndarray, config: AffinityConfig)
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores.astype(np.float32))))
     crf.addPairwiseGaussian(sxy=config.crf_gaussian_sxy, compat=config.crf_gaussian_compat)
-    crf.addPairwiseBilateral(sxy=config.crf_bilateral_sxy, srgb=config.crf_bilateral_srgb,
-                             rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
-                             compat=config.crf_bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=config.crf_bilateral_sxy,
+        srgb=config.crf_bilateral_srgb,
+        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
+        compat=config.crf_bilateral_compat,
+    )
     return np.asarray(crf.inference(config.crf_iterations)).reshape(c, h, w)
 
 
-def psa_relation_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int],
-                        config: AffinityConfig, crf: bool = True) -> np.ndarray:
+def psa_relation_labels(
+    image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], config: AffinityConfig, crf: bool = True
+) -> np.ndarray:
     """(H, W) uint8 in {0, class ids, 255} from full-resolution CAMs (K, H, W)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")

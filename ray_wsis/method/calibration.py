@@ -18,8 +18,9 @@ sums them. Free of torch: it runs in CPU tasks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class ImageCut:
     instance: Optional[Winner]
 
     @classmethod
-    def of(cls, scores: WalkScores) -> "ImageCut":
+    def of(cls, scores: WalkScores) -> ImageCut:
         h, w, s = scores.height, scores.width, scores.scale
         inst = winner(scores.instance, h, w, s) if scores.instance.shape[0] else None
         return cls(scores, winner(scores.semantic, h, w, s), inst)
@@ -101,7 +102,7 @@ class LabelFreeStats:
     images: int
 
     @classmethod
-    def empty(cls, candidates: Sequence[float]) -> "LabelFreeStats":
+    def empty(cls, candidates: Sequence[float]) -> LabelFreeStats:
         return cls(np.zeros(len(candidates)), 0)
 
     def add(self, cut: ImageCut, candidates: Sequence[float]) -> None:
@@ -109,15 +110,16 @@ class LabelFreeStats:
             self.eta_sum += otsu_ratio(cut.semantic.value, candidates)
             self.images += 1
 
-    def merge(self, other: "LabelFreeStats") -> "LabelFreeStats":
+    def merge(self, other: LabelFreeStats) -> LabelFreeStats:
         return LabelFreeStats(self.eta_sum + other.eta_sum, self.images + other.images)
 
     def criterion(self) -> np.ndarray:
         return self.eta_sum / max(1, self.images)
 
 
-def agreement_confusions(cut: ImageCut, semantic_threshold: float, candidates: Sequence[float],
-                         num_classes: int) -> np.ndarray:
+def agreement_confusions(
+    cut: ImageCut, semantic_threshold: float, candidates: Sequence[float], num_classes: int
+) -> np.ndarray:
     """(len(candidates), n, n) confusion of the united instances (columns) against the semantic label (rows)."""
     reference = cut.semantic_label(semantic_threshold)
     out = np.zeros((len(candidates), num_classes, num_classes), np.int64)
@@ -157,28 +159,47 @@ class FewShotStats:
     evaluators: list[InstanceEvaluator]
 
     @classmethod
-    def empty(cls, candidates: Sequence[float], num_classes: int) -> "FewShotStats":
-        return cls(np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64),
-                   [InstanceEvaluator(num_classes) for _ in candidates])
+    def empty(cls, candidates: Sequence[float], num_classes: int) -> FewShotStats:
+        return cls(
+            np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64),
+            [InstanceEvaluator(num_classes) for _ in candidates],
+        )
 
-    def add(self, cut: ImageCut, ground_truth: Any, candidates: Sequence[float], min_fragment_fraction: float,
-            num_classes: int) -> None:
+    def add(
+        self,
+        cut: ImageCut,
+        ground_truth: Any,
+        candidates: Sequence[float],
+        min_fragment_fraction: float,
+        num_classes: int,
+    ) -> None:
         semantic = ground_truth.semantic
         if semantic is None:
             return
         for k, t in enumerate(candidates):
-            self.confusions[k] += confusion_matrix(_fit(cut.semantic_label(float(t)), semantic.shape), semantic,
-                                                   num_classes + 1)
+            self.confusions[k] += confusion_matrix(
+                _fit(cut.semantic_label(float(t)), semantic.shape), semantic, num_classes + 1
+            )
             if ground_truth.instance_masks is None:
                 continue
             found = cut.detections(Thresholds(float(t)), min_fragment_fraction)
-            masks = np.stack([_fit(m.astype(np.uint8), semantic.shape) > 0 for m in found.masks]) if len(found) \
+            masks = (
+                np.stack([_fit(m.astype(np.uint8), semantic.shape) > 0 for m in found.masks])
+                if len(found)
                 else np.zeros((0, *semantic.shape), bool)
-            self.evaluators[k].add_matches(match_image(masks, found.class_ids, found.scores,
-                                                       ground_truth.instance_masks,
-                                                       ground_truth.instance_class_ids, num_classes=num_classes))
+            )
+            self.evaluators[k].add_matches(
+                match_image(
+                    masks,
+                    found.class_ids,
+                    found.scores,
+                    ground_truth.instance_masks,
+                    ground_truth.instance_class_ids,
+                    num_classes=num_classes,
+                )
+            )
 
-    def merge(self, other: "FewShotStats") -> "FewShotStats":
+    def merge(self, other: FewShotStats) -> FewShotStats:
         for mine, theirs in zip(self.evaluators, other.evaluators):
             mine.merge(theirs)
         return FewShotStats(self.confusions + other.confusions, self.evaluators)

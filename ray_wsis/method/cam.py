@@ -9,7 +9,7 @@ ceil(H/4) x ceil(W/4), and summed over scales. Only the image's classes are comp
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -48,8 +48,13 @@ def check_class_ids(class_ids: Sequence[int], num_classes: int, name: str = "cla
 
 
 @torch.no_grad()
-def multiscale_cams(model: CAMNet, image: torch.Tensor, class_ids: Sequence[int],
-                    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
+def multiscale_cams(
+    model: CAMNet,
+    image: torch.Tensor,
+    class_ids: Sequence[int],
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+) -> torch.Tensor:
     """(K, ceil(H/4), ceil(W/4)) CAMs of the given 1-based classes, each max-normalised.
 
     image: (3, H, W) normalised float on the model's device.
@@ -65,8 +70,11 @@ def multiscale_cams(model: CAMNet, image: torch.Tensor, class_ids: Sequence[int]
     total = image.new_zeros(len(ids), *out_size)
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = image if size == (h, w) else F.interpolate(image[None], size=size, mode="bicubic",
-                                                            align_corners=False, antialias=scale < 1)[0]
+        scaled = (
+            image
+            if size == (h, w)
+            else F.interpolate(image[None], size=size, mode="bicubic", align_corners=False, antialias=scale < 1)[0]
+        )
         batch = torch.stack([scaled, scaled.flip(-1)]) if flip else scaled[None]
         features = model.backbone(batch)[-1]
         cams = F.relu(F.conv2d(features, weight))

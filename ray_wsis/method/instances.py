@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,10 +55,12 @@ def find_centroids(displacement: torch.Tensor, iterations: int = 300) -> torch.T
         fy, fx = cy - y0, cx - x0
         y0, x0, y1, x1 = (t.long() for t in (y0, x0, y1, x1))
         # bilinear weights exactly as the reference (ceil/floor corners)
-        step = (flat[:, (y1 * w + x1).reshape(-1)] * (fy * fx).reshape(-1)
-                + flat[:, (y0 * w + x1).reshape(-1)] * ((1 - fy) * fx).reshape(-1)
-                + flat[:, (y1 * w + x0).reshape(-1)] * (fy * (1 - fx)).reshape(-1)
-                + flat[:, (y0 * w + x0).reshape(-1)] * ((1 - fy) * (1 - fx)).reshape(-1)).view(2, h, w)
+        step = (
+            flat[:, (y1 * w + x1).reshape(-1)] * (fy * fx).reshape(-1)
+            + flat[:, (y0 * w + x1).reshape(-1)] * ((1 - fy) * fx).reshape(-1)
+            + flat[:, (y1 * w + x0).reshape(-1)] * (fy * (1 - fx)).reshape(-1)
+            + flat[:, (y0 * w + x0).reshape(-1)] * ((1 - fy) * (1 - fx)).reshape(-1)
+        ).view(2, h, w)
         cy = (cy + step[0]).clamp(0, h - 1)
         cx = (cx + step[1]).clamp(0, w - 1)
     return torch.stack([cy.round().long(), cx.round().long()])
@@ -86,10 +88,18 @@ class InstanceWalk:
     """(h, w) cluster id of every stride-4 pixel."""
 
 
-def walk_instances(cams: torch.Tensor, boundary: torch.Tensor, displacement: torch.Tensor,
-                   class_ids: Sequence[int], *, walk: WalkOperator, exp_times: int = 8,
-                   lowest_threshold: float = 0.25, centroid_iterations: int = 300,
-                   cluster_threshold: float = 2.5) -> InstanceWalk:
+def walk_instances(
+    cams: torch.Tensor,
+    boundary: torch.Tensor,
+    displacement: torch.Tensor,
+    class_ids: Sequence[int],
+    *,
+    walk: WalkOperator,
+    exp_times: int = 8,
+    lowest_threshold: float = 0.25,
+    centroid_iterations: int = 300,
+    cluster_threshold: float = 2.5,
+) -> InstanceWalk:
     """Steps 1-3 of irn's instance assembly: centroids, clusters, walked instance CAMs.
 
     Exact pruning: a walk never raises a map above its input max (each step averages), and
@@ -98,8 +108,10 @@ def walk_instances(cams: torch.Tensor, boundary: torch.Tensor, displacement: tor
     at lowest_threshold or above; it is neither walked nor returned.
     """
     if cams.dim() != 3 or cams.shape[1:] != boundary.shape or displacement.shape[1:] != boundary.shape:
-        raise ValueError(f"cams {tuple(cams.shape)}, boundary {tuple(boundary.shape)} and displacement "
-                         f"{tuple(displacement.shape)} must share (h, w)")
+        raise ValueError(
+            f"cams {tuple(cams.shape)}, boundary {tuple(boundary.shape)} and displacement "
+            f"{tuple(displacement.shape)} must share (h, w)"
+        )
     if len(class_ids) != cams.shape[0]:
         raise ValueError(f"class_ids has {len(class_ids)} entries for {cams.shape[0]} CAMs")
     centroids = find_centroids(displacement, centroid_iterations).cpu().numpy()
@@ -115,28 +127,48 @@ def walk_instances(cams: torch.Tensor, boundary: torch.Tensor, displacement: tor
     done = torch.zeros(len(seeds), dtype=torch.bool, device=seeds.device)
     best = 0.0
     for start in range(0, len(order), 16):
-        chunk = order[start:start + 16]
+        chunk = order[start : start + 16]
         chunk = chunk[peaks[chunk] >= lowest_threshold * _UPSAMPLE_PEAK_KEPT * best]
         if len(chunk) == 0:
             break
-        walked[chunk] = walk(seeds[chunk], 2 ** exp_times)
+        walked[chunk] = walk(seeds[chunk], 2**exp_times)
         done[chunk] = True
         best = max(best, float(walked[chunk].amax()))
     keep = done.cpu().numpy()
     return InstanceWalk(walked[done], channel_class[keep], clusters)
 
 
-def instances_from_cams(cams: torch.Tensor, boundary: torch.Tensor, displacement: torch.Tensor,
-                        class_ids: Sequence[int], height: int, width: int, *, radius: int = 5,
-                        beta: float = 10.0, exp_times: int = 8, bg_threshold: float = 0.25,
-                        centroid_iterations: int = 300, cluster_threshold: float = 2.5,
-                        min_fragment_fraction: float = 0.01, walk: WalkOperator | None = None) -> Instances:
+def instances_from_cams(
+    cams: torch.Tensor,
+    boundary: torch.Tensor,
+    displacement: torch.Tensor,
+    class_ids: Sequence[int],
+    height: int,
+    width: int,
+    *,
+    radius: int = 5,
+    beta: float = 10.0,
+    exp_times: int = 8,
+    bg_threshold: float = 0.25,
+    centroid_iterations: int = 300,
+    cluster_threshold: float = 2.5,
+    min_fragment_fraction: float = 0.01,
+    walk: WalkOperator | None = None,
+) -> Instances:
     """IRNet instance pseudo-labels of one image from stride-4 CAMs, boundary and displacement,
     cut in float (the pipeline cuts from quantised stored maps: method/scores.py)."""
     walk = walk or boundary_walk(boundary, radius, beta)
-    walked = walk_instances(cams, boundary, displacement, class_ids, walk=walk, exp_times=exp_times,
-                            lowest_threshold=bg_threshold, centroid_iterations=centroid_iterations,
-                            cluster_threshold=cluster_threshold)
+    walked = walk_instances(
+        cams,
+        boundary,
+        displacement,
+        class_ids,
+        walk=walk,
+        exp_times=exp_times,
+        lowest_threshold=bg_threshold,
+        centroid_iterations=centroid_iterations,
+        cluster_threshold=cluster_threshold,
+    )
     result = argmax_with_background(walked.walked, height, width, bg_threshold)
     found = detections_from_label(result.label, result.value, walked.channel_class, min_fragment_fraction)
     return Instances(found.masks, found.class_ids, found.scores, walked.clusters)

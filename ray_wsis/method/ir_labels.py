@@ -10,7 +10,7 @@ plane, each result is refined by a dense CRF (labels as unary, gt_prob 0.7), and
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -31,8 +31,12 @@ def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, conf
     crf = dcrf.DenseCRF2D(w, h, n_labels)
     crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=config.crf_gt_prob, zero_unsure=False))
     crf.addPairwiseGaussian(sxy=config.crf_gaussian_sxy, compat=config.crf_gaussian_compat)
-    crf.addPairwiseBilateral(sxy=config.crf_bilateral_sxy, srgb=config.crf_bilateral_srgb,
-                             rgbim=np.array(image, dtype=np.uint8, order="C", copy=True), compat=config.crf_bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=config.crf_bilateral_sxy,
+        srgb=config.crf_bilateral_srgb,
+        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
+        compat=config.crf_bilateral_compat,
+    )
     q = crf.inference(config.crf_iterations)
     return np.argmax(np.asarray(q).reshape(n_labels, h, w), axis=0)
 
@@ -45,8 +49,7 @@ def thresholds_for(cams: np.ndarray, config: IRLabelConfig) -> tuple[float, floa
     return float(np.quantile(peak, config.fg_quantile)), float(np.quantile(peak, config.bg_quantile))
 
 
-def relation_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int],
-                    config: IRLabelConfig) -> np.ndarray:
+def relation_labels(image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], config: IRLabelConfig) -> np.ndarray:
     """(H, W) uint8 in {0, class ids, 255} from full-resolution CAMs (K, H, W)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")

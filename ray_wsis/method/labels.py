@@ -9,16 +9,15 @@ same argmax (ties go to background, as the reference's padded argmax).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ray_wsis.method.path_index import path_index
+from ray_wsis.method.path_index import boundary_to_affinity, path_index
 from ray_wsis.method.random_walk import WalkOperator
-from ray_wsis.method.path_index import boundary_to_affinity
 
 _CHUNK = 8
 
@@ -31,13 +30,14 @@ class Thresholded:
     value: np.ndarray
 
 
-def argmax_with_background(maps: torch.Tensor, height: int, width: int, bg_threshold: float,
-                           scale: int = 4) -> Thresholded:
+def argmax_with_background(
+    maps: torch.Tensor, height: int, width: int, bg_threshold: float, scale: int = 4
+) -> Thresholded:
     """Upsample (C, h, w) maps by `scale`, crop to (height, width), normalise, threshold, argmax."""
     best = torch.full((height, width), -1.0, device=maps.device)
     arg = torch.zeros((height, width), dtype=torch.long, device=maps.device)
     for start in range(0, maps.shape[0], _CHUNK):
-        chunk = maps[start:start + _CHUNK].float()
+        chunk = maps[start : start + _CHUNK].float()
         up = F.interpolate(chunk[None], scale_factor=scale, mode="bilinear", align_corners=False)[0, :, :height, :width]
         value, index = up.max(dim=0)
         better = value > best
@@ -59,8 +59,9 @@ def boundary_walk(boundary: torch.Tensor, radius: int, beta: float) -> WalkOpera
     return WalkOperator(affinity, index, beta)
 
 
-def semantic_from_walk(walked: torch.Tensor, class_ids: Sequence[int], height: int, width: int,
-                       bg_threshold: float, scale: int = 4) -> np.ndarray:
+def semantic_from_walk(
+    walked: torch.Tensor, class_ids: Sequence[int], height: int, width: int, bg_threshold: float, scale: int = 4
+) -> np.ndarray:
     """(H, W) uint8 class map from walked class maps (K, h, w)."""
     if walked.shape[0] != len(class_ids):
         raise ValueError(f"walked has {walked.shape[0]} maps for {len(class_ids)} class_ids")
@@ -69,12 +70,22 @@ def semantic_from_walk(walked: torch.Tensor, class_ids: Sequence[int], height: i
     return keys[result.label]
 
 
-def semantic_labels(cams: torch.Tensor, boundary: torch.Tensor, class_ids: Sequence[int],
-                    height: int, width: int, *, radius: int = 5, beta: float = 10.0, exp_times: int = 8,
-                    bg_threshold: float = 0.25, walk: WalkOperator | None = None) -> np.ndarray:
+def semantic_labels(
+    cams: torch.Tensor,
+    boundary: torch.Tensor,
+    class_ids: Sequence[int],
+    height: int,
+    width: int,
+    *,
+    radius: int = 5,
+    beta: float = 10.0,
+    exp_times: int = 8,
+    bg_threshold: float = 0.25,
+    walk: WalkOperator | None = None,
+) -> np.ndarray:
     """IRNet semantic pseudo-label: walk CAM * (1 - boundary), threshold, argmax."""
     if cams.dim() != 3 or cams.shape[1:] != boundary.shape:
         raise ValueError(f"cams must be (K, h, w) matching boundary {tuple(boundary.shape)}, got {tuple(cams.shape)}")
     walk = walk or boundary_walk(boundary, radius, beta)
-    walked = walk(cams.float() * (1.0 - boundary), 2 ** exp_times)
+    walked = walk(cams.float() * (1.0 - boundary), 2**exp_times)
     return semantic_from_walk(walked, class_ids, height, width, bg_threshold)

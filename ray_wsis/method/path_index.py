@@ -70,7 +70,7 @@ def source_window(height: int, width: int, index: PathIndex) -> tuple[int, int]:
 
 def _windows(x: torch.Tensor, offsets: np.ndarray, hs: int, ws: int, margin: int) -> torch.Tensor:
     """Stack x[..., dy:dy+hs, m+dx:m+dx+ws] for each (dy, dx) along a new dim 1."""
-    return torch.stack([x[..., dy:dy + hs, margin + dx:margin + dx + ws] for dy, dx in offsets.tolist()], dim=1)
+    return torch.stack([x[..., dy : dy + hs, margin + dx : margin + dx + ws] for dy, dx in offsets.tolist()], dim=1)
 
 
 def pad_for_same(x: torch.Tensor, index: PathIndex, value: float) -> torch.Tensor:
@@ -94,19 +94,26 @@ def path_max(boundary: torch.Tensor, index: PathIndex) -> torch.Tensor:
         raise ValueError(f"boundary map {h}x{w} is too small for radius {index.radius}")
     m = index.margin
     if not boundary.requires_grad:
-        return torch.cat([_windows(boundary, g.reshape(-1, 2), hs, ws, m).view(b, g.shape[0], g.shape[1], hs, ws)
-                          .amax(dim=2) for g in index.groups], dim=1)
+        return torch.cat(
+            [
+                _windows(boundary, g.reshape(-1, 2), hs, ws, m).view(b, g.shape[0], g.shape[1], hs, ws).amax(dim=2)
+                for g in index.groups
+            ],
+            dim=1,
+        )
     flat = boundary.reshape(b, h * w)
-    base = (torch.arange(hs, device=boundary.device)[:, None] * w
-            + torch.arange(ws, device=boundary.device)[None, :] + m).reshape(1, 1, hs * ws)
+    base = (
+        torch.arange(hs, device=boundary.device)[:, None] * w + torch.arange(ws, device=boundary.device)[None, :] + m
+    ).reshape(1, 1, hs * ws)
     gathered = []
     for g in index.groups:
         n, length = g.shape[:2]
         with torch.no_grad():
             arg = _windows(boundary.detach(), g.reshape(-1, 2), hs, ws, m).view(b, n, length, hs * ws).argmax(dim=2)
         offsets = torch.as_tensor(g[..., 0] * w + g[..., 1], device=boundary.device)  # (n, L) flat offsets
-        flat_index = base + torch.gather(offsets.unsqueeze(0).unsqueeze(-1).expand(b, n, length, hs * ws),
-                                         2, arg.unsqueeze(2)).squeeze(2)
+        flat_index = base + torch.gather(
+            offsets.unsqueeze(0).unsqueeze(-1).expand(b, n, length, hs * ws), 2, arg.unsqueeze(2)
+        ).squeeze(2)
         gathered.append(torch.gather(flat, 1, flat_index.reshape(b, -1)).view(b, n, hs, ws))
     return torch.cat(gathered, dim=1)
 
@@ -135,6 +142,6 @@ def pair_windows(x: torch.Tensor, index: PathIndex) -> tuple[torch.Tensor, torch
     if hs < 1 or ws < 1:
         raise ValueError(f"map {h}x{w} is too small for radius {index.radius} (needs width > {2 * index.margin})")
     m = index.margin
-    src = x[..., :hs, m:m + ws]
-    dst = torch.stack([x[..., dy:dy + hs, m + dx:m + dx + ws] for dy, dx in index.directions.tolist()], dim=-3)
+    src = x[..., :hs, m : m + ws]
+    dst = torch.stack([x[..., dy : dy + hs, m + dx : m + dx + ws] for dy, dx in index.directions.tolist()], dim=-3)
     return src, dst

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -19,12 +20,18 @@ from ray_wsis.config import AffinityConfig, Config, WalkConfig
 from ray_wsis.method.cam import multiscale_cams, to_tensor
 from ray_wsis.method.instances import Instances, walk_instances
 from ray_wsis.method.labels import boundary_walk
-from ray_wsis.method.scores import (WALKED_BACKGROUND, Thresholds, WalkScores, cut_labels, encode_region_scores,
-                                    encode_scores)
-from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.random_walk import WalkOperator
 from ray_wsis.method.relations import feature_affinity
+from ray_wsis.method.scores import (
+    WALKED_BACKGROUND,
+    Thresholds,
+    WalkScores,
+    cut_labels,
+    encode_region_scores,
+    encode_scores,
+)
+from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.models.affinitynet import AffinityNet
 from ray_wsis.models.cam_net import CAMNet
 from ray_wsis.models.checkpoints import model_from_checkpoint
@@ -37,7 +44,7 @@ def device_for(config: Config) -> torch.device:
     return torch.device("cuda" if config.ray.use_gpu and torch.cuda.is_available() else "cpu")
 
 
-def load_model(config: Config, kind: str) -> torch.nn.Module:
+def load_model(config: Config, kind: str) -> Any:
     """A stage's model from <output>/models/<kind>.pt (weights-only file)."""
     location = resolve(config.output, config.storage).child("models", f"{kind}.pt")
     model, _ = model_from_checkpoint(read_bytes(location), kind, config.model.backbone, source=location.uri)
@@ -83,8 +90,13 @@ class IRNetPredictor:
     calibration candidates); instance channels that cannot win at it are neither walked nor kept.
     """
 
-    def __init__(self, model: IRNet, walk: WalkConfig, device: torch.device | str = "cpu",
-                 lowest_threshold: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        model: IRNet,
+        walk: WalkConfig,
+        device: torch.device | str = "cpu",
+        lowest_threshold: Optional[float] = None,
+    ) -> None:
         self.model = model.to(device).eval()
         self.walk = walk
         self.device = torch.device(device)
@@ -115,20 +127,42 @@ class IRNetPredictor:
         c = self.walk
         start = time.perf_counter()
         walk = boundary_walk(boundary, c.radius, c.beta)
-        walked = walk(cam * (1.0 - boundary), 2 ** c.exp_times)
+        walked = walk(cam * (1.0 - boundary), 2**c.exp_times)
         seconds["walk"] = time.perf_counter() - start
         start = time.perf_counter()
-        instance = walk_instances(cam, boundary, displacement, class_ids, walk=walk, exp_times=c.exp_times,
-                                  lowest_threshold=self.lowest_threshold,
-                                  centroid_iterations=c.centroid_iterations, cluster_threshold=c.cluster_threshold)
+        instance = walk_instances(
+            cam,
+            boundary,
+            displacement,
+            class_ids,
+            walk=walk,
+            exp_times=c.exp_times,
+            lowest_threshold=self.lowest_threshold,
+            centroid_iterations=c.centroid_iterations,
+            cluster_threshold=c.cluster_threshold,
+        )
         seconds["instance_walk"] = time.perf_counter() - start
         start = time.perf_counter()
-        scores = encode_scores(height, width, class_ids, walked.cpu().numpy(), instance.channel_class,
-                               instance.walked.cpu().numpy(), self.lowest_threshold)
+        scores = encode_scores(
+            height,
+            width,
+            class_ids,
+            walked.cpu().numpy(),
+            instance.channel_class.tolist(),
+            instance.walked.cpu().numpy(),
+            self.lowest_threshold,
+        )
         semantic, found = cut_labels(scores, c.sem_bg_threshold, c.ins_bg_threshold, c.min_fragment_fraction)
         seconds["cut"] = time.perf_counter() - start
-        return PseudoLabel(semantic.label, Instances(found.masks, found.class_ids, found.scores, instance.clusters),
-                           boundary.cpu().numpy(), displacement.cpu().numpy(), seconds, scores, semantic.confidence)
+        return PseudoLabel(
+            semantic.label,
+            Instances(found.masks, found.class_ids, found.scores, instance.clusters),
+            boundary.cpu().numpy(),
+            displacement.cpu().numpy(),
+            seconds,
+            scores,
+            semantic.confidence,
+        )
 
 
 class AffinityPredictor:
@@ -138,8 +172,14 @@ class AffinityPredictor:
     kept as scores, so calibrate can cut them at a constant background threshold too. psa has
     no instance branch: each connected region of a class is one instance."""
 
-    def __init__(self, model: AffinityNet, config: AffinityConfig, min_fragment_fraction: float = 0.01,
-                 device: torch.device | str = "cpu", thresholds: Thresholds = WALKED_BACKGROUND) -> None:
+    def __init__(
+        self,
+        model: AffinityNet,
+        config: AffinityConfig,
+        min_fragment_fraction: float = 0.01,
+        device: torch.device | str = "cpu",
+        thresholds: Thresholds = WALKED_BACKGROUND,
+    ) -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.min_fragment_fraction = min_fragment_fraction
@@ -158,16 +198,27 @@ class AffinityPredictor:
         seconds["model"] = time.perf_counter() - start
         start = time.perf_counter()
         seeds = psa_seeds(np.asarray(cams, np.float32), height, width, self.config.bg_alpha)
-        walked = WalkOperator(affinity, index, self.config.beta)(torch.from_numpy(seeds).to(self.device),
-                                                                 2 ** self.config.exp_times).cpu().numpy()
+        walked = (
+            WalkOperator(affinity, index, self.config.beta)(
+                torch.from_numpy(seeds).to(self.device), 2**self.config.exp_times
+            )
+            .cpu()
+            .numpy()
+        )
         seconds["walk"] = time.perf_counter() - start
         start = time.perf_counter()
         scores = encode_region_scores(height, width, class_ids, walked[1:], walked[:1], scale=8)
         semantic, found = cut_labels(scores, self.thresholds, self.thresholds, self.min_fragment_fraction)
         seconds["cut"] = time.perf_counter() - start
         boundary = 1.0 - affinity.amin(dim=0)
-        return PseudoLabel(semantic.label, Instances(found.masks, found.class_ids, found.scores),
-                           boundary.cpu().numpy(), seconds=seconds, scores=scores, confidence=semantic.confidence)
+        return PseudoLabel(
+            semantic.label,
+            Instances(found.masks, found.class_ids, found.scores),
+            boundary.cpu().numpy(),
+            seconds=seconds,
+            scores=scores,
+            confidence=semantic.confidence,
+        )
 
 
 def psa_seeds(cams: np.ndarray, height: int, width: int, alpha: float) -> np.ndarray:

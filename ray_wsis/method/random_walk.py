@@ -44,7 +44,9 @@ class WalkOperator:
         forward = affinity.double().clamp(min=0.0).pow(beta)
         padded = F.pad(forward, (m, m, m, m))
         directions = index.directions.tolist()
-        backward = torch.stack([padded[k, m - dy:m - dy + h, m - dx:m - dx + w] for k, (dy, dx) in enumerate(directions)])
+        backward = torch.stack(
+            [padded[k, m - dy : m - dy + h, m - dx : m - dx + w] for k, (dy, dx) in enumerate(directions)]
+        )
         degree = 1.0 + forward.sum(0) + backward.sum(0)
         self.weights = torch.cat([torch.ones_like(degree)[None], forward, backward]) / degree
         self.offsets = [(0, 0)] + [(dy, dx) for dy, dx in directions] + [(-dy, -dx) for dy, dx in directions]
@@ -70,16 +72,16 @@ class WalkOperator:
         wp = w + 2 * m
         if x.dtype not in self._flat:  # float32 weights for float32 x (walk_kernel: why), else float64
             weights = np.zeros((len(self.offsets), h, wp), dtype=np.float32 if x.dtype != torch.float64 else np.float64)
-            weights[:, :, m:m + w] = self.weights.cpu().numpy()
+            weights[:, :, m : m + w] = self.weights.cpu().numpy()
             offsets = np.asarray([dy * wp + dx for dy, dx in self.offsets], dtype=np.int64)
             self._flat[x.dtype] = (weights.reshape(len(self.offsets), h * wp), offsets)
         weights, offsets = self._flat[x.dtype]
         c, start = x.shape[0], m + m * wp
         state = np.zeros((c, 2 * m + (h + 2 * m) * wp))
-        grid = state[:, m:m + (h + 2 * m) * wp].reshape(c, h + 2 * m, wp)
-        grid[:, m:m + h, m:m + w] = x.detach().double().numpy()
+        grid = state[:, m : m + (h + 2 * m) * wp].reshape(c, h + 2 * m, wp)
+        grid[:, m : m + h, m : m + w] = x.detach().double().numpy()
         out = walk_steps(state, np.zeros_like(state), weights, offsets, start, steps)
-        result = out[:, m:m + (h + 2 * m) * wp].reshape(c, h + 2 * m, wp)[:, m:m + h, m:m + w]
+        result = out[:, m : m + (h + 2 * m) * wp].reshape(c, h + 2 * m, wp)[:, m : m + h, m : m + w]
         return torch.from_numpy(np.ascontiguousarray(result)).to(x.dtype)
 
     def eager(self, x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -87,7 +89,7 @@ class WalkOperator:
         c, (h, w), m = x.shape[0], self.shape, self.margin
         weights = self.weights.to(device=x.device, dtype=x.dtype)
         padded = x.new_zeros(c, h + 2 * m, w + 2 * m)
-        interior = padded[:, m:m + h, m:m + w]
+        interior = padded[:, m : m + h, m : m + w]
         interior.copy_(x)
         groups = [list(range(g, len(self.offsets), _ACCUMULATORS)) for g in range(_ACCUMULATORS)]
         for _ in range(steps):
@@ -96,23 +98,27 @@ class WalkOperator:
                 acc = torch.zeros_like(x)
                 for k in group:
                     dy, dx = self.offsets[k]
-                    acc.addcmul_(weights[k], padded[:, m + dy:m + dy + h, m + dx:m + dx + w])
+                    acc.addcmul_(weights[k], padded[:, m + dy : m + dy + h, m + dx : m + dx + w])
                 partial.append(acc)
             while len(partial) > 1:  # tree sum keeps float32 rounding low (module docstring)
-                partial = [partial[i] + partial[i + 1] if i + 1 < len(partial) else partial[i]
-                           for i in range(0, len(partial), 2)]
+                partial = [
+                    partial[i] + partial[i + 1] if i + 1 < len(partial) else partial[i]
+                    for i in range(0, len(partial), 2)
+                ]
             interior.copy_(partial[0])
         return interior.clone()
 
 
-def random_walk(x: torch.Tensor, affinity: torch.Tensor, index: PathIndex, beta: float,
-                exp_times: int = 8) -> torch.Tensor:
+def random_walk(
+    x: torch.Tensor, affinity: torch.Tensor, index: PathIndex, beta: float, exp_times: int = 8
+) -> torch.Tensor:
     """rw = x @ T^(2^exp_times) without the dense T; x (C, H, W), affinity (D, H, W)."""
-    return WalkOperator(affinity, index, beta)(x, 2 ** exp_times)
+    return WalkOperator(affinity, index, beta)(x, 2**exp_times)
 
 
-def dense_random_walk(x: torch.Tensor, affinity: torch.Tensor, index: PathIndex, beta: float,
-                      exp_times: int = 8) -> torch.Tensor:
+def dense_random_walk(
+    x: torch.Tensor, affinity: torch.Tensor, index: PathIndex, beta: float, exp_times: int = 8
+) -> torch.Tensor:
     """The reference formula with the dense (HW)^2 matrix: for tests and benchmarks only."""
     _, h, w = affinity.shape
     n = h * w
@@ -137,5 +143,4 @@ def dense_random_walk(x: torch.Tensor, affinity: torch.Tensor, index: PathIndex,
 def dense_walk_cost(height: int, width: int, exp_times: int = 8, bytes_per_value: int = 4) -> dict[str, float]:
     """FLOPs and bytes of the dense reference for an (height, width) stride-4 map."""
     n = float(height * width)
-    return {"flops": exp_times * 2.0 * n ** 3, "matrix_bytes": n * n * bytes_per_value}
-
+    return {"flops": exp_times * 2.0 * n**3, "matrix_bytes": n * n * bytes_per_value}

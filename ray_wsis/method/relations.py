@@ -38,15 +38,18 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, channels: int = 1) ->
     return (values * mask).sum() / (channels * mask.sum() + EPS)
 
 
-def irn_loss(edge_logit: torch.Tensor, displacement: torch.Tensor, labels: torch.Tensor,
-             index: PathIndex) -> dict[str, torch.Tensor]:
+def irn_loss(
+    edge_logit: torch.Tensor, displacement: torch.Tensor, labels: torch.Tensor, index: PathIndex
+) -> dict[str, torch.Tensor]:
     """IRNet's affinity + displacement loss, term for term as irn step/train_irn.py.
 
     edge_logit (B, 1, h, w), displacement (B, 2, h, w), labels (B, h, w) at the same stride.
     """
     if edge_logit.shape[-2:] != labels.shape[-2:] or displacement.shape[-2:] != labels.shape[-2:]:
-        raise ValueError(f"edge {tuple(edge_logit.shape)}, displacement {tuple(displacement.shape)} and "
-                         f"labels {tuple(labels.shape)} must share (h, w)")
+        raise ValueError(
+            f"edge {tuple(edge_logit.shape)}, displacement {tuple(displacement.shape)} and "
+            f"labels {tuple(labels.shape)} must share (h, w)"
+        )
     bg_pos, fg_pos, neg = pair_labels(labels, index)
     aff = boundary_to_affinity(torch.sigmoid(edge_logit[:, 0]), index, layout="valid")
     pos_loss = -torch.log(aff + EPS)
@@ -62,8 +65,14 @@ def irn_loss(edge_logit: torch.Tensor, displacement: torch.Tensor, labels: torch
     dp_bg = _masked_mean(pair.abs(), bg_pos.unsqueeze(1), channels=2)
     aff_total = (bg_pos_loss / 2 + fg_pos_loss / 2 + neg_aff_loss) / 2
     total = aff_total + (dp_fg + dp_bg) / 2
-    return {"loss": total, "bg_pos": bg_pos_loss, "fg_pos": fg_pos_loss, "neg": neg_aff_loss,
-            "dp_fg": dp_fg, "dp_bg": dp_bg}
+    return {
+        "loss": total,
+        "bg_pos": bg_pos_loss,
+        "fg_pos": fg_pos_loss,
+        "neg": neg_aff_loss,
+        "dp_fg": dp_fg,
+        "dp_bg": dp_bg,
+    }
 
 
 def feature_affinity(features: torch.Tensor, index: PathIndex, layout: str = "valid") -> torch.Tensor:

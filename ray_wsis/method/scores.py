@@ -19,8 +19,9 @@ Kept free of torch: the calibrate stage re-cuts in CPU tasks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Union
 
 import numpy as np
 from scipy import ndimage
@@ -30,7 +31,7 @@ from ray_wsis.method.upsample import upsample_cams
 LEVELS = 255
 """Quantisation levels of stored maps: uint8 of the map's peak."""
 
-UPSAMPLE_PEAK_KEPT = 0.625 ** 2
+UPSAMPLE_PEAK_KEPT = 0.625**2
 """x4 bilinear upsampling keeps at least this share of a peak (a lower bound: 0.875^2 in fact)."""
 
 _CHUNK = 8
@@ -58,18 +59,23 @@ class Thresholds:
         return min([self.default, *self.per_class.values()])
 
     def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"default": self.default,
-                                  "per_class": {str(k): v for k, v in sorted(self.per_class.items())}}
+        out: dict[str, object] = {
+            "default": self.default,
+            "per_class": {str(k): v for k, v in sorted(self.per_class.items())},
+        }
         if self.plane != "constant":
             out["plane"] = self.plane
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> "Thresholds":
+    def from_dict(cls, data: Mapping[str, object]) -> Thresholds:
         per_class = data.get("per_class") or {}
         assert isinstance(per_class, Mapping)
-        return cls(float(data["default"]),  # type: ignore[arg-type]
-                   {int(k): float(v) for k, v in per_class.items()}, str(data.get("plane", "constant")))
+        return cls(
+            float(data["default"]),  # type: ignore[arg-type]
+            {int(k): float(v) for k, v in per_class.items()},
+            str(data.get("plane", "constant")),
+        )
 
 
 WALKED_BACKGROUND = Thresholds(0.0, plane="walked")
@@ -146,7 +152,7 @@ def winner(maps: np.ndarray, height: int, width: int, scale: int) -> Winner:
     second = np.zeros((height, width), np.float32)
     arg = np.zeros((height, width), np.int64)
     for start in range(0, maps.shape[0], _CHUNK):
-        up = upsample_cams(maps[start:start + _CHUNK].astype(np.float32), height, width, scale)
+        up = upsample_cams(maps[start : start + _CHUNK].astype(np.float32), height, width, scale)
         for offset, value in enumerate(up):
             better = value > best
             second = np.where(better, np.maximum(best, 0.0), np.maximum(second, value))
@@ -184,8 +190,9 @@ def confidence(value: np.ndarray, second: np.ndarray, threshold: np.ndarray) -> 
     (distance to the runner-up class); background: (t - v) / t.
     """
     fg = value > threshold
-    to_background = np.where(fg, (value - threshold) / np.maximum(1.0 - threshold, 1e-6),
-                             (threshold - value) / np.maximum(threshold, 1e-6))
+    to_background = np.where(
+        fg, (value - threshold) / np.maximum(1.0 - threshold, 1e-6), (threshold - value) / np.maximum(threshold, 1e-6)
+    )
     to_other = np.where(fg, (value - second) / np.maximum(value, 1e-6), 1.0)
     margin = np.clip(np.minimum(to_background, to_other), 0.0, 1.0)
     return np.rint(margin * LEVELS).astype(np.uint8)
@@ -216,8 +223,9 @@ class Detections:
         return len(self.scores)
 
 
-def detections_from_label(label: np.ndarray, value: np.ndarray, channel_class: np.ndarray,
-                          min_fragment: float) -> Detections:
+def detections_from_label(
+    label: np.ndarray, value: np.ndarray, channel_class: np.ndarray, min_fragment: float
+) -> Detections:
     """Each 4-connected component of each winning channel (label c + 1 = channel c) is one
     detection, scored by the max of ``value`` over it; components under ``min_fragment`` of
     the image score 0 (irn detect_instance keeps such fragments)."""
@@ -252,25 +260,43 @@ def cut_instances(scores: WalkScores, thresholds: ThresholdLike, min_fragment_fr
     return detections_from_label(label, win.value, channel_class, min_fragment_fraction)
 
 
-def cut_labels(scores: WalkScores, semantic_threshold: ThresholdLike, instance_threshold: ThresholdLike,
-               min_fragment_fraction: float) -> tuple[SemanticCut, Detections]:
+def cut_labels(
+    scores: WalkScores,
+    semantic_threshold: ThresholdLike,
+    instance_threshold: ThresholdLike,
+    min_fragment_fraction: float,
+) -> tuple[SemanticCut, Detections]:
     """Semantic and instance labels of one image's scores: the one cut of the walk and of calibrate."""
-    return (cut_semantic(scores, semantic_threshold),
-            cut_instances(scores, instance_threshold, min_fragment_fraction))
+    return (cut_semantic(scores, semantic_threshold), cut_instances(scores, instance_threshold, min_fragment_fraction))
 
 
-def encode_scores(height: int, width: int, class_ids: Sequence[int], semantic: np.ndarray,
-                  instance_classes: Sequence[int], instance: np.ndarray, lowest_threshold: float,
-                  scale: int = 4) -> WalkScores:
+def encode_scores(
+    height: int,
+    width: int,
+    class_ids: Sequence[int],
+    semantic: np.ndarray,
+    instance_classes: Sequence[int],
+    instance: np.ndarray,
+    lowest_threshold: float,
+    scale: int = 4,
+) -> WalkScores:
     """Quantise walked float maps and drop instance channels that can never win (see :func:`droppable`)."""
     instance_q = quantise(instance)
     keep = ~droppable(instance_q, lowest_threshold)
-    return WalkScores(int(height), int(width), np.asarray(class_ids, np.int16), quantise(semantic),
-                      np.asarray(instance_classes, np.int16)[keep], instance_q[keep], scale)
+    return WalkScores(
+        int(height),
+        int(width),
+        np.asarray(class_ids, np.int16),
+        quantise(semantic),
+        np.asarray(instance_classes, np.int16)[keep],
+        instance_q[keep],
+        scale,
+    )
 
 
-def encode_region_scores(height: int, width: int, class_ids: Sequence[int], semantic: np.ndarray,
-                         background: np.ndarray, scale: int) -> WalkScores:
+def encode_region_scores(
+    height: int, width: int, class_ids: Sequence[int], semantic: np.ndarray, background: np.ndarray, scale: int
+) -> WalkScores:
     """AffinityNet's scores: walked class maps and the walked background, quantised together; its
     instances are the connected regions of the class maps, so they are the instance channels too."""
     both = quantise(np.concatenate([np.asarray(background, np.float32)[:1], np.asarray(semantic, np.float32)]))

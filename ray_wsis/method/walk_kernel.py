@@ -41,22 +41,22 @@ def _kernel():
                 acc[:, :n] = 0.0
                 for k in range(directions):
                     o = start + b0 + offsets[k]
-                    wk = weights[k, b0:b0 + n]
+                    wk = weights[k, b0 : b0 + n]
                     for c in range(channels):
-                        xs = state[c, o:o + n]
+                        xs = state[c, o : o + n]
                         ac = acc[c, :n]
                         for i in range(n):
                             ac[i] += wk[i] * xs[i]
-                spare[:, start + b0:start + b0 + n] = acc[:, :n]
+                spare[:, start + b0 : start + b0 + n] = acc[:, :n]
             state, spare = spare, state
         return state
 
     return walk_steps
 
 
-
-def walk_steps(state: np.ndarray, spare: np.ndarray, weights: np.ndarray, offsets: np.ndarray,
-               start: int, steps: int) -> np.ndarray:
+def walk_steps(
+    state: np.ndarray, spare: np.ndarray, weights: np.ndarray, offsets: np.ndarray, start: int, steps: int
+) -> np.ndarray:
     """Run `steps` steps on flat padded buffers; returns whichever buffer holds the result.
 
     state, spare: (C, L) float64, C-contiguous, zero outside the map. weights: (K, Q) float32 or float64,

@@ -13,7 +13,8 @@ stats always, affine still trainable); from scratch they must be learned.
 from __future__ import annotations
 
 import os
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, Optional
 
 import torch
 import torchvision
@@ -27,8 +28,9 @@ class FixedStatsBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm that always normalises with its running statistics (irn FixedBatchNorm)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                        training=False, eps=self.eps)
+        return nn.functional.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+        )
 
 
 def _fix_batch_norm(module: nn.Module) -> None:
@@ -69,29 +71,39 @@ def load_backbone_weights(model: nn.Module, weights: str, arch: str = "") -> Non
             else:
                 enum = torchvision.models.get_model_weights(arch)[weights]
         except (ValueError, KeyError, AttributeError):
-            raise ValueError(f"model.weights: {weights!r} is neither an existing file nor a torchvision "
-                             f"weights name like ResNet50_Weights.IMAGENET1K_V1") from None
+            raise ValueError(
+                f"model.weights: {weights!r} is neither an existing file nor a torchvision "
+                f"weights name like ResNet50_Weights.IMAGENET1K_V1"
+            ) from None
         state = enum.get_state_dict(progress=False)
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    state = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch: weights of another architecture
-        raise ValueError(f"model.weights {weights!r} does not fit this backbone: "
-                         f"{str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}") from None
+        raise ValueError(
+            f"model.weights {weights!r} does not fit this backbone: "
+            f"{str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}"
+        ) from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"model.weights {weights!r} does not fit this backbone: "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        raise ValueError(
+            f"model.weights {weights!r} does not fit this backbone: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
 
 
 class Backbone(nn.Module):
     """A ResNet split into IRN's five stages; returns every stage's features."""
 
-    def __init__(self, arch: str = "resnet50", weights: str = "",
-                 batch_norm: Literal["auto", "frozen", "train"] = "auto",
-                 frozen_stages: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        weights: str = "",
+        batch_norm: Literal["auto", "frozen", "train"] = "auto",
+        frozen_stages: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"model.backbone must be one of {ARCHITECTURES}, got {arch!r}")
@@ -122,7 +134,7 @@ class Backbone(nn.Module):
                 p.requires_grad_(name not in self.frozen_stages)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         for name in self.frozen_stages:
             getattr(self, name).eval()
@@ -146,17 +158,27 @@ def _set_layer4_stride_one(resnet: nn.Module) -> None:
         block.downsample[0].stride = (1, 1)
 
 
-def _stage_channels(resnet: nn.Module) -> tuple[int, ...]:
-    def out_channels(layer: nn.Sequential) -> int:
+def _stage_channels(resnet: Any) -> tuple[int, ...]:
+    def out_channels(layer: Any) -> int:
         last = layer[-1]
-        return (last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels
+        return int((last.conv3 if hasattr(last, "conv3") else last.conv2).out_channels)
 
-    return (resnet.conv1.out_channels, out_channels(resnet.layer1), out_channels(resnet.layer2),
-            out_channels(resnet.layer3), out_channels(resnet.layer4))
+    return (
+        int(resnet.conv1.out_channels),
+        out_channels(resnet.layer1),
+        out_channels(resnet.layer2),
+        out_channels(resnet.layer3),
+        out_channels(resnet.layer4),
+    )
 
 
-def build_backbone(arch: str, weights: str = "", batch_norm: str = "auto",
-                   frozen_stages: Sequence[str] = (), init_state: Optional[dict] = None) -> Backbone:
+def build_backbone(
+    arch: str,
+    weights: str = "",
+    batch_norm: str = "auto",
+    frozen_stages: Sequence[str] = (),
+    init_state: Optional[dict] = None,
+) -> Backbone:
     """Build a backbone, optionally starting from another model's backbone state dict."""
     backbone = Backbone(arch, weights, batch_norm, frozen_stages)  # type: ignore[arg-type]
     if init_state is not None:

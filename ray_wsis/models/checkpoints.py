@@ -33,33 +33,43 @@ class CheckpointError(ValueError):
     """A model file that cannot serve here (wrong kind, wrong backbone, corrupt)."""
 
 
-def checkpoint_bytes(model: nn.Module, kind: str, arch: str, num_classes: int,
-                     meta: Optional[dict[str, Any]] = None) -> bytes:
+def checkpoint_bytes(
+    model: nn.Module, kind: str, arch: str, num_classes: int, meta: Optional[dict[str, Any]] = None
+) -> bytes:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    payload = {"format": FORMAT, "kind": kind, "arch": arch, "num_classes": int(num_classes),
-               "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload = {
+        "format": FORMAT,
+        "kind": kind,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
 
 
-def read_checkpoint(data: bytes, expect_kind: str, expect_arch: Optional[str] = None,
-                    source: str = "checkpoint") -> dict[str, Any]:
+def read_checkpoint(
+    data: bytes, expect_kind: str, expect_arch: Optional[str] = None, source: str = "checkpoint"
+) -> dict[str, Any]:
     """Parse and check a model file; raises CheckpointError naming what does not fit."""
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
         raise CheckpointError(f"{source} is not a loadable weights-only checkpoint: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{source} is not a ray_wsis model file (to use weights of jiwoon-ahn/irn, "
-                              f"convert them with ray_wsis.models.checkpoints.import_reference_*)")
+        raise CheckpointError(
+            f"{source} is not a ray_wsis model file (to use weights of jiwoon-ahn/irn, "
+            f"convert them with ray_wsis.models.checkpoints.import_reference_*)"
+        )
     if payload.get("kind") != expect_kind:
         raise CheckpointError(f"{source} holds a {payload.get('kind')} model, expected {expect_kind}")
     if expect_arch and payload.get("arch") != expect_arch:
-        raise CheckpointError(f"{source} was trained with backbone {payload.get('arch')}, but model.backbone "
-                              f"is {expect_arch}")
+        raise CheckpointError(
+            f"{source} was trained with backbone {payload.get('arch')}, but model.backbone is {expect_arch}"
+        )
     return payload
 
 
@@ -81,11 +91,11 @@ def _reference_resnet(state: dict[str, torch.Tensor], aliases: dict[str, str]) -
     for key, value in state.items():
         name = None
         if key.startswith("resnet50."):
-            name = key[len("resnet50."):]
+            name = key[len("resnet50.") :]
         else:
             for prefix, target in aliases.items():
                 if key.startswith(prefix):
-                    name = target + key[len(prefix):]
+                    name = target + key[len(prefix) :]
                     break
         if name is None:
             continue
@@ -100,8 +110,14 @@ def _reference_resnet(state: dict[str, torch.Tensor], aliases: dict[str, str]) -
 
 def import_reference_cam(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """irn res50_cam.pth -> a CAMNet(resnet50, 20) state dict."""
-    aliases = {"stage1.0.": "conv1.", "stage1.1.": "bn1.", "stage1.4.": "layer1.", "stage2.0.": "layer2.",
-               "stage3.0.": "layer3.", "stage4.0.": "layer4."}
+    aliases = {
+        "stage1.0.": "conv1.",
+        "stage1.1.": "bn1.",
+        "stage1.4.": "layer1.",
+        "stage2.0.": "layer2.",
+        "stage3.0.": "layer3.",
+        "stage4.0.": "layer4.",
+    }
     out = _reference_resnet(state, aliases)
     weight = state.get("classifier.weight", state.get("newly_added.0.weight"))
     if weight is None:
@@ -112,8 +128,14 @@ def import_reference_cam(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def import_reference_irn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """irn res50_irn.pth -> an IRNet(resnet50) state dict (path-index buffers dropped)."""
-    aliases = {"stage1.0.": "conv1.", "stage1.1.": "bn1.", "stage2.0.": "layer1.", "stage3.0.": "layer2.",
-               "stage4.0.": "layer3.", "stage5.0.": "layer4."}
+    aliases = {
+        "stage1.0.": "conv1.",
+        "stage1.1.": "bn1.",
+        "stage2.0.": "layer1.",
+        "stage3.0.": "layer2.",
+        "stage4.0.": "layer3.",
+        "stage5.0.": "layer4.",
+    }
     out = _reference_resnet(state, aliases)
     mean_keys = ("mean_shift.running_mean", "fc_dp7.4.running_mean", "dp_layers.6.4.running_mean")
     for key in mean_keys:  # one mean-shift buffer, whichever alias the file carries
@@ -134,8 +156,16 @@ def import_reference_irn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 # Building models from files
 
 
-def build_model(kind: str, arch: str, num_classes: int, *, weights: str = "", batch_norm: str = "auto",
-                frozen_stages: tuple[str, ...] = (), train_backbone: bool = False) -> nn.Module:
+def build_model(
+    kind: str,
+    arch: str,
+    num_classes: int,
+    *,
+    weights: str = "",
+    batch_norm: str = "auto",
+    frozen_stages: tuple[str, ...] = (),
+    train_backbone: bool = False,
+) -> nn.Module:
     backbone = Backbone(arch, weights, batch_norm, frozen_stages)  # type: ignore[arg-type]
     if kind == "cam":
         return CAMNet(backbone, num_classes)
@@ -146,8 +176,9 @@ def build_model(kind: str, arch: str, num_classes: int, *, weights: str = "", ba
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
-def model_from_checkpoint(data: bytes, kind: str, arch: Optional[str] = None,
-                          source: str = "checkpoint") -> tuple[nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    data: bytes, kind: str, arch: Optional[str] = None, source: str = "checkpoint"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model in eval mode from one of our files (no weights are downloaded).
 
     In eval mode trained and fixed BatchNorm both use running statistics, so the plain

@@ -57,14 +57,18 @@ class IRNet(nn.Module):
         self.dp4 = _unit(c4, 256, 16, upsample=2)
         self.dp5 = _unit(c5, 256, 16, upsample=2)
         self.dp6 = _unit(768, 256, 16, upsample=2)
-        self.dp7 = nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256), nn.ReLU(inplace=True),
-                                 nn.Conv2d(256, 2, 1, bias=False))
+        self.dp7 = nn.Sequential(
+            nn.Conv2d(448, 256, 1, bias=False),
+            nn.GroupNorm(16, 256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 2, 1, bias=False),
+        )
         self.mean_shift = MeanShift()
         if not train_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "IRNet":
+    def train(self, mode: bool = True) -> IRNet:
         super().train(mode)
         if not self.train_backbone:
             self.backbone.eval()  # irn: frozen backbone, statistics included
@@ -77,8 +81,13 @@ class IRNet(nn.Module):
             with torch.no_grad():
                 x1, x2, x3, x4, x5 = self.backbone(x)
         h, w = x2.shape[-2:]
-        edges = [self.edge1(x1), self.edge2(x2), self.edge3(x3)[..., :h, :w],
-                 self.edge4(x4)[..., :h, :w], self.edge5(x5)[..., :h, :w]]
+        edges = [
+            self.edge1(x1),
+            self.edge2(x2),
+            self.edge3(x3)[..., :h, :w],
+            self.edge4(x4)[..., :h, :w],
+            self.edge5(x5)[..., :h, :w],
+        ]
         edge = self.edge6(torch.cat(edges, dim=1))
         d3 = self.dp3(x3)
         h3, w3 = d3.shape[-2:]

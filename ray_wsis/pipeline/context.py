@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import ray
 
@@ -62,7 +63,7 @@ class StageContext:
             scan = getattr(self.source, "scan", None)
             records, invalid = scan(name) if scan else (self.source.records(name), [])
             if self.config.dataset.limit:
-                records = records[:self.config.dataset.limit]
+                records = records[: self.config.dataset.limit]
             labelled = [r for r in records if r.class_ids]
             skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
             self._splits[name] = SplitRecords(labelled, skipped, list(invalid))
@@ -71,12 +72,18 @@ class StageContext:
     def splits(self, *names: str) -> SplitRecords:
         """The union of splits (by image_id, first occurrence wins)."""
         seen: set[str] = set()
+
+        def first(image_id: str) -> bool:
+            new = image_id not in seen
+            seen.add(image_id)
+            return new
+
         out = SplitRecords([])
         for name in dict.fromkeys(names):
             part = self.split(name)
-            out.records += [r for r in part.records if not (r.image_id in seen or seen.add(r.image_id))]
-            out.skipped += [e for e in part.skipped if not (e[0] in seen or seen.add(e[0]))]
-            out.failed += [e for e in part.failed if not (e[0] in seen or seen.add(e[0]))]
+            out.records += [r for r in part.records if first(r.image_id)]
+            out.skipped += [e for e in part.skipped if first(e[0])]
+            out.failed += [e for e in part.failed if first(e[0])]
         return out
 
     def marker(self, stage: str) -> Optional[dict[str, Any]]:
@@ -92,8 +99,9 @@ class StageContext:
             raise CheckpointError(f"{location.uri} is missing: run {made_by} first")
         payload = read_checkpoint(read_bytes(location), kind, self.config.model.backbone, location.uri)
         if payload["num_classes"] != self.num_classes:
-            raise CheckpointError(f"{location.uri} has {payload['num_classes']} classes, the dataset "
-                                  f"{self.num_classes}")
+            raise CheckpointError(
+                f"{location.uri} has {payload['num_classes']} classes, the dataset {self.num_classes}"
+            )
 
     def model_id(self, kind: str) -> str:
         """sha256 prefix of a model file, recorded in the Parquet metadata of what it made."""
@@ -101,8 +109,11 @@ class StageContext:
         return hashlib.sha256(read_bytes(location)).hexdigest()[:16] if exists(location) else ""
 
     def parquet_metadata(self, *models: str) -> dict[str, str]:
-        meta = {"ray_wsis.version": __version__, "ray_wsis.config_hash": self.config.hash(),
-                "ray_wsis.method": self.config.method}
+        meta = {
+            "ray_wsis.version": __version__,
+            "ray_wsis.config_hash": self.config.hash(),
+            "ray_wsis.method": self.config.method,
+        }
         for kind in models:
             meta[f"ray_wsis.checkpoint.{kind}"] = self.model_id(kind)
         return meta
@@ -112,8 +123,11 @@ def preflight(ctx: StageContext, stages: list[str]) -> None:
     """Check, before Ray starts, every model file a stage will read but no earlier stage makes."""
     method_model = ctx.config.method
     uses_classifier = ctx.config.method == "affinitynet" or ctx.config.irn.backbone_init == "classifier"
-    consumes = {"make-cams": ["cam"], "train-irn": ["cam"] if uses_classifier else [],
-                "make-pseudo-labels": [method_model]}
+    consumes: dict[str, list[str]] = {
+        "make-cams": ["cam"],
+        "train-irn": ["cam"] if uses_classifier else [],
+        "make-pseudo-labels": [method_model],
+    }
     makers = {"cam": "train-cam", method_model: "train-irn"}
     produced: set[str] = set()
     for stage in stages:
@@ -143,8 +157,13 @@ def init_ray(config: Config, verbose: bool = False) -> None:
         check_cpu_room(config, cpus)
         # No dashboard on a local run (4 s less start-up on 2 cores); the hook quiets the one
         # warning that Ray Train then repeats every second (its state API lives in the dashboard).
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
-                 runtime_env={"worker_process_setup_hook": "ray_wsis.pipeline.context.quiet_local_workers"})
+        ray.init(
+            address="local",
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=verbose,
+            runtime_env={"worker_process_setup_hook": "ray_wsis.pipeline.context.quiet_local_workers"},
+        )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars
     context.enable_operator_progress_bars = config.ray.progress_bars
@@ -169,12 +188,16 @@ def check_cpu_room(config: Config, cpus: float) -> None:
     Then Ray Data cannot schedule the decode tasks that feed them and the stage hangs without an
     error (found by bench/scaling.py for actors and by the job-submit test for a trainer)."""
     r = config.ray
-    for keys, held in ((("ray.inference_actors", "ray.cpus_per_actor"), r.inference_actors * r.cpus_per_actor),
-                       (("ray.num_workers", "ray.cpus_per_worker"), r.num_workers * r.cpus_per_worker)):
+    for keys, held in (
+        (("ray.inference_actors", "ray.cpus_per_actor"), r.inference_actors * r.cpus_per_actor),
+        (("ray.num_workers", "ray.cpus_per_worker"), r.num_workers * r.cpus_per_worker),
+    ):
         if held >= cpus:
-            raise ConfigError(f"{keys[0]} x {keys[1]} = {held:g} would hold all {cpus:g} CPUs of the local Ray "
-                              f"and leave none for decoding (the stage would hang): raise ray.num_cpus "
-                              f"(logical CPUs may exceed cores) or lower them")
+            raise ConfigError(
+                f"{keys[0]} x {keys[1]} = {held:g} would hold all {cpus:g} CPUs of the local Ray "
+                f"and leave none for decoding (the stage would hang): raise ray.num_cpus "
+                f"(logical CPUs may exceed cores) or lower them"
+            )
 
 
 def check_output(config: Config) -> None:

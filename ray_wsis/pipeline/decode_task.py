@@ -38,8 +38,13 @@ def decode_images(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
             image = load_image(ImageRecord(row["image_id"], row["uri"], ()), cfg.storage)
             height, width = image.shape[:2]
             image = resize_long_side(image, cfg.dataset.max_long_side)
-            row.update(pixels=image.tobytes(), pixel_height=image.shape[0], pixel_width=image.shape[1],
-                       height=height, width=width)
+            row.update(
+                pixels=image.tobytes(),
+                pixel_height=image.shape[0],
+                pixel_width=image.shape[1],
+                height=height,
+                width=width,
+            )
         except ImageDecodeError as exc:
             row.update(pixels=b"", pixel_height=0, pixel_width=0, error=error_text("failed", exc.reason))
         except StorageError as exc:

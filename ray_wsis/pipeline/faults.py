@@ -4,6 +4,9 @@ Set in the environment before Ray starts (workers inherit it):
   RAY_WSIS_FAULT_FLAG=<path>              the once-only guard (required to arm any hook)
   RAY_WSIS_FAULT_TRAIN_EPOCH=<n>          a Ray Train worker raises when epoch n starts
   RAY_WSIS_FAULT_ACTOR=<cam|pseudo_labels> an inference actor's process exits mid-stage
+  RAY_WSIS_FAULT_SLOW_ACTOR=<stage>:<seconds> an inference actor sleeps before each batch (no flag
+                                          needed), so a test can kill a node mid-stage
+  RAY_WSIS_FAULT_SLOW_EPOCH=<seconds>     a Ray Train worker sleeps at the start of every epoch (no flag)
   RAY_WSIS_FAULT_SLOW_RECUT=<seconds>     calibrate's re-cut tasks sleep after each shard (no flag
                                           needed), so a test can kill the driver half-way
 Unset (the default), the hooks do nothing.
@@ -17,6 +20,8 @@ FLAG = "RAY_WSIS_FAULT_FLAG"
 TRAIN_EPOCH = "RAY_WSIS_FAULT_TRAIN_EPOCH"
 ACTOR = "RAY_WSIS_FAULT_ACTOR"
 SLOW_RECUT = "RAY_WSIS_FAULT_SLOW_RECUT"
+SLOW_ACTOR = "RAY_WSIS_FAULT_SLOW_ACTOR"
+SLOW_EPOCH = "RAY_WSIS_FAULT_SLOW_EPOCH"
 
 
 def _arm_once() -> bool:
@@ -32,6 +37,10 @@ def _arm_once() -> bool:
 
 
 def maybe_fail_epoch(epoch: int) -> None:
+    if os.environ.get(SLOW_EPOCH):
+        import time
+
+        time.sleep(float(os.environ[SLOW_EPOCH]))
     target = os.environ.get(TRAIN_EPOCH)
     if target is not None and int(target) == epoch and _arm_once():
         raise RuntimeError(f"injected training failure at epoch {epoch}")
@@ -40,6 +49,11 @@ def maybe_fail_epoch(epoch: int) -> None:
 def maybe_kill_actor(stage: str) -> None:
     if os.environ.get(ACTOR) == stage and _arm_once():
         os._exit(1)  # a hard crash: no exception handling, the process is gone
+    target, _, seconds = os.environ.get(SLOW_ACTOR, "").partition(":")
+    if target == stage and seconds:
+        import time
+
+        time.sleep(float(seconds))
 
 
 def maybe_slow_recut() -> None:

@@ -13,23 +13,23 @@ STAGES = ("train-cam", "make-cams", "make-ir-labels", "train-irn", "make-pseudo-
 @dataclass(frozen=True)
 class Layout:
     """<output>/
-         checkpoints/<run>-cam, <run>-irn   Ray Train runs (resume by re-running)
-         models/cam.pt, models/irnet.pt     final weights (weights-only torch files)
-         cams/part-*.parquet                stride-4 float16 CAMs of present classes
-         ir_labels/part-*.parquet           relation labels (PNG)
-         affinity_labels/part-*.parquet     psa's relation labels for AffinityNet (PNG)
-         pseudo_labels/part-*.parquet       the product: semantic PNG + instance RLEs
-         scores/part-*.parquet              the walked maps the labels are cut from
-         errors/<stage>/part-*.parquet      image_id, stage, kind, reason
-         stages/<stage>.json                completion marker with the stage summary
-         calibration.json                   the chosen background thresholds (calibrate)
-         metrics.json                       evaluation
+    checkpoints/<run>-cam, <run>-irn   Ray Train runs (resume by re-running)
+    models/cam.pt, models/irnet.pt     final weights (weights-only torch files)
+    cams/part-*.parquet                stride-4 float16 CAMs of present classes
+    ir_labels/part-*.parquet           relation labels (PNG)
+    affinity_labels/part-*.parquet     psa's relation labels for AffinityNet (PNG)
+    pseudo_labels/part-*.parquet       the product: semantic PNG + instance RLEs
+    scores/part-*.parquet              the walked maps the labels are cut from
+    errors/<stage>/part-*.parquet      image_id, stage, kind, reason
+    stages/<stage>.json                completion marker with the stage summary
+    calibration.json                   the chosen background thresholds (calibrate)
+    metrics.json                       evaluation
     """
 
     root: Location
 
     @classmethod
-    def of(cls, config: Config) -> "Layout":
+    def of(cls, config: Config) -> Layout:
         return cls(resolve(config.output, config.storage))
 
     @property

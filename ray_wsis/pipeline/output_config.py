@@ -7,12 +7,13 @@ config (they come from the environment), so the file holds no secret.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import yaml
 
 from ray_wsis.config import Config, ConfigError, StorageConfig, config_field, config_from_dict, leaf_fields, load_config
-from ray_wsis.storage import exists, read_bytes, resolve, write_bytes_atomic
+from ray_wsis.storage import StorageError, exists, read_bytes, resolve, write_bytes_atomic
 
 CONFIG_FILE = "config.yaml"
 
@@ -26,10 +27,14 @@ def save_output_config(config: Config) -> None:
 def recorded_config(output: str, storage: Optional[StorageConfig] = None) -> Optional[Config]:
     """The config saved in ``output``, or None when it has none."""
     location = resolve(output, storage).child(CONFIG_FILE)
-    if not exists(location):
-        return None
     try:
-        tree = yaml.safe_load(read_bytes(location)) or {}
+        if not exists(location):
+            return None
+        text = read_bytes(location)
+    except OSError as exc:
+        raise StorageError(f"cannot read {location.uri}: {str(exc).splitlines()[0]}") from None
+    try:
+        tree = yaml.safe_load(text) or {}
         return config_from_dict(tree)
     except (yaml.YAMLError, ConfigError) as exc:
         raise ConfigError(f"{location.uri} is not a ray_wsis config: {exc}") from None
@@ -38,8 +43,11 @@ def recorded_config(output: str, storage: Optional[StorageConfig] = None) -> Opt
 def differences(old: Config, new: Config, fields: Optional[Sequence[str]] = None) -> list[str]:
     """``name: old -> new`` for each leaf field that differs (all fields, or those given)."""
     names = fields if fields is not None else leaf_fields(old)
-    return [f"{name}: {config_field(old, name)!r} -> {config_field(new, name)!r}" for name in names
-            if config_field(old, name) != config_field(new, name)]
+    return [
+        f"{name}: {config_field(old, name)!r} -> {config_field(new, name)!r}"
+        for name in names
+        if config_field(old, name) != config_field(new, name)
+    ]
 
 
 def load_output_config(output: str, path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:

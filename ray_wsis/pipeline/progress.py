@@ -11,7 +11,8 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import ray
 
@@ -40,8 +41,9 @@ def poster(board: Optional[Any], epoch: int, epochs: int) -> Callable[[int, int,
         return lambda *_args: None
 
     def post(step: int, steps: int, loss: float, samples: int, seconds: float) -> None:
-        board.step.remote(epoch=epoch, epochs=epochs, step=step, steps=steps, loss=loss,
-                          images_per_s=samples / max(seconds, 1e-6))
+        board.step.remote(
+            epoch=epoch, epochs=epochs, step=step, steps=steps, loss=loss, images_per_s=samples / max(seconds, 1e-6)
+        )
 
     return post
 
@@ -52,7 +54,7 @@ def training_progress(name: str, enabled: bool, log: Callable[[str], None]) -> I
     if not enabled:
         yield None
         return
-    board = ProgressBoard.remote()
+    board = ProgressBoard.remote()  # type: ignore[attr-defined]
     stop = threading.Event()
 
     def draw() -> None:
@@ -68,8 +70,10 @@ def training_progress(name: str, enabled: bool, log: Callable[[str], None]) -> I
             for summary in epochs[printed:]:
                 if bar is not None:
                     bar.clear()
-                log(f"[{name}] epoch {summary['epoch']}/{summary['epochs']}: loss {summary['loss']:.4f}, "
-                    f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s")
+                log(
+                    f"[{name}] epoch {summary['epoch']}/{summary['epochs']}: loss {summary['loss']:.4f}, "
+                    f"{summary['seconds']:.1f} s, {summary['images_per_s']:.1f} images/s"
+                )
                 printed += 1
             if state and state != last:
                 last = state
@@ -77,8 +81,11 @@ def training_progress(name: str, enabled: bool, log: Callable[[str], None]) -> I
                 if bar is None:
                     bar = tqdm(total=total, desc=name, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
                 bar.n = (state["epoch"] - 1) * state["steps"] + state["step"]
-                bar.set_postfix_str(f"epoch {state['epoch']}/{state['epochs']}, loss {state['loss']:.4f}, "
-                                    f"{state['images_per_s']:.1f} img/s", refresh=False)
+                bar.set_postfix_str(
+                    f"epoch {state['epoch']}/{state['epochs']}, loss {state['loss']:.4f}, "
+                    f"{state['images_per_s']:.1f} img/s",
+                    refresh=False,
+                )
                 bar.refresh()
             stop.wait(0.5)
         if bar is not None:

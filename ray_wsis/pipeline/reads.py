@@ -26,7 +26,7 @@ def keep_ids(batch: pa.Table, ids: list[str]) -> pa.Table:
     return batch.filter(pc.is_in(batch.column("image_id"), value_set=pa.array(ids, pa.string())))
 
 
-def read_stage(location: Location, ids: list[str], rows_per_block: int) -> Optional["ray.data.Dataset"]:
+def read_stage(location: Location, ids: list[str], rows_per_block: int) -> Optional[ray.data.Dataset]:
     """The previous stage's rows for `ids`, in blocks of `rows_per_block` rows.
 
     A shard file is one block when read; without the split, a 1000-row shard fed a single actor

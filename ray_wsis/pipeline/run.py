@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.output_config import save_output_config
@@ -39,8 +40,12 @@ def may_run(ctx: StageContext, stages: Sequence[Stage], options: RunOptions) -> 
     return [s.name for s in stages if s.name in running]
 
 
-def run_pipeline(ctx: StageContext, names: Optional[Sequence[str]] = None, options: RunOptions = RunOptions(),
-                 announce: Optional[Announce] = None) -> dict[str, Any]:
+def run_pipeline(
+    ctx: StageContext,
+    names: Optional[Sequence[str]] = None,
+    options: RunOptions = RunOptions(),
+    announce: Optional[Announce] = None,
+) -> dict[str, Any]:
     """Run the named stages (default: the whole pipeline of the config's method) in order."""
     save_output_config(ctx.config)
     stages = selected(ctx, names)
@@ -57,14 +62,19 @@ def summary_table(results: dict[str, Any], output: str, metrics: Optional[dict[s
     """One screen: what each stage did, image counts, metrics, and where the labels are."""
     from ray_wsis.stages.evaluate import metrics_table
 
-    lines = ["", f"{'stage':<22}{'action':<8}{'input':>7}{'processed':>10}{'kept':>6}{'skipped':>8}{'failed':>7}",
-             "-" * 68]
+    lines = [
+        "",
+        f"{'stage':<22}{'action':<8}{'input':>7}{'processed':>10}{'kept':>6}{'skipped':>8}{'failed':>7}",
+        "-" * 68,
+    ]
     for name, s in results.items():
         if not isinstance(s, dict):
             continue
         if "processed" in s:
-            lines.append(f"{name:<22}{s.get('action', ''):<8}{s['input']:>7}{s['processed']:>10}{s['kept']:>6}"
-                         f"{s['skipped']:>8}{s['failed']:>7}")
+            lines.append(
+                f"{name:<22}{s.get('action', ''):<8}{s['input']:>7}{s['processed']:>10}{s['kept']:>6}"
+                f"{s['skipped']:>8}{s['failed']:>7}"
+            )
         else:
             lines.append(f"{name:<22}{s.get('action', ''):<8}")
     if metrics:

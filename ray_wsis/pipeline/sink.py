@@ -18,7 +18,8 @@ import hashlib
 import io
 import posixpath
 import time
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,12 +55,13 @@ def commit(location: Location, table: pa.Table, retries: int) -> str:
         except OSError as exc:
             if attempt == retries:
                 raise StorageError(f"cannot write {path_location.uri} after {retries + 1} attempts: {exc}") from None
-            time.sleep(min(0.5 * 2 ** attempt, 8.0))
+            time.sleep(min(0.5 * 2**attempt, 8.0))
     raise AssertionError("unreachable")
 
 
-def split_rows(table: pa.Table, stage: str, schema: pa.Schema,
-               metadata: Optional[dict[str, str]] = None) -> tuple[pa.Table, pa.Table]:
+def split_rows(
+    table: pa.Table, stage: str, schema: pa.Schema, metadata: Optional[dict[str, str]] = None
+) -> tuple[pa.Table, pa.Table]:
     """(good rows in the stage schema sorted by id, error rows in the errors schema)."""
     errors = table.column(ERROR_COLUMN).fill_null("")
     failed = pc.not_equal(errors, "")
@@ -67,10 +69,15 @@ def split_rows(table: pa.Table, stage: str, schema: pa.Schema,
     good = good.sort_by("image_id").replace_schema_metadata(metadata or {})
     bad = table.filter(failed)
     kinds_reasons = [split_error(text) for text in bad.column(ERROR_COLUMN).to_pylist()]
-    error_table = pa.table({"image_id": bad.column("image_id").cast(pa.string()),
-                            "stage": pa.array([stage] * len(bad), pa.string()),
-                            "kind": pa.array([k for k, _ in kinds_reasons], pa.string()),
-                            "reason": pa.array([r for _, r in kinds_reasons], pa.string())}, schema=ERRORS)
+    error_table = pa.table(
+        {
+            "image_id": bad.column("image_id").cast(pa.string()),
+            "stage": pa.array([stage] * len(bad), pa.string()),
+            "kind": pa.array([k for k, _ in kinds_reasons], pa.string()),
+            "reason": pa.array([r for _, r in kinds_reasons], pa.string()),
+        },
+        schema=ERRORS,
+    )
     return good, error_table.sort_by("image_id")
 
 
@@ -86,8 +93,15 @@ class ShardSink(Datasink):
     commit-table twin is an interrupted write (:func:`drop_orphans` removes it on resume).
     """
 
-    def __init__(self, outputs: list[Output], errors: Location, stage: str, rows_per_file: int,
-                 metadata: Optional[dict[str, str]] = None, retries: int = 5) -> None:
+    def __init__(
+        self,
+        outputs: list[Output],
+        errors: Location,
+        stage: str,
+        rows_per_file: int,
+        metadata: Optional[dict[str, str]] = None,
+        retries: int = 5,
+    ) -> None:
         self.outputs, self.errors, self.stage = outputs, errors, stage
         self.rows_per_file, self.metadata, self.retries = rows_per_file, metadata or {}, retries
 
@@ -159,8 +173,9 @@ def read_table(location: Location, columns: Optional[list[str]] = None) -> Optio
     paths = shard_paths(location)
     if not paths:
         return None
-    return pa.concat_tables([pq.read_table(p, columns=columns, filesystem=location.fs) for p in paths],
-                            promote_options="permissive")
+    return pa.concat_tables(
+        [pq.read_table(p, columns=columns, filesystem=location.fs) for p in paths], promote_options="permissive"
+    )
 
 
 def base_name(path: str) -> str:

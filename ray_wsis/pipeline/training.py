@@ -12,28 +12,32 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from typing import Any, Optional
 
 import ray
 import ray.train
 import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from ray_wsis.config import Config, config_from_dict
 from ray_wsis.models.checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
 from ray_wsis.pipeline.progress import poster
-from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
-from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import Location, exists, is_remote, read_bytes, write_bytes_atomic
+
 # The batch UDFs live in a module without torch or ray.train: every Ray Data worker that runs them
 # imports it (0.2 s instead of 5.3 s for this module; the first epoch waited 17-20 s on such imports).
-from ray_wsis.train.batches import classifier_batch, records_to_rows, relation_batch, top_left_batch
-from ray_wsis.train.loops import (build_classifier, build_relation_net, displacement_mean, max_steps, run_epoch,
-                                  step_function, training_state, unwrap)
+from ray_wsis.train.loops import (
+    build_classifier,
+    build_relation_net,
+    displacement_mean,
+    max_steps,
+    run_epoch,
+    step_function,
+    training_state,
+    unwrap,
+)
 
 STATE_FILE = "state.pt"
 
@@ -61,8 +65,9 @@ def restore_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> t
     return int(state["epoch"]) + 1, int(state["global_step"])
 
 
-def report_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
-                 metrics: dict[str, float]) -> None:
+def report_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int, metrics: dict[str, float]
+) -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
@@ -93,21 +98,29 @@ def _train_loop(kind: str, loop: dict[str, Any]) -> None:
     steps_per_epoch = total // max(1, epochs)
     for epoch in range(start_epoch, epochs):
         maybe_fail_epoch(epoch)
-        batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                           local_shuffle_buffer_size=max(2 * batch_size, 64))
-        step, metrics = run_epoch(model, optimizer, step_fn, batches, step, total, device,
-                                  poster(board, epoch + 1, epochs), steps_per_epoch)
+        batches = shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, local_shuffle_buffer_size=max(2 * batch_size, 64)
+        )
+        step, metrics = run_epoch(
+            model, optimizer, step_fn, batches, step, total, device, poster(board, epoch + 1, epochs), steps_per_epoch
+        )
         if board is not None:
-            board.epoch.remote(epoch=epoch + 1, epochs=epochs, loss=metrics.get("loss", float("nan")),
-                               seconds=metrics["seconds"], data_wait_seconds=metrics["data_wait_seconds"],
-                               images_per_s=metrics["samples"] / max(metrics["seconds"], 1e-6))
+            board.epoch.remote(
+                epoch=epoch + 1,
+                epochs=epochs,
+                loss=metrics.get("loss", float("nan")),
+                seconds=metrics["seconds"],
+                data_wait_seconds=metrics["data_wait_seconds"],
+                images_per_s=metrics["samples"] / max(metrics["seconds"], 1e-6),
+            )
         if kind == "irnet" and epoch == epochs - 1:
             _set_displacement_mean(model, ray.train.get_dataset_shard("mean"), batch_size, device, world)
         report_epoch(model, optimizer, epoch, step, {**metrics, "start_epoch": start_epoch})
 
 
-def _set_displacement_mean(model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device,
-                           world: int) -> None:
+def _set_displacement_mean(
+    model: torch.nn.Module, shard: Any, batch_size: int, device: torch.device, world: int
+) -> None:
     sums = displacement_mean(model, shard.iter_torch_batches(batch_size=batch_size), device)
     if world > 1:
         torch.distributed.all_reduce(sums)
@@ -125,15 +138,22 @@ def relation_train_loop(loop: dict[str, Any]) -> None:
 def run_config(ctx: StageContext, suffix: str) -> RunConfig:
     location = ctx.layout.checkpoints
     remote = is_remote(location.uri)
-    return RunConfig(name=f"{ctx.config.run_name}-{suffix}", storage_path=location.path,
-                     storage_filesystem=location.fs if remote else None,
-                     failure_config=FailureConfig(max_failures=ctx.config.ray.max_failures),
-                     checkpoint_config=CheckpointConfig(num_to_keep=2))
+    return RunConfig(
+        name=f"{ctx.config.run_name}-{suffix}",
+        storage_path=location.path,
+        storage_filesystem=location.fs if remote else None,
+        failure_config=FailureConfig(max_failures=ctx.config.ray.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
 
 
 def scaling_config(config: Config) -> ScalingConfig:
     r = config.ray
-    resources = {"CPU": r.cpus_per_worker} | ({"GPU": 1} if r.use_gpu else {})
+    resources = (
+        {"CPU": r.cpus_per_worker}
+        | ({"GPU": 1} if r.use_gpu else {})
+        | ({r.accelerator_resource: 1} if r.accelerator_resource else {})
+    )
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
 
 
@@ -147,8 +167,13 @@ def export_model(ctx: StageContext, result: Any, kind: str, num_classes: int) ->
 
     model = build_model(kind, ctx.config.model.backbone, num_classes)
     model.load_state_dict(model_state)
-    data = checkpoint_bytes(model, kind, ctx.config.model.backbone, num_classes,
-                            {"epochs": int(state["epoch"]) + 1, "config_hash": ctx.config.hash()})
+    data = checkpoint_bytes(
+        model,
+        kind,
+        ctx.config.model.backbone,
+        num_classes,
+        {"epochs": int(state["epoch"]) + 1, "config_hash": ctx.config.hash()},
+    )
     write_bytes_atomic(ctx.layout.model(kind), data)
     return ctx.layout.model(kind).uri
 
@@ -164,6 +189,9 @@ def latest_checkpoint_epoch(ctx: StageContext, suffix: str) -> Optional[int]:
         return None
     from pyarrow.fs import FileSelector, FileType
 
-    names = [i.base_name for i in location.fs.get_file_info(FileSelector(location.path))
-             if i.type == FileType.Directory and i.base_name.startswith("epoch_")]
+    names = [
+        i.base_name
+        for i in location.fs.get_file_info(FileSelector(location.path))
+        if i.type == FileType.Directory and i.base_name.startswith("epoch_")
+    ]
     return max((int(n.split("_")[1]) for n in names), default=None)

@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 from ray_wsis import __version__
 from ray_wsis.config import Config, config_field, leaf_fields
@@ -48,7 +49,7 @@ class Stage:
     reads: tuple[str, ...]
     """Config fields whose values shape its output; a section name ("walk") claims all of it."""
     consumes: tuple[str, ...]
-    body: Callable[["StageRun"], dict[str, Any]]
+    body: Callable[[StageRun], dict[str, Any]]
     outputs: Callable[[Layout, Config], tuple[Location, ...]]
     """What a redo deletes (its marker goes too)."""
     inputs: Callable[[StageContext], Sequence[str]]
@@ -177,15 +178,23 @@ def plan_stage(ctx: StageContext, stage: Stage, options: RunOptions) -> Plan:
         if options.retry_failed and failed:
             plan.action, plan.why = "retry", f"--retry-failed: {failed} failed images"
         elif grown:
-            plan.action, plan.why = "new", f"the input set changed ({marker.get('inputs_count', 0)} -> {len(ids)} images)"
+            plan.action, plan.why = (
+                "new",
+                f"the input set changed ({marker.get('inputs_count', 0)} -> {len(ids)} images)",
+            )
         else:
             plan.action, plan.why = "skip", "nothing changed"
     elif stage.kind == "train" and grown:
         if options.retrain:
             plan.action, plan.why = "redo", f"--retrain on {len(ids)} images (was {marker.get('inputs_count', 0)})"
         else:
-            plan.action, plan.why = "kept", (f"model kept: {len(ids)} training images now, "
-                                             f"{marker.get('inputs_count', 0)} when trained (--retrain to train on them)")
+            plan.action, plan.why = (
+                "kept",
+                (
+                    f"model kept: {len(ids)} training images now, "
+                    f"{marker.get('inputs_count', 0)} when trained (--retrain to train on them)"
+                ),
+            )
     else:
         plan.action, plan.why = "skip", "nothing changed"
     return plan
@@ -202,22 +211,38 @@ def redo(ctx: StageContext, stage: Stage) -> None:
             delete_tree(location)
 
 
-def mark_done(ctx: StageContext, stage: Stage, plan: Plan, summary: dict[str, Any], seconds: float,
-              content: str = "") -> dict[str, Any]:
+def mark_done(
+    ctx: StageContext, stage: Stage, plan: Plan, summary: dict[str, Any], seconds: float, content: str = ""
+) -> dict[str, Any]:
     """Write the stage's marker; ``content`` is what whole-result consumers see change."""
     model_id = summary.get("model_id", "")
     out = _hash([plan.identity, model_id]) if stage.kind == "train" else plan.identity
-    payload = {"stage": stage.name, "identity": plan.identity, "output_identity": out, "content": content,
-               "fields": plan.fields, "upstream": plan.upstream, "inputs_digest": plan.inputs_digest,
-               "inputs_count": plan.inputs_count, "action": plan.action, "summary": summary,
-               "seconds": round(seconds, 2), "version": __version__,
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {
+        "stage": stage.name,
+        "identity": plan.identity,
+        "output_identity": out,
+        "content": content,
+        "fields": plan.fields,
+        "upstream": plan.upstream,
+        "inputs_digest": plan.inputs_digest,
+        "inputs_count": plan.inputs_count,
+        "action": plan.action,
+        "summary": summary,
+        "seconds": round(seconds, 2),
+        "version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     write_bytes_atomic(ctx.layout.marker(stage.name), json.dumps(payload, indent=2, default=str).encode())
     return payload
 
 
-def run_stage(ctx: StageContext, stage: Stage, options: RunOptions, position: tuple[int, int] = (1, 1),
-              announce: Optional[Callable[[Stage, Plan, tuple[int, int]], None]] = None) -> dict[str, Any]:
+def run_stage(
+    ctx: StageContext,
+    stage: Stage,
+    options: RunOptions,
+    position: tuple[int, int] = (1, 1),
+    announce: Optional[Callable[[Stage, Plan, tuple[int, int]], None]] = None,
+) -> dict[str, Any]:
     """Plan, announce, run and mark one stage; the summary it returns carries ``action``."""
     plan = plan_stage(ctx, stage, options)
     if announce is not None:

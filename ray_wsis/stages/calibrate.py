@@ -15,7 +15,8 @@ next run re-cuts every shard whose recorded thresholds differ from the chosen on
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -23,19 +24,31 @@ import pyarrow.parquet as pq
 import ray
 
 from ray_wsis.config import Config, config_from_dict
-from ray_wsis.data.records import DatasetError, DatasetSource
-from ray_wsis.method.calibration import (FewShotStats, ImageCut, LabelFreeStats, agreement_confusions,
-                                         choose_instance, choose_semantic)
+from ray_wsis.data.records import DatasetError
+from ray_wsis.method.calibration import (
+    ImageCut,
+    LabelFreeStats,
+    agreement_confusions,
+    choose_instance,
+    choose_semantic,
+)
 from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_slow_recut
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
-from ray_wsis.pipeline.schema import (PSEUDO_LABELS, THRESHOLDS_KEY, at_original_size, pseudo_label_row,
-                                      rows_to_table, thresholds_metadata, walk_scores)
+from ray_wsis.pipeline.schema import (
+    PSEUDO_LABELS,
+    THRESHOLDS_KEY,
+    at_original_size,
+    pseudo_label_row,
+    rows_to_table,
+    thresholds_metadata,
+    walk_scores,
+)
 from ray_wsis.pipeline.sink import commit, committed_ids, shard_paths, split_rows
 from ray_wsis.stages.base import Stage, StageRun, digest
-from ray_wsis.stages.evaluate import reference_thresholds
+from ray_wsis.stages.evaluate import reference_thresholds, sweep
 from ray_wsis.storage import Location, write_bytes_atomic
 
 
@@ -48,8 +61,7 @@ def label_free_task(batch: pa.Table, candidates: list[float]) -> pa.Table:
     return pa.table({"eta_sum": [stats.eta_sum.tolist()], "images": [stats.images]})
 
 
-def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[float], num_classes: int
-                   ) -> pa.Table:
+def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[float], num_classes: int) -> pa.Table:
     """Confusions of the united instances against the semantic labels, at every candidate."""
     total = np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64)
     for row in batch.to_pylist():
@@ -57,24 +69,13 @@ def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[
     return pa.table({"confusions": [total.tobytes()]})
 
 
-def few_shot_task(batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int,
-                  min_fragment_fraction: float) -> pa.Table:
-    """Semantic confusions and instance matches of labelled images at every candidate."""
-    stats = FewShotStats.empty(candidates, num_classes)
-    images = 0
-    for row in batch.to_pylist():
-        truth = source.ground_truth(row["image_id"])
-        if truth is None or truth.semantic is None:
-            continue
-        stats.add(ImageCut.of(walk_scores(row)), truth, candidates, min_fragment_fraction, num_classes)
-        images += 1
-    matches = [e.matches().as_dict() for e in stats.evaluators]
-    return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)],
-                     "images": [images]})
-
-
-def recut_task(batch: pa.Table, config: dict[str, Any], semantic: dict[str, Any], instance: dict[str, Any],
-               metadata: dict[str, str]) -> pa.Table:
+def recut_task(
+    batch: pa.Table,
+    config: dict[str, Any],
+    semantic: dict[str, Any],
+    instance: dict[str, Any],
+    metadata: dict[str, str],
+) -> pa.Table:
     """Re-cut whole scores shards (one path a row) into their pseudo-label shards, same names."""
     cfg = config_from_dict(config)
     layout = Layout.of(cfg)
@@ -92,15 +93,24 @@ def recut_task(batch: pa.Table, config: dict[str, Any], semantic: dict[str, Any]
             walk = walk_scores(row)
             cut, found = cut_labels(walk, sem, ins, cfg.walk.min_fragment_fraction)
             h, w = int(row["height"]), int(row["width"])
-            rows.append(pseudo_label_row(row["image_id"], h, w, row["labels"],
-                                         *at_original_size(cut.label, cut.confidence, found.masks, h, w),
-                                         found.class_ids, found.scores))
+            rows.append(
+                pseudo_label_row(
+                    row["image_id"],
+                    h,
+                    w,
+                    row["labels"],
+                    *at_original_size(cut.label, cut.confidence, found.masks, h, w),
+                    found.class_ids,
+                    found.scores,
+                )
+            )
         good, _ = split_rows(rows_to_table(rows, PSEUDO_LABELS), "calibrate", PSEUDO_LABELS, metadata)
         commit(layout.pseudo_labels, good, cfg.storage.retries)
         maybe_slow_recut()
         out.append({"path": path, "rows": scores.num_rows, "recut": True})
-    return pa.Table.from_pylist(out, schema=pa.schema([("path", pa.string()), ("rows", pa.int64()),
-                                                       ("recut", pa.bool_())]))
+    return pa.Table.from_pylist(
+        out, schema=pa.schema([("path", pa.string()), ("rows", pa.int64()), ("recut", pa.bool_())])
+    )
 
 
 def _cut_at(location: Location) -> Optional[str]:
@@ -114,7 +124,7 @@ def _cut_at(location: Location) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- driver
-def _collect(ds: Optional["ray.data.Dataset"], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+def _collect(ds: Optional[ray.data.Dataset], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
     if ds is None:
         return []
     return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1).take_all()
@@ -135,44 +145,58 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> d
     criterion = eta / max(1, images)
     semantic = choose_semantic(criterion, candidates)
     confusions = np.zeros((len(candidates), n + 1, n + 1), np.int64)
-    for row in _collect(read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS), agreement_task,
-                        semantic_threshold=semantic, candidates=candidates, num_classes=n):
+    for row in _collect(
+        read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS),
+        agreement_task,
+        semantic_threshold=semantic,
+        candidates=candidates,
+        num_classes=n,
+    ):
         confusions += np.frombuffer(row["confusions"], np.int64).reshape(confusions.shape)
     instance = choose_instance(confusions, candidates, ctx.config.calibration.per_class_instances)
     from ray_wsis.eval.semantic import mean_iou
 
-    return {"mode": "label-free", "images": images,
-            "semantic": {"threshold": Thresholds(semantic).as_dict(),
-                         "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
-                         "values": dict(zip(map(str, candidates), map(float, criterion)))},
-            "instance": {"threshold": instance.as_dict(),
-                         "criterion": "mIoU of the united instances against the calibrated semantic labels",
-                         "values": dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions)))}}
+    return {
+        "mode": "label-free",
+        "images": images,
+        "semantic": {
+            "threshold": Thresholds(semantic).as_dict(),
+            "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
+            "values": dict(zip(map(str, candidates), map(float, criterion))),
+        },
+        "instance": {
+            "threshold": instance.as_dict(),
+            "criterion": "mIoU of the united instances against the calibrated semantic labels",
+            "values": dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions))),
+        },
+    }
 
 
 def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
-    from ray_wsis.eval.instance import ImageMatches
 
-    n = ctx.num_classes
-    stats = FewShotStats.empty(candidates, n)
-    images = 0
-    for row in _collect(read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS), few_shot_task, candidates=candidates,
-                        source=ctx.source, num_classes=n, min_fragment_fraction=ctx.config.walk.min_fragment_fraction):
-        stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
-        for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
-            evaluator.add_matches(ImageMatches.from_dict(record))
-        images += int(row["images"])
+    stats, images = sweep(ctx, ids, candidates)
     if not images:
-        raise DatasetError(f"dataset.calibration_split {ctx.config.dataset.calibration_split!r} has no image with "
-                           f"ground truth among the labelled images")
+        raise DatasetError(
+            f"dataset.calibration_split {ctx.config.dataset.calibration_split!r} has no image with "
+            f"ground truth among the labelled images"
+        )
     miou, ap = stats.semantic_miou(), stats.instance_map50()
     semantic = choose_semantic(np.nan_to_num(miou, nan=-1.0), candidates)
     instance = choose_semantic(np.nan_to_num(ap, nan=-1.0), candidates) if np.isfinite(ap).any() else semantic
-    return {"mode": "few-shot", "images": images,
-            "semantic": {"threshold": Thresholds(semantic).as_dict(), "criterion": "semantic mIoU on the calibration split",
-                         "values": dict(zip(map(str, candidates), map(float, miou)))},
-            "instance": {"threshold": Thresholds(instance).as_dict(), "criterion": "instance mAP50 on the calibration split",
-                         "values": dict(zip(map(str, candidates), map(float, ap)))}}
+    return {
+        "mode": "few-shot",
+        "images": images,
+        "semantic": {
+            "threshold": Thresholds(semantic).as_dict(),
+            "criterion": "semantic mIoU on the calibration split",
+            "values": dict(zip(map(str, candidates), map(float, miou))),
+        },
+        "instance": {
+            "threshold": Thresholds(instance).as_dict(),
+            "criterion": "instance mAP50 on the calibration split",
+            "values": dict(zip(map(str, candidates), map(float, ap))),
+        },
+    }
 
 
 def choose(ctx: StageContext) -> dict[str, Any]:
@@ -182,8 +206,12 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     reference = {"semantic": walk.sem_bg_threshold, "instance": walk.ins_bg_threshold}
     if not c.enabled:
         sem, ins = reference_thresholds(ctx.config)
-        result: dict[str, Any] = {"mode": "off", "images": 0, "semantic": {"threshold": sem.as_dict()},
-                                  "instance": {"threshold": ins.as_dict()}}
+        result: dict[str, Any] = {
+            "mode": "off",
+            "images": 0,
+            "semantic": {"threshold": sem.as_dict()},
+            "instance": {"threshold": ins.as_dict()},
+        }
     else:
         few = calibration_ids(ctx)
         labelled = set(committed_ids(ctx.layout.scores))
@@ -198,16 +226,25 @@ def recut(ctx: StageContext, calibration: dict[str, Any]) -> dict[str, int]:
     """Re-emit every pseudo-label shard whose thresholds differ from the chosen ones."""
     source = "config" if calibration["mode"] == "off" else "calibration"
     semantic, instance = calibration["semantic"]["threshold"], calibration["instance"]["threshold"]
-    metadata = ctx.parquet_metadata("cam", ctx.config.method) | {THRESHOLDS_KEY: thresholds_metadata(
-        Thresholds.from_dict(semantic), Thresholds.from_dict(instance), source)}
+    metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
+        THRESHOLDS_KEY: thresholds_metadata(Thresholds.from_dict(semantic), Thresholds.from_dict(instance), source)
+    }
     paths = shard_paths(ctx.layout.scores)
     if not paths:
         return {"shards": 0, "recut": 0, "rows": 0}
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    done = ds.map_batches(recut_task, batch_size=1, batch_format="pyarrow", num_cpus=1,
-                          fn_kwargs={"config": ctx.config.to_dict(), "semantic": semantic, "instance": instance,
-                                     "metadata": metadata}).take_all()
-    return {"shards": len(paths), "recut": sum(bool(r["recut"]) for r in done), "rows": sum(int(r["rows"]) for r in done)}
+    done = ds.map_batches(
+        recut_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=1,
+        fn_kwargs={"config": ctx.config.to_dict(), "semantic": semantic, "instance": instance, "metadata": metadata},
+    ).take_all()
+    return {
+        "shards": len(paths),
+        "recut": sum(bool(r["recut"]) for r in done),
+        "rows": sum(int(r["rows"]) for r in done),
+    }
 
 
 def calibrate(run: StageRun) -> dict[str, Any]:
@@ -219,11 +256,19 @@ def calibrate(run: StageRun) -> dict[str, Any]:
     counts = recut(ctx, calibration)
     sem = calibration["semantic"]["threshold"]
     ins = calibration["instance"]["threshold"]
-    run.log(f"{calibration['mode']} on {calibration['images']} images: semantic {sem['default']:.2f}, instance "
-            f"{ins['default']:.2f}{' (per class)' if ins.get('per_class') else ''}; {counts['recut']} of "
-            f"{counts['shards']} shards re-cut")
-    return {"mode": calibration["mode"], "images": calibration["images"], "semantic": sem, "instance": ins,
-            **counts, "content": digest([json.dumps(calibration, sort_keys=True)])}
+    run.log(
+        f"{calibration['mode']} on {calibration['images']} images: semantic {sem['default']:.2f}, instance "
+        f"{ins['default']:.2f}{' (per class)' if ins.get('per_class') else ''}; {counts['recut']} of "
+        f"{counts['shards']} shards re-cut"
+    )
+    return {
+        "mode": calibration["mode"],
+        "images": calibration["images"],
+        "semantic": sem,
+        "instance": ins,
+        **counts,
+        "content": digest([json.dumps(calibration, sort_keys=True)]),
+    }
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
@@ -236,10 +281,15 @@ def _inputs(ctx: StageContext) -> Sequence[str]:
 
 STAGE = Stage(
     name="calibrate",
-    about="choose the walk's background thresholds for this data (label-free or few-shot), re-cut the labels (CPU tasks)",
+    about="choose the walk's background thresholds for this data (label-free or few-shot), re-cut the labels",
     kind="whole",
-    reads=("calibration", "dataset.calibration_split", "walk.sem_bg_threshold", "walk.ins_bg_threshold",
-           "walk.min_fragment_fraction"),
+    reads=(
+        "calibration",
+        "dataset.calibration_split",
+        "walk.sem_bg_threshold",
+        "walk.ins_bg_threshold",
+        "walk.min_fragment_fraction",
+    ),
     consumes=("make-pseudo-labels",),
     body=calibrate,
     outputs=_outputs,

@@ -12,7 +12,8 @@ whose functions run as CPU tasks.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,7 @@ from ray_wsis.config import Config, config_from_dict
 from ray_wsis.data.decode import inference_size, resize_label
 from ray_wsis.data.records import DatasetSource
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator, match_image
-from ray_wsis.eval.semantic import (SemanticEvaluator, cam_to_label, confusion_matrix, mean_iou,
-                                    precision_of_ir_labels)
+from ray_wsis.eval.semantic import SemanticEvaluator, cam_to_label, confusion_matrix, precision_of_ir_labels
 from ray_wsis.masks import decode_label_png, decode_rle
 from ray_wsis.method.calibration import FewShotStats, ImageCut
 from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds, cut_labels
@@ -72,8 +72,9 @@ def eval_ir_labels(batch: pa.Table, source: DatasetSource) -> pa.Table:
         stats = precision_of_ir_labels(_fit(decode_label_png(row["ir_label"]), gt.semantic.shape), gt.semantic)
         totals += (stats.correct, stats.labelled, stats.valid)
         images += 1
-    return pa.table({"correct": [int(totals[0])], "labelled": [int(totals[1])], "valid": [int(totals[2])],
-                     "images": [images]})
+    return pa.table(
+        {"correct": [int(totals[0])], "labelled": [int(totals[1])], "valid": [int(totals[2])], "images": [images]}
+    )
 
 
 def eval_pseudo_labels(batch: pa.Table, source: DatasetSource, num_classes: int) -> pa.Table:
@@ -90,14 +91,26 @@ def eval_pseudo_labels(batch: pa.Table, source: DatasetSource, num_classes: int)
         instances = row["instances"] or []
         h, w = gt.semantic.shape
         masks = np.stack([decode_rle(i["rle"]) for i in instances]) if instances else np.zeros((0, h, w), bool)
-        record = match_image(masks, [i["category_id"] for i in instances], [i["score"] for i in instances],
-                             gt.instance_masks, gt.instance_class_ids, num_classes=num_classes)
+        record = match_image(
+            masks,
+            [i["category_id"] for i in instances],
+            [i["score"] for i in instances],
+            gt.instance_masks,
+            gt.instance_class_ids,
+            num_classes=num_classes,
+        )
         matches.append(record.as_dict())
     return pa.table({"confusion": [conf.tobytes()], "images": [images], "matches": [json.dumps(matches)]})
 
 
-def eval_cut(batch: pa.Table, semantic: dict[str, Any], instance: dict[str, Any], source: DatasetSource,
-             num_classes: int, min_fragment_fraction: float) -> pa.Table:
+def eval_cut(
+    batch: pa.Table,
+    semantic: dict[str, Any],
+    instance: dict[str, Any],
+    source: DatasetSource,
+    num_classes: int,
+    min_fragment_fraction: float,
+) -> pa.Table:
     """Like eval_pseudo_labels, for labels cut from the scores at other thresholds (the reference ones)."""
     sem, ins = Thresholds.from_dict(semantic), Thresholds.from_dict(instance)
     conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
@@ -112,10 +125,25 @@ def eval_cut(batch: pa.Table, semantic: dict[str, Any], instance: dict[str, Any]
         conf += confusion_matrix(label, gt.semantic, num_classes + 1)
         images += 1
         if gt.instance_masks is not None:
-            evaluator.add_matches(match_image(masks, found.class_ids, found.scores, gt.instance_masks,
-                                              gt.instance_class_ids, num_classes=num_classes))
-    return pa.table({"confusion": [conf.tobytes()], "images": [images],
-                     "matches": [json.dumps([evaluator.matches().as_dict()])]})
+            evaluator.add_matches(
+                match_image(
+                    masks,
+                    found.class_ids,
+                    found.scores,
+                    gt.instance_masks,
+                    gt.instance_class_ids,
+                    num_classes=num_classes,
+                )
+            )
+    return pa.table(
+        {"confusion": [conf.tobytes()], "images": [images], "matches": [json.dumps([evaluator.matches().as_dict()])]}
+    )
+
+
+def relation_labels_of(layout: Layout, config: Config) -> Location:
+    """The relation labels the run trained on: IRN's, or psa's for AffinityNet (affinity.labels)."""
+    psa = config.method == "affinitynet" and config.affinity.labels == "psa"
+    return layout.affinity_labels if psa else layout.ir_labels
 
 
 def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
@@ -125,16 +153,41 @@ def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
     return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
 
 
-def eval_sweep(batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int,
-               min_fragment_fraction: float) -> pa.Table:
-    """Semantic confusions and instance matches at every candidate threshold, from the scores."""
+def eval_sweep(
+    batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int, min_fragment_fraction: float
+) -> pa.Table:
+    """Semantic confusions and instance matches at every candidate threshold, from the scores of
+    the batch's images with ground truth (evaluate's sweeps; calibrate's few-shot fit)."""
     stats = FewShotStats.empty(candidates, num_classes)
+    images = 0
     for row in batch.to_pylist():
         gt = source.ground_truth(row["image_id"])
         if gt is not None and gt.semantic is not None:
             stats.add(ImageCut.of(walk_scores(row)), gt, candidates, min_fragment_fraction, num_classes)
-    return pa.table({"confusions": [stats.confusions.tobytes()],
-                     "matches": [json.dumps([e.matches().as_dict() for e in stats.evaluators])]})
+            images += 1
+    matches = [e.matches().as_dict() for e in stats.evaluators]
+    return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)], "images": [images]})
+
+
+def sweep(ctx: StageContext, ids: list[str], candidates: list[float]) -> tuple[FewShotStats, int]:
+    """eval_sweep over ``ids``, summed: the statistics and how many images had ground truth."""
+    n = ctx.num_classes
+    stats = FewShotStats.empty(candidates, n)
+    images = 0
+    for row in _rows(
+        ctx.layout.scores,
+        ids,
+        eval_sweep,
+        candidates=candidates,
+        source=ctx.source,
+        num_classes=n,
+        min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
+    ):
+        stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
+        for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
+            evaluator.add_matches(ImageMatches.from_dict(record))
+        images += int(row["images"])
+    return stats, images
 
 
 # --------------------------------------------------------------------------- driver
@@ -157,18 +210,14 @@ def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEv
 
 def _sweep(ctx: StageContext, ids: list[str]) -> dict[str, dict[str, Optional[float]]]:
     """sem_miou_by_threshold and ins_map50_by_threshold over the calibration candidates."""
-    n = ctx.num_classes
     candidates = [float(t) for t in ctx.config.calibration.candidates]
-    stats = FewShotStats.empty(candidates, n)
-    for row in _rows(ctx.layout.scores, ids, eval_sweep, candidates=candidates, source=ctx.source, num_classes=n,
-                     min_fragment_fraction=ctx.config.walk.min_fragment_fraction):
-        stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
-        for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
-            evaluator.add_matches(ImageMatches.from_dict(record))
+    stats, _ = sweep(ctx, ids, candidates)
     keys = [f"{t:.2f}" for t in candidates]
     clean = [None if not np.isfinite(v) else float(v) for v in stats.instance_map50()]
-    return {"sem_miou_by_threshold": dict(zip(keys, map(float, stats.semantic_miou()))),
-            "ins_map50_by_threshold": dict(zip(keys, clean))}
+    return {
+        "sem_miou_by_threshold": dict(zip(keys, map(float, stats.semantic_miou()))),
+        "ins_map50_by_threshold": dict(zip(keys, clean)),
+    }
 
 
 def _best(curve: dict[str, Optional[float]]) -> Optional[dict[str, float]]:
@@ -198,7 +247,7 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     n = ctx.num_classes
     source, config = ctx.source, ctx.config.to_dict()
     cam_rows = _rows(ctx.layout.cams, ids, eval_cams, config=config, source=source, num_classes=n)
-    ir_rows = _rows(ctx.layout.ir_labels, ids, eval_ir_labels, source=source)
+    ir_rows = _rows(relation_labels_of(ctx.layout, ctx.config), ids, eval_ir_labels, source=source)
     label_rows = _rows(ctx.layout.pseudo_labels, ids, eval_pseudo_labels, source=source, num_classes=n)
 
     cams, semantic = _confusion(cam_rows, n + 1), _confusion(label_rows, n + 1)
@@ -208,12 +257,23 @@ def evaluate(run: StageRun) -> dict[str, Any]:
             instances.add_matches(ImageMatches.from_dict(record))
     ir = np.sum([[r["correct"], r["labelled"], r["valid"]] for r in ir_rows], axis=0) if ir_rows else np.zeros(3)
     cam_result, sem_result, ins_result = cams.result(), semantic.result(), instances.result()
-    sweep = {f"{t:.2f}": _confusion(cam_rows, n + 1, k + 1).result()["miou"] for k, t in enumerate(CAM_SWEEP)} \
-        if cam_rows else {}
+    sweep = (
+        {f"{t:.2f}": _confusion(cam_rows, n + 1, k + 1).result()["miou"] for k, t in enumerate(CAM_SWEEP)}
+        if cam_rows
+        else {}
+    )
     walk = _sweep(ctx, ids)
     sem_ref, ins_ref = reference_thresholds(ctx.config)
-    ref_rows = _rows(ctx.layout.scores, ids, eval_cut, semantic=sem_ref.as_dict(), instance=ins_ref.as_dict(),
-                     source=source, num_classes=n, min_fragment_fraction=ctx.config.walk.min_fragment_fraction)
+    ref_rows = _rows(
+        ctx.layout.scores,
+        ids,
+        eval_cut,
+        semantic=sem_ref.as_dict(),
+        instance=ins_ref.as_dict(),
+        source=source,
+        num_classes=n,
+        min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
+    )
     ref_instances = InstanceEvaluator(n)
     for row in ref_rows:
         for record in json.loads(row["matches"]):
@@ -225,21 +285,37 @@ def evaluate(run: StageRun) -> dict[str, Any]:
         "ir_label_precision": float(100.0 * ir[0] / ir[1]) if ir[1] else None,
         "ir_label_coverage": float(100.0 * ir[1] / ir[2]) if ir[2] else None,
         "sem_miou": sem_result["miou"],
-        "ins_map25": ins_result["map25"], "ins_map50": ins_result["map50"],
-        "ins_map70": ins_result["map70"], "ins_map75": ins_result["map75"],
+        "ins_map25": ins_result["map25"],
+        "ins_map50": ins_result["map50"],
+        "ins_map70": ins_result["map70"],
+        "ins_map75": ins_result["map75"],
         **walk,
         "reference": {"semantic": sem_ref.as_dict(), "instance": ins_ref.as_dict()},
         "sem_miou_at_reference": _confusion(ref_rows, n + 1).result()["miou"] if ref_rows else None,
         "ins_map50_at_reference": ref_instances.result()["map50"] if ref_rows else None,
-        "calibrated": None if calibrated is None else {
-            "mode": calibrated["mode"], "semantic": calibrated["semantic"]["threshold"],
-            "instance": calibrated["instance"]["threshold"], "images": calibrated["images"]},
+        "calibrated": None
+        if calibrated is None
+        else {
+            "mode": calibrated["mode"],
+            "semantic": calibrated["semantic"]["threshold"],
+            "instance": calibrated["instance"]["threshold"],
+            "images": calibrated["images"],
+        },
         "oracle": {"semantic": _best(walk["sem_miou_by_threshold"]), "instance": _best(walk["ins_map50_by_threshold"])},
-        "per_class": {"names": ["background", *source.class_names], "cam_iou": cam_result["iou"],
-                      "sem_iou": sem_result["iou"], "ins_ap50": ins_result["ap50"]},
-        "images": {"split": split, "scored": len(ids), "cam": cam_result["images"],
-                   "ir_label": int(sum(r["images"] for r in ir_rows)), "semantic": sem_result["images"],
-                   "instance": ins_result["images"]},
+        "per_class": {
+            "names": ["background", *source.class_names],
+            "cam_iou": cam_result["iou"],
+            "sem_iou": sem_result["iou"],
+            "ins_ap50": ins_result["ap50"],
+        },
+        "images": {
+            "split": split,
+            "scored": len(ids),
+            "cam": cam_result["images"],
+            "ir_label": int(sum(r["images"] for r in ir_rows)),
+            "semantic": sem_result["images"],
+            "instance": ins_result["images"],
+        },
     }
     write_bytes_atomic(ctx.layout.metrics, json.dumps(metrics, indent=2, allow_nan=False).encode())
     summary = {k: metrics[k] for k in ("cam_miou", "ir_label_precision", "sem_miou", "ins_map50")}
@@ -249,6 +325,7 @@ def evaluate(run: StageRun) -> dict[str, Any]:
 
 def metrics_table(metrics: dict[str, Any]) -> str:
     """The one-screen table `run` and `demo` end with: shipped labels beside the threshold sweep."""
+
     def show(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:6.1f}"
 
@@ -256,21 +333,30 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     lines.append(f"{'CAM (cam.eval_threshold)':<28}{show(metrics.get('cam_miou')):>8}{'':>8}")
     sem_ref, ins_ref = metrics.get("sem_miou_at_reference"), metrics.get("ins_map50_at_reference")
     reference = (metrics.get("reference") or {}).get("semantic", {})
-    name = "walk, psa's background" if reference.get("plane") == "walked" else \
-        f"walk at {reference.get('default', 0.25):.2f} (reference)"
+    name = (
+        "walk, psa's background"
+        if reference.get("plane") == "walked"
+        else f"walk at {reference.get('default', 0.25):.2f} (reference)"
+    )
     lines.append(f"{name:<28}{show(sem_ref):>8}{show(ins_ref):>8}")
     calibrated = metrics.get("calibrated")
     label = f"walk calibrated ({calibrated['mode']})" if calibrated else "walk as shipped"
     lines.append(f"{label:<28}{show(metrics.get('sem_miou')):>8}{show(metrics.get('ins_map50')):>8}")
     oracle = metrics.get("oracle") or {}
     sem_o, ins_o = oracle.get("semantic"), oracle.get("instance")
-    lines.append(f"{'oracle (best with masks)':<28}{show(sem_o and sem_o['value']):>8}{show(ins_o and ins_o['value']):>8}")
+    lines.append(
+        f"{'oracle (best with masks)':<28}{show(sem_o and sem_o['value']):>8}{show(ins_o and ins_o['value']):>8}"
+    )
     if calibrated:
-        lines.append(f"thresholds: calibrated semantic {calibrated['semantic']['default']:.2f} / instance "
-                     f"{calibrated['instance']['default']:.2f}; oracle "
-                     f"{sem_o['threshold'] if sem_o else '-'} / {ins_o['threshold'] if ins_o else '-'}")
-    lines.append(f"relation labels: {show(metrics.get('ir_label_precision')).strip()}% precise, "
-                 f"{show(metrics.get('ir_label_coverage')).strip()}% of pixels labelled")
+        lines.append(
+            f"thresholds: calibrated semantic {calibrated['semantic']['default']:.2f} / instance "
+            f"{calibrated['instance']['default']:.2f}; oracle "
+            f"{sem_o['threshold'] if sem_o else '-'} / {ins_o['threshold'] if ins_o else '-'}"
+        )
+    lines.append(
+        f"relation labels: {show(metrics.get('ir_label_precision')).strip()}% precise, "
+        f"{show(metrics.get('ir_label_coverage')).strip()}% of pixels labelled"
+    )
     return "\n".join(lines)
 
 

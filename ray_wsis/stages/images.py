@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,8 +25,16 @@ import ray
 from ray_wsis.pipeline.context import SplitRecords, StageContext
 from ray_wsis.pipeline.decode_task import decode_images
 from ray_wsis.pipeline.schema import ERRORS
-from ray_wsis.pipeline.sink import (Output, ShardSink, commit, committed_ids, drop_orphans, read_table,
-                                    shard_names, shard_paths)
+from ray_wsis.pipeline.sink import (
+    Output,
+    ShardSink,
+    commit,
+    committed_ids,
+    drop_orphans,
+    read_table,
+    shard_names,
+    shard_paths,
+)
 from ray_wsis.stages.base import StageRun, digest
 from ray_wsis.storage import Location, delete_files
 
@@ -34,19 +43,36 @@ def blocks(n: int, batch_size: int) -> int:
     return max(1, min(200, math.ceil(n / max(1, batch_size))))
 
 
-def actor_op(ctx: StageContext, ds: "ray.data.Dataset", actor: type) -> "ray.data.Dataset":
-    """The model actor pool: one GPU per actor when ray.use_gpu, restarted on crashes."""
+def actor_op(ctx: StageContext, ds: ray.data.Dataset, actor: type) -> ray.data.Dataset:
+    """The model actor pool: one GPU per actor when ray.use_gpu, restarted on crashes.
+
+    A task on a dead actor waits for its restart (unbounded task retries; the restarts are
+    bounded by ray.actor_max_restarts), so losing the node under an actor costs that actor's
+    start-up elsewhere, not the stage (tests/test_cluster.py)."""
     r = ctx.config.ray
-    return ds.map_batches(actor, fn_constructor_kwargs={"config": ctx.config.to_dict()},
-                          compute=ray.data.ActorPoolStrategy(size=r.inference_actors),
-                          num_gpus=1 if r.use_gpu else 0, num_cpus=r.cpus_per_actor,
-                          batch_size=r.inference_batch_size, batch_format="pyarrow",
-                          max_restarts=r.actor_max_restarts, max_task_retries=r.actor_max_restarts)
+    extra = {"resources": {r.accelerator_resource: 1}} if r.accelerator_resource else {}
+    return ds.map_batches(
+        actor,
+        fn_constructor_kwargs={"config": ctx.config.to_dict()},
+        compute=ray.data.ActorPoolStrategy(size=r.inference_actors),
+        num_gpus=1 if r.use_gpu else 0,
+        num_cpus=r.cpus_per_actor,
+        batch_size=r.inference_batch_size,
+        batch_format="pyarrow",
+        max_restarts=r.actor_max_restarts,
+        max_task_retries=-1,
+        **extra,
+    )
 
 
-def decode_op(ctx: StageContext, ds: "ray.data.Dataset") -> "ray.data.Dataset":
-    return ds.map_batches(decode_images, fn_kwargs={"config": ctx.config.to_dict()}, batch_format="pyarrow",
-                          batch_size=ctx.config.ray.inference_batch_size, num_cpus=1)
+def decode_op(ctx: StageContext, ds: ray.data.Dataset) -> ray.data.Dataset:
+    return ds.map_batches(
+        decode_images,
+        fn_kwargs={"config": ctx.config.to_dict()},
+        batch_format="pyarrow",
+        batch_size=ctx.config.ray.inference_batch_size,
+        num_cpus=1,
+    )
 
 
 @contextlib.contextmanager
@@ -69,8 +95,15 @@ def without_operator_reservation() -> Iterator[None]:
 
 def error_rows(stage: str, entries: list[tuple[str, str, str]]) -> pa.Table:
     """(image_id, kind, reason) entries as a table of the errors schema, sorted by id."""
-    table = pa.table({"image_id": [e[0] for e in entries], "stage": [stage] * len(entries),
-                      "kind": [e[1] for e in entries], "reason": [e[2] for e in entries]}, schema=ERRORS)
+    table = pa.table(
+        {
+            "image_id": [e[0] for e in entries],
+            "stage": [stage] * len(entries),
+            "kind": [e[1] for e in entries],
+            "reason": [e[2] for e in entries],
+        },
+        schema=ERRORS,
+    )
     return table.sort_by("image_id")
 
 
@@ -99,15 +132,23 @@ def fold_errors(errors: Location, stage: str, keep: Callable[[str], bool], retri
 def from_previous(previous: Location, records: SplitRecords) -> SplitRecords:
     """Records whose previous-stage output exists; the others are failed with the reason."""
     available = set(committed_ids(previous))
-    missing = [(r.image_id, "no output from the previous stage (see its errors)") for r in records.records
-               if r.image_id not in available]
+    missing = [
+        (r.image_id, "no output from the previous stage (see its errors)")
+        for r in records.records
+        if r.image_id not in available
+    ]
     kept = [r for r in records.records if r.image_id in available]
     return SplitRecords(kept, records.skipped, records.failed + missing)
 
 
-def run_images(run: StageRun, outputs: list[Output], records: SplitRecords,
-               build: Callable[[list[str]], Optional["ray.data.Dataset"]], metadata: dict[str, str],
-               reserve_per_operator: bool = True) -> dict[str, Any]:
+def run_images(
+    run: StageRun,
+    outputs: list[Output],
+    records: SplitRecords,
+    build: Callable[[list[str]], Optional[ray.data.Dataset]],
+    metadata: dict[str, str],
+    reserve_per_operator: bool = True,
+) -> dict[str, Any]:
     """Process the ids the plan calls for, write them exactly once, account for every image.
 
     ``outputs``: the tables written from the stage's rows, the commit table last (ShardSink).
@@ -146,9 +187,13 @@ def run_images(run: StageRun, outputs: list[Output], records: SplitRecords,
     folded = fold_errors(errors, stage, lambda i: i in in_split and i not in done, retries)
     kinds = dict(zip(folded.column("image_id").to_pylist(), folded.column("kind").to_pylist()))
     in_output = sum(1 for i in wanted if i in done)
-    summary = {"input": records.total, "processed": in_output - kept, "kept": kept,
-               "skipped": sum(1 for k in kinds.values() if k == "skipped"),
-               "failed": sum(1 for k in kinds.values() if k == "failed")}
+    summary: dict[str, Any] = {
+        "input": records.total,
+        "processed": in_output - kept,
+        "kept": kept,
+        "skipped": sum(1 for k in kinds.values() if k == "skipped"),
+        "failed": sum(1 for k in kinds.values() if k == "failed"),
+    }
     summary["unaccounted"] = summary["input"] - in_output - summary["skipped"] - summary["failed"]
     summary["content"] = digest(shard_names(commit_table))
     run.log(f"{summary['processed']} processed, {kept} kept, {summary['skipped']} skipped, {summary['failed']} failed")

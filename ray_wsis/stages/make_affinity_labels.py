@@ -8,7 +8,8 @@ CRF, and combined into confident foreground, confident background and ignore
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ray_wsis.config import Config
 from ray_wsis.pipeline.context import StageContext
@@ -34,9 +35,16 @@ STAGE = Stage(
     name="make-affinity-labels",
     about="psa's relation labels of the train images: two CRFs at background powers 4 / 32 (CPU tasks; psa infer_cls)",
     kind="images",
-    reads=("affinity.la_alpha", "affinity.ha_alpha", "affinity.crf_iterations", "affinity.crf_gaussian_sxy",
-           "affinity.crf_gaussian_compat", "affinity.crf_bilateral_sxy", "affinity.crf_bilateral_srgb",
-           "affinity.crf_bilateral_compat"),
+    reads=(
+        "affinity.la_alpha",
+        "affinity.ha_alpha",
+        "affinity.crf_iterations",
+        "affinity.crf_gaussian_sxy",
+        "affinity.crf_gaussian_compat",
+        "affinity.crf_bilateral_sxy",
+        "affinity.crf_bilateral_srgb",
+        "affinity.crf_bilateral_compat",
+    ),
     consumes=("make-cams",),
     body=make_affinity_labels,
     outputs=_outputs,

@@ -7,7 +7,8 @@ the CAMs of its present classes are stored at stride 4 as float16 (method/cam.py
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -64,7 +65,7 @@ def make_cams(run: StageRun) -> dict[str, Any]:
     records = cam_records(ctx)
     by_id = {r.image_id: r for r in records.records}
 
-    def build(pending: list[str]) -> "ray.data.Dataset":
+    def build(pending: list[str]) -> ray.data.Dataset:
         rows = [{"image_id": i, "uri": by_id[i].uri, "labels": list(by_id[i].class_ids)} for i in pending]
         ds = ray.data.from_items(rows, override_num_blocks=blocks(len(rows), ctx.config.ray.inference_batch_size))
         return actor_op(ctx, decode_op(ctx, ds), CamActor)

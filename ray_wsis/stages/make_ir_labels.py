@@ -9,7 +9,8 @@ imports it.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 import ray
@@ -23,8 +24,15 @@ from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.decode_task import decode_images, pixels
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import read_stage
-from ray_wsis.pipeline.schema import (ERROR_COLUMN, IR_LABELS, cam_array, describe_error, error_row, error_text,
-                                      rows_to_table)
+from ray_wsis.pipeline.schema import (
+    ERROR_COLUMN,
+    IR_LABELS,
+    cam_array,
+    describe_error,
+    error_row,
+    error_text,
+    rows_to_table,
+)
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.stages.images import from_previous, run_images
 from ray_wsis.storage import Location
@@ -63,19 +71,25 @@ def label_stage(run: StageRun, output: Location, labels: str) -> dict[str, Any]:
     ctx = run.ctx
     records = from_previous(ctx.layout.cams, ctx.split(ctx.config.dataset.train_split))
 
-    def build(pending: list[str]) -> Optional["ray.data.Dataset"]:
+    def build(pending: list[str]) -> Optional[ray.data.Dataset]:
         ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
         if ds is None:
             return None
         # Decode and CRF in one task, kept apart from the shard write by an explicit max_retries
         # (Ray's default, -1): with equal remote args Ray Data 2.58 fuses a MapBatches into a Write
         # that bundles rows_per_file rows, and the whole CRF stage then ran as one task on one CPU.
-        return ds.map_batches(decode_and_label, fn_kwargs={"config": ctx.config.to_dict(), "labels": labels},
-                              batch_format="pyarrow", batch_size=ctx.config.ray.inference_batch_size, num_cpus=1,
-                              max_retries=-1)
+        return ds.map_batches(
+            decode_and_label,
+            fn_kwargs={"config": ctx.config.to_dict(), "labels": labels},
+            batch_format="pyarrow",
+            batch_size=ctx.config.ray.inference_batch_size,
+            num_cpus=1,
+            max_retries=-1,
+        )
 
-    return run_images(run, [(output, IR_LABELS)], records, build, ctx.parquet_metadata("cam"),
-                      reserve_per_operator=False)
+    return run_images(
+        run, [(output, IR_LABELS)], records, build, ctx.parquet_metadata("cam"), reserve_per_operator=False
+    )
 
 
 def make_ir_labels(run: StageRun) -> dict[str, Any]:
@@ -92,7 +106,7 @@ def _inputs(ctx: StageContext) -> Sequence[str]:
 
 STAGE = Stage(
     name="make-ir-labels",
-    about="relation labels of the train images: two thresholds + dense CRF, 255 = ignore (CPU tasks; irn cam_to_ir_label)",
+    about="relation labels of the train images: two thresholds + dense CRF, 255 = ignore (irn cam_to_ir_label)",
     kind="images",
     reads=("ir_label",),
     consumes=("make-cams",),

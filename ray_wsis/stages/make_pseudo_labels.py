@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import pyarrow as pa
 import ray
@@ -23,9 +24,22 @@ from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import read_stage
-from ray_wsis.pipeline.schema import (ERROR_COLUMN, PSEUDO_LABELS, SCORES, THRESHOLDS_KEY, WALK_OUTPUT,
-                                      at_original_size, cam_array, describe_error, error_row, error_text,
-                                      pseudo_label_row, rows_to_table, scores_row, thresholds_metadata)
+from ray_wsis.pipeline.schema import (
+    ERROR_COLUMN,
+    PSEUDO_LABELS,
+    SCORES,
+    THRESHOLDS_KEY,
+    WALK_OUTPUT,
+    at_original_size,
+    cam_array,
+    describe_error,
+    error_row,
+    error_text,
+    pseudo_label_row,
+    rows_to_table,
+    scores_row,
+    thresholds_metadata,
+)
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.stages.evaluate import reference_thresholds
 from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_images
@@ -48,8 +62,9 @@ class PseudoLabelActor:
         if self.config.method == "irnet":
             self.predictor: Any = IRNetPredictor(model, self.config.walk, device, lowest_threshold=lowest)
         else:
-            self.predictor = AffinityPredictor(model, self.config.affinity, self.config.walk.min_fragment_fraction,
-                                               device)
+            self.predictor = AffinityPredictor(
+                model, self.config.affinity, self.config.walk.min_fragment_fraction, device
+            )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         maybe_kill_actor("pseudo_labels")
@@ -64,14 +79,27 @@ class PseudoLabelActor:
                 if result.scores is None or result.confidence is None:
                     raise RuntimeError(f"the {self.config.method} predictor kept no walk scores")
                 h, w = row["height"], row["width"]
-                rows.append(pseudo_label_row(row["image_id"], h, w, row["labels"],
-                                             *at_original_size(result.semantic, result.confidence,
-                                                               result.instances.masks, h, w),
-                                             result.instances.class_ids, result.instances.scores)
-                            | scores_row(row["image_id"], h, w, result.scores))
+                rows.append(
+                    pseudo_label_row(
+                        row["image_id"],
+                        h,
+                        w,
+                        row["labels"],
+                        *at_original_size(result.semantic, result.confidence, result.instances.masks, h, w),
+                        result.instances.class_ids,
+                        result.instances.scores,
+                    )
+                    | scores_row(row["image_id"], h, w, result.scores)
+                )
             except Exception as exc:  # recorded per image
-                rows.append(error_row(WALK_OUTPUT, row["image_id"],
-                                      error_text("failed", describe_error(exc) + " | " + _last_frame(exc)), **known))
+                rows.append(
+                    error_row(
+                        WALK_OUTPUT,
+                        row["image_id"],
+                        error_text("failed", describe_error(exc) + " | " + _last_frame(exc)),
+                        **known,
+                    )
+                )
         return rows_to_table(rows, WALK_OUTPUT)
 
 
@@ -91,14 +119,16 @@ def make_pseudo_labels(run: StageRun) -> dict[str, Any]:
     ctx.check_model(ctx.config.method, "train-irn")
     records = from_previous(ctx.layout.cams, label_records(ctx))
 
-    def build(pending: list[str]) -> Optional["ray.data.Dataset"]:
+    def build(pending: list[str]) -> Optional[ray.data.Dataset]:
         ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
         return None if ds is None else actor_op(ctx, decode_op(ctx, ds), PseudoLabelActor)
 
     metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
-        THRESHOLDS_KEY: thresholds_metadata(*reference_thresholds(ctx.config), "config")}
-    return run_images(run, [(ctx.layout.scores, SCORES), (ctx.layout.pseudo_labels, PSEUDO_LABELS)], records,
-                      build, metadata)
+        THRESHOLDS_KEY: thresholds_metadata(*reference_thresholds(ctx.config), "config")
+    }
+    return run_images(
+        run, [(ctx.layout.scores, SCORES), (ctx.layout.pseudo_labels, PSEUDO_LABELS)], records, build, metadata
+    )
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
@@ -111,10 +141,18 @@ def _inputs(ctx: StageContext) -> Sequence[str]:
 
 STAGE = Stage(
     name="make-pseudo-labels",
-    about="boundaries -> random walk -> semantic labels; displacements -> instances (Ray Data actors; irn make_*_seg_labels)",
+    about="boundaries -> random walk -> semantic labels; displacements -> instances (irn make_*_seg_labels)",
     kind="images",
-    reads=("method", "walk.radius", "walk.beta", "walk.exp_times", "walk.centroid_iterations",
-           "walk.cluster_threshold", "walk.flip", "calibration.candidates"),
+    reads=(
+        "method",
+        "walk.radius",
+        "walk.beta",
+        "walk.exp_times",
+        "walk.centroid_iterations",
+        "walk.cluster_threshold",
+        "walk.flip",
+        "calibration.candidates",
+    ),
     consumes=("make-cams", "train-irn"),
     body=make_pseudo_labels,
     outputs=_outputs,
@@ -124,8 +162,14 @@ STAGE = Stage(
 AFFINITY_STAGE = dataclasses.replace(
     STAGE,
     about="feature affinities -> random walk with psa's background channel; instances are connected regions "
-          "(Ray Data actors; psa infer_aff)",
-    reads=("method", "affinity.radius", "affinity.beta", "affinity.exp_times", "affinity.bg_alpha",
-           "calibration.candidates"),
+    "(Ray Data actors; psa infer_aff)",
+    reads=(
+        "method",
+        "affinity.radius",
+        "affinity.beta",
+        "affinity.exp_times",
+        "affinity.bg_alpha",
+        "calibration.candidates",
+    ),
 )
 """The same stage for ``method: affinitynet``."""

@@ -9,24 +9,49 @@ from __future__ import annotations
 import dataclasses
 
 from ray_wsis.config import Config
-from ray_wsis.stages import (calibrate, evaluate, make_affinity_labels, make_cams, make_ir_labels,
-                             make_pseudo_labels, train_cam, train_irn)
+from ray_wsis.stages import (
+    calibrate,
+    evaluate,
+    make_affinity_labels,
+    make_cams,
+    make_ir_labels,
+    make_pseudo_labels,
+    train_cam,
+    train_irn,
+)
 from ray_wsis.stages.base import Stage
 
-IRNET: tuple[Stage, ...] = (train_cam.STAGE, make_cams.STAGE, make_ir_labels.STAGE, train_irn.STAGE,
-                            make_pseudo_labels.STAGE, calibrate.STAGE, evaluate.STAGE)
+IRNET: tuple[Stage, ...] = (
+    train_cam.STAGE,
+    make_cams.STAGE,
+    make_ir_labels.STAGE,
+    train_irn.STAGE,
+    make_pseudo_labels.STAGE,
+    calibrate.STAGE,
+    evaluate.STAGE,
+)
 """IRNet (irn): boundaries and displacements; instances from the displacement field."""
 
 AFFINITYNET: tuple[Stage, ...] = (
-    train_cam.STAGE, make_cams.STAGE, make_affinity_labels.STAGE, train_irn.AFFINITY_STAGE,
-    make_pseudo_labels.AFFINITY_STAGE, calibrate.STAGE,
-    dataclasses.replace(evaluate.STAGE, consumes=("make-cams", "make-affinity-labels", "calibrate")))
+    train_cam.STAGE,
+    make_cams.STAGE,
+    make_affinity_labels.STAGE,
+    train_irn.AFFINITY_STAGE,
+    make_pseudo_labels.AFFINITY_STAGE,
+    calibrate.STAGE,
+    dataclasses.replace(evaluate.STAGE, consumes=("make-cams", "make-affinity-labels", "calibrate")),
+)
 """AffinityNet (psa): psa's relation labels and feature affinities; instances are connected regions."""
 
 AFFINITYNET_ON_IRN_LABELS: tuple[Stage, ...] = (
-    train_cam.STAGE, make_cams.STAGE, make_ir_labels.STAGE,
+    train_cam.STAGE,
+    make_cams.STAGE,
+    make_ir_labels.STAGE,
     dataclasses.replace(train_irn.AFFINITY_STAGE, consumes=("train-cam", "make-ir-labels")),
-    make_pseudo_labels.AFFINITY_STAGE, calibrate.STAGE, evaluate.STAGE)
+    make_pseudo_labels.AFFINITY_STAGE,
+    calibrate.STAGE,
+    evaluate.STAGE,
+)
 """AffinityNet trained on IRN's relation labels (``affinity.labels: irn``)."""
 
 NOT_AFFECTING_OUTPUTS: tuple[str, ...] = ("output", "run_name", "ray", "storage", "downstream")
@@ -53,8 +78,7 @@ def stage(config: Config, name: str) -> Stage:
     for s in pipeline(config):
         if s.name == name:
             return s
-    raise KeyError(f"{name} is not a stage of method {config.method!r} "
-                   f"({', '.join(s.name for s in pipeline(config))})")
+    raise KeyError(f"{name} is not a stage of method {config.method!r} ({', '.join(s.name for s in pipeline(config))})")
 
 
 def downstream_of(config: Config, names: set[str]) -> set[str]:

@@ -7,7 +7,8 @@ per-worker loop is pipeline/training.py's; the weights end in <output>/models/ca
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 from ray.train.torch import TorchTrainer
@@ -16,8 +17,8 @@ from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
 from ray_wsis.pipeline.progress import training_progress
+from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
 from ray_wsis.stages.base import Stage, StageRun
 from ray_wsis.storage import Location
 from ray_wsis.train.batches import classifier_batch, records_to_rows
@@ -34,18 +35,36 @@ def train_cam(run: StageRun) -> dict[str, Any]:
     # Unseeded on purpose: Ray Train re-executes the dataset every epoch, and a seeded shuffle
     # replays one order, so every epoch sees the same batches (docs/from-scratch.md).
     ds = ds.random_shuffle().map_batches(
-        classifier_batch, fn_kwargs={"config": config, "num_classes": ctx.num_classes},
-        batch_format="pyarrow", batch_size=16, num_cpus=1)
+        classifier_batch,
+        fn_kwargs={"config": config, "num_classes": ctx.num_classes},
+        batch_format="pyarrow",
+        batch_size=16,
+        num_cpus=1,
+    )
     with training_progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log) as board:
-        trainer = TorchTrainer(cam_train_loop, train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                                                  "num_images": len(rows), "progress": board},
-                               scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, "cam"),
-                               datasets={"train": ds})
+        trainer = TorchTrainer(
+            cam_train_loop,
+            train_loop_config={
+                "config": config,
+                "num_classes": ctx.num_classes,
+                "num_images": len(rows),
+                "progress": board,
+            },
+            scaling_config=scaling_config(ctx.config),
+            run_config=run_config(ctx, "cam"),
+            datasets={"train": ds},
+        )
         result = trainer.fit()
     uri = export_model(ctx, result, "cam", ctx.num_classes)
     metrics = result.metrics or {}
-    return {"images": len(rows), "epochs": ctx.config.cam.epochs, "model": uri, "model_id": ctx.model_id("cam"),
-            "final_loss": metrics.get("loss"), "resumed_from_epoch": metrics.get("start_epoch")}
+    return {
+        "images": len(rows),
+        "epochs": ctx.config.cam.epochs,
+        "model": uri,
+        "model_id": ctx.model_id("cam"),
+        "final_loss": metrics.get("loss"),
+        "resumed_from_epoch": metrics.get("start_epoch"),
+    }
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
@@ -60,11 +79,28 @@ STAGE = Stage(
     name="train-cam",
     about="train the multi-label classifier on image-level labels (Ray Train; irn train_cam)",
     kind="train",
-    reads=("dataset.format", "dataset.root", "dataset.coco_annotations", "dataset.coco_image_dir",
-           "dataset.manifest", "dataset.class_names_file", "dataset.max_long_side", "model", "seed",
-           "cam.crop_size", "cam.resize_long", "cam.batch_size", "cam.epochs", "cam.learning_rate",
-           "cam.head_lr_scale", "cam.weight_decay", "cam.momentum", "cam.optimizer", "cam.frozen_stages",
-           "cam.color_jitter"),
+    reads=(
+        "dataset.format",
+        "dataset.root",
+        "dataset.coco_annotations",
+        "dataset.coco_image_dir",
+        "dataset.manifest",
+        "dataset.class_names_file",
+        "dataset.max_long_side",
+        "model",
+        "seed",
+        "cam.crop_size",
+        "cam.resize_long",
+        "cam.batch_size",
+        "cam.epochs",
+        "cam.learning_rate",
+        "cam.head_lr_scale",
+        "cam.weight_decay",
+        "cam.momentum",
+        "cam.optimizer",
+        "cam.frozen_stages",
+        "cam.color_jitter",
+    ),
     consumes=(),
     body=train_cam,
     outputs=_outputs,

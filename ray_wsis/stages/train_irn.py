@@ -10,7 +10,8 @@ per-worker loop of pipeline/training.py; the weights end in <output>/models/<met
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 import ray.train
@@ -20,20 +21,14 @@ from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
-from ray_wsis.pipeline.training import (classifier_state, export_model, relation_train_loop, run_config,
-                                        scaling_config)
-from ray_wsis.pipeline.progress import training_progress
+from ray_wsis.pipeline.training import classifier_state, export_model, relation_train_loop, run_config, scaling_config
 from ray_wsis.stages.base import Stage, StageRun
+from ray_wsis.stages.evaluate import relation_labels_of
 from ray_wsis.storage import Location
 from ray_wsis.train.batches import records_to_rows, relation_batch, top_left_batch
-
-
-def relation_labels_of(layout: Layout, config: Config) -> Location:
-    """The relation labels the method trains on: IRN's, or psa's for AffinityNet (affinity.labels)."""
-    psa = config.method == "affinitynet" and config.affinity.labels == "psa"
-    return layout.affinity_labels if psa else layout.ir_labels
 
 
 def train_irn(run: StageRun) -> dict[str, Any]:
@@ -42,30 +37,47 @@ def train_irn(run: StageRun) -> dict[str, Any]:
     labels = relation_labels_of(ctx.layout, ctx.config)
     ids = committed_ids(labels)
     if not ids:
-        raise DatasetError(f"no relation labels under {labels.uri} to train on: run "
-                           f"{'make-affinity-labels' if labels.uri.endswith('affinity_labels') else 'make-ir-labels'} first")
+        raise DatasetError(
+            f"no relation labels under {labels.uri} to train on: run "
+            f"{'make-affinity-labels' if labels.uri.endswith('affinity_labels') else 'make-ir-labels'} first"
+        )
     config = ctx.config.to_dict()
-    ds = read_stage(labels, ids, READ_BLOCK_ROWS)
-    ds = ds.random_shuffle().map_batches(  # unseeded: a new order every epoch, as in train-cam
-        relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
+    read = read_stage(labels, ids, READ_BLOCK_ROWS)
+    assert read is not None  # ids came from these shards
+    ds = read.random_shuffle().map_batches(  # unseeded: a new order every epoch, as in train-cam
+        relation_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1
+    )
     datasets = {"train": ds}
     if kind == "irnet":
         infer = ctx.split(ctx.config.dataset.infer_split).records
         datasets["mean"] = ray.data.from_items(records_to_rows(infer)).map_batches(
-            top_left_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1)
+            top_left_batch, fn_kwargs={"config": config}, batch_format="pyarrow", batch_size=16, num_cpus=1
+        )
     classifier_state(ctx.config, kind)  # fail here, not in the workers, when it is missing
     with training_progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log) as board:
-        trainer = TorchTrainer(relation_train_loop,
-                               train_loop_config={"config": config, "num_classes": ctx.num_classes,
-                                                  "num_images": len(ids), "progress": board},
-                               scaling_config=scaling_config(ctx.config), run_config=run_config(ctx, kind),
-                               datasets=datasets,
-                               dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+        trainer = TorchTrainer(
+            relation_train_loop,
+            train_loop_config={
+                "config": config,
+                "num_classes": ctx.num_classes,
+                "num_images": len(ids),
+                "progress": board,
+            },
+            scaling_config=scaling_config(ctx.config),
+            run_config=run_config(ctx, kind),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        )
         result = trainer.fit()
     uri = export_model(ctx, result, kind, ctx.num_classes)
     metrics = result.metrics or {}
-    return {"images": len(ids), "model": uri, "model_id": ctx.model_id(kind), "final_loss": metrics.get("loss"),
-            "resumed_from_epoch": metrics.get("start_epoch")}
+    return {
+        "images": len(ids),
+        "model": uri,
+        "model_id": ctx.model_id(kind),
+        "final_loss": metrics.get("loss"),
+        "resumed_from_epoch": metrics.get("start_epoch"),
+    }
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
@@ -90,9 +102,22 @@ STAGE = Stage(
 AFFINITY_STAGE = dataclasses.replace(
     STAGE,
     about="train AffinityNet (feature affinities) on psa's relation labels (Ray Train; psa train_aff)",
-    reads=("method", "model", "seed", "affinity.labels", "affinity.crop_size", "affinity.batch_size",
-           "affinity.epochs", "affinity.learning_rate", "affinity.weight_decay", "affinity.momentum",
-           "affinity.radius", "affinity.color_jitter", "affinity.rescale", "affinity.batch_norm"),
+    reads=(
+        "method",
+        "model",
+        "seed",
+        "affinity.labels",
+        "affinity.crop_size",
+        "affinity.batch_size",
+        "affinity.epochs",
+        "affinity.learning_rate",
+        "affinity.weight_decay",
+        "affinity.momentum",
+        "affinity.radius",
+        "affinity.color_jitter",
+        "affinity.rescale",
+        "affinity.batch_norm",
+    ),
     consumes=("train-cam", "make-affinity-labels"),
 )
 """The same stage for ``method: affinitynet``: other fields, psa's labels."""

@@ -8,7 +8,7 @@ random crop (image fill 0, label fill 255), label reduced x4 with nearest sampli
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -25,7 +25,7 @@ def normalize(image: np.ndarray) -> np.ndarray:
 
 
 def resize(image: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
-    resample = Image.NEAREST if nearest else Image.BICUBIC
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC
     return np.asarray(Image.fromarray(image).resize((width, height), resample))
 
 
@@ -44,8 +44,11 @@ def color_jitter(image: np.ndarray, strength: float | Sequence[float], rng: np.r
     if not any(v > 0 for v in values):
         return image
     pil = Image.fromarray(image)
-    steps = [(enhancer, s) for enhancer, s in zip((ImageEnhance.Brightness, ImageEnhance.Contrast,
-                                                  ImageEnhance.Color), values[:3]) if s > 0]
+    steps = [
+        (enhancer, s)
+        for enhancer, s in zip((ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color), values[:3])
+        if s > 0
+    ]
     hue = values[3] if len(values) > 3 else 0.0
     order = rng.permutation(len(steps) + (1 if hue > 0 else 0))
     for k in order:
@@ -55,7 +58,7 @@ def color_jitter(image: np.ndarray, strength: float | Sequence[float], rng: np.r
         else:
             h, sat, val = pil.convert("HSV").split()
             shift = int(round(rng.uniform(-hue, hue) * 255))
-            h = h.point(lambda x: (x + shift) % 256)
+            h = h.point(lambda x, shift=shift: (x + shift) % 256)
             pil = Image.merge("HSV", (h, sat, val)).convert("RGB")
     return np.asarray(pil)
 
@@ -77,12 +80,15 @@ def crop_box(height: int, width: int, size: int, rng: np.random.Generator) -> tu
 def place(array: np.ndarray, box: tuple[int, int, int, int, int, int], size: int, fill: float) -> np.ndarray:
     cont_top, cont_left, img_top, img_left, ch, cw = box
     canvas = np.full((size, size, *array.shape[2:]), fill, dtype=array.dtype)
-    canvas[cont_top:cont_top + ch, cont_left:cont_left + cw] = array[img_top:img_top + ch, img_left:img_left + cw]
+    canvas[cont_top : cont_top + ch, cont_left : cont_left + cw] = array[
+        img_top : img_top + ch, img_left : img_left + cw
+    ]
     return canvas
 
 
-def classifier_sample(image: np.ndarray, crop_size: int, resize_long: tuple[int, int], jitter: float,
-                      rng: np.random.Generator) -> np.ndarray:
+def classifier_sample(
+    image: np.ndarray, crop_size: int, resize_long: tuple[int, int], jitter: float, rng: np.random.Generator
+) -> np.ndarray:
     """One classifier training input: (3, crop, crop) float32."""
     image = random_resize_long(image, resize_long[0], resize_long[1], rng)
     image = normalize(color_jitter(image, jitter, rng))
@@ -92,9 +98,15 @@ def classifier_sample(image: np.ndarray, crop_size: int, resize_long: tuple[int,
     return np.ascontiguousarray(place(image, box, crop_size, 0.0).transpose(2, 0, 1))
 
 
-def relation_sample(image: np.ndarray, label: np.ndarray, crop_size: int, rescale: tuple[float, float],
-                    rng: np.random.Generator, stride: int = 4, jitter: float | Sequence[float] = 0.0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def relation_sample(
+    image: np.ndarray,
+    label: np.ndarray,
+    crop_size: int,
+    rescale: tuple[float, float],
+    rng: np.random.Generator,
+    stride: int = 4,
+    jitter: float | Sequence[float] = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """One IRNet/AffinityNet input: (3, crop, crop) float32 and (crop/stride)^2 uint8 labels."""
     scale = float(rng.uniform(rescale[0], rescale[1]))
     h, w = image.shape[:2]
@@ -113,5 +125,8 @@ def relation_sample(image: np.ndarray, label: np.ndarray, crop_size: int, rescal
 def top_left_sample(image: np.ndarray, crop_size: int) -> np.ndarray:
     """irn's displacement-mean pass input: normalised top-left crop in a zero canvas."""
     image = normalize(image)
-    return np.ascontiguousarray(place(image, (0, 0, 0, 0, min(crop_size, image.shape[0]),
-                                              min(crop_size, image.shape[1])), crop_size, 0.0).transpose(2, 0, 1))
+    return np.ascontiguousarray(
+        place(
+            image, (0, 0, 0, 0, min(crop_size, image.shape[0]), min(crop_size, image.shape[1])), crop_size, 0.0
+        ).transpose(2, 0, 1)
+    )

@@ -48,15 +48,23 @@ class ClassifierBatches:
             target[np.asarray(batch["class_ids"][i], np.int64) - 1] = 1.0
             targets.append(target)
         size = c.crop_size
-        return {"image": np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
-                "target": np.stack(targets) if targets else np.zeros((0, self.num_classes), np.float32)}
+        return {
+            "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.float32),
+            "target": np.stack(targets) if targets else np.zeros((0, self.num_classes), np.float32),
+        }
 
 
 class RelationBatches:
     """Decode image + relation-label PNG, irn affinity augmentation; labels at `stride`."""
 
-    def __init__(self, config: Config, crop_size: int, rescale: tuple[float, float], stride: int,
-                 jitter: float | tuple[float, ...] = 0.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        crop_size: int,
+        rescale: tuple[float, float],
+        stride: int,
+        jitter: float | tuple[float, ...] = 0.0,
+    ) -> None:
         self.config, self.crop_size, self.rescale, self.stride = config, crop_size, rescale, stride
         self.jitter = jitter
         self.rng = np.random.default_rng()
@@ -71,8 +79,10 @@ class RelationBatches:
             images.append(x)
             labels.append(y)
         s, ls = self.crop_size, self.crop_size // self.stride
-        return {"image": np.stack(images) if images else np.zeros((0, 3, s, s), np.float32),
-                "label": np.stack(labels) if labels else np.zeros((0, ls, ls), np.uint8)}
+        return {
+            "image": np.stack(images) if images else np.zeros((0, 3, s, s), np.float32),
+            "label": np.stack(labels) if labels else np.zeros((0, ls, ls), np.uint8),
+        }
 
 
 class TopLeftBatches:

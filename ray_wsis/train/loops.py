@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +29,32 @@ Batch = dict[str, torch.Tensor]
 
 def build_classifier(config: Config, num_classes: int) -> tuple[nn.Module, torch.optim.Optimizer]:
     c = config.cam
-    model = build_model("cam", config.model.backbone, num_classes, weights=config.model.weights,
-                        batch_norm=config.model.batch_norm, frozen_stages=c.frozen_stages)
+    model = build_model(
+        "cam",
+        config.model.backbone,
+        num_classes,
+        weights=config.model.weights,
+        batch_norm=config.model.batch_norm,
+        frozen_stages=c.frozen_stages,
+    )
     backbone, head = model.parameter_groups()
-    optimizer = poly_optimizer(c.optimizer, [(backbone, c.learning_rate), (head, c.head_lr_scale * c.learning_rate)],
-                               c.weight_decay, c.momentum)
+    optimizer = poly_optimizer(
+        c.optimizer,
+        [(backbone, c.learning_rate), (head, c.head_lr_scale * c.learning_rate)],
+        c.weight_decay,
+        c.momentum,
+    )
     return model, optimizer
 
 
 def backbone_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The `backbone.*` tensors of a model state, keyed for a bare Backbone."""
-    return {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in model_state.items() if k.startswith("backbone.")}
 
 
-def build_relation_net(config: Config, num_classes: int,
-                       classifier_state: Optional[dict[str, torch.Tensor]] = None) -> tuple[nn.Module, torch.optim.Optimizer]:
+def build_relation_net(
+    config: Config, num_classes: int, classifier_state: Optional[dict[str, torch.Tensor]] = None
+) -> tuple[nn.Module, torch.optim.Optimizer]:
     """IRNet (method irnet) or AffinityNet (method affinitynet) with its optimiser.
 
     irn starts IRNet from ImageNet weights with the backbone frozen; from scratch the backbone
@@ -50,8 +62,14 @@ def build_relation_net(config: Config, num_classes: int,
     """
     if config.method == "irnet":
         c = config.irn
-        model = build_model("irnet", config.model.backbone, num_classes, weights=config.model.weights,
-                            batch_norm=config.model.batch_norm, train_backbone=c.train_backbone)
+        model = build_model(
+            "irnet",
+            config.model.backbone,
+            num_classes,
+            weights=config.model.weights,
+            batch_norm=config.model.batch_norm,
+            train_backbone=c.train_backbone,
+        )
         if c.backbone_init == "classifier":
             if classifier_state is None:
                 raise ValueError("irn.backbone_init is 'classifier' but no classifier checkpoint was given")
@@ -62,15 +80,22 @@ def build_relation_net(config: Config, num_classes: int,
             groups.append((backbone, c.backbone_lr_scale * c.learning_rate))
         return model, poly_optimizer(c.optimizer, groups, c.weight_decay, c.momentum)
     a = config.affinity
-    model = build_model("affinitynet", config.model.backbone, num_classes, weights=config.model.weights,
-                        batch_norm=config.model.batch_norm, frozen_stages=("conv1", "layer1"))
+    model = build_model(
+        "affinitynet",
+        config.model.backbone,
+        num_classes,
+        weights=config.model.weights,
+        batch_norm=config.model.batch_norm,
+        frozen_stages=("conv1", "layer1"),
+    )
     if classifier_state is not None:  # psa starts AffinityNet from the trained classifier
         model.backbone.load_state_dict(backbone_state(classifier_state))
     if a.batch_norm == "frozen":  # psa: statistics and affine of every BatchNorm stay as loaded
-        freeze_batch_norm(model.backbone)
+        freeze_batch_norm(model.backbone)  # type: ignore[arg-type]
     backbone, head = model.parameter_groups()
-    return model, poly_optimizer("sgd", [(backbone, a.learning_rate), (head, 10 * a.learning_rate)], a.weight_decay,
-                                 a.momentum)
+    return model, poly_optimizer(
+        "sgd", [(backbone, a.learning_rate), (head, 10 * a.learning_rate)], a.weight_decay, a.momentum
+    )
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -113,11 +138,17 @@ def max_steps(num_images: int, batch_size: int, epochs: int, world_size: int = 1
     return max(1, math.ceil(num_images / world_size) // batch_size) * epochs
 
 
-def run_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
-              step: Callable[[nn.Module, Batch], dict[str, torch.Tensor]], batches: Iterable[Batch],
-              global_step: int, max_step: int, device: torch.device,
-              on_step: Optional[Callable[[int, int, float, int, float], None]] = None,
-              steps_per_epoch: int = 0) -> tuple[int, dict[str, float]]:
+def run_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: Callable[[nn.Module, Batch], dict[str, torch.Tensor]],
+    batches: Iterable[Batch],
+    global_step: int,
+    max_step: int,
+    device: torch.device,
+    on_step: Optional[Callable[[int, int, float, int, float], None]] = None,
+    steps_per_epoch: int = 0,
+) -> tuple[int, dict[str, float]]:
     """One pass over `batches`; returns the new global step and the epoch's mean losses.
 
     ``on_step(step, steps_per_epoch, loss, samples, seconds)`` is told of every step (progress)."""
@@ -169,10 +200,21 @@ def displacement_mean(model: nn.Module, batches: Iterable[Batch], device: torch.
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP/FSDP wrapper."""
-    return model.module if hasattr(model, "module") else model
+    inner: nn.Module = model.module if hasattr(model, "module") else model  # type: ignore[assignment]
+    return inner
 
 
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, global_step: int,
-                   extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    return {"model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "global_step": global_step, **(extra or {})}
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    global_step: int,
+    extra: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    return {
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "global_step": global_step,
+        **(extra or {}),
+    }

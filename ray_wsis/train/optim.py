@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
 
-def poly_sgd(groups: Sequence[tuple[list[torch.nn.Parameter], float]], weight_decay: float,
-             momentum: float) -> torch.optim.SGD:
+def poly_sgd(
+    groups: Sequence[tuple[list[torch.nn.Parameter], float]], weight_decay: float, momentum: float
+) -> torch.optim.SGD:
     """One SGD group per (params, lr); empty groups are dropped.
 
     irn's PolyOptimizer passes weight_decay positionally into SGD's momentum slot, so its
     real momentum is 1e-4; `momentum` is explicit here and the configs say which they use.
     """
-    param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
-                    for params, lr in groups if params]
+    param_groups = [
+        {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay} for params, lr in groups if params
+    ]
     if not param_groups:
         raise ValueError("no trainable parameters")
-    return torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
+    lr: Any = param_groups[0]["lr"]
+    return torch.optim.SGD(param_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def poly_optimizer(kind: Literal["sgd", "adamw"], groups: Sequence[tuple[list[torch.nn.Parameter], float]],
-                   weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def poly_optimizer(
+    kind: Literal["sgd", "adamw"],
+    groups: Sequence[tuple[list[torch.nn.Parameter], float]],
+    weight_decay: float,
+    momentum: float,
+) -> torch.optim.Optimizer:
     """irn's SGD, or AdamW with the same groups and poly decay.
 
     AdamW is a from-scratch finding (README, "From scratch"): the same 15-epoch classifier gave
@@ -32,11 +40,13 @@ def poly_optimizer(kind: Literal["sgd", "adamw"], groups: Sequence[tuple[list[to
         return poly_sgd(groups, weight_decay, momentum)
     if kind != "adamw":
         raise ValueError(f"optimizer must be sgd or adamw, got {kind!r}")
-    param_groups = [{"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay}
-                    for params, lr in groups if params]
+    param_groups = [
+        {"params": params, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay} for params, lr in groups if params
+    ]
     if not param_groups:
         raise ValueError("no trainable parameters")
-    return torch.optim.AdamW(param_groups, lr=param_groups[0]["lr"], weight_decay=weight_decay)
+    lr: Any = param_groups[0]["lr"]
+    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
 
 
 def set_poly_lr(optimizer: torch.optim.Optimizer, step: int, max_step: int, power: float = 0.9) -> float:

@@ -10,8 +10,9 @@ tiny test images get readable captions and huge ones do not make 20000-pixel-wid
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -43,15 +44,19 @@ def colorize_displacement(displacement: np.ndarray) -> np.ndarray:
     """(2, h, w) (dy, dx) -> RGB: hue from the direction, brightness from the length."""
     dy, dx = np.nan_to_num(displacement[0]), np.nan_to_num(displacement[1])
     angle = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
-    magnitude = np.sqrt(dy ** 2 + dx ** 2)
+    magnitude = np.sqrt(dy**2 + dx**2)
     value = np.clip(magnitude / max(float(magnitude.max(initial=0.0)), 1e-6), 0, 1)
     h6 = angle * 6.0
     sector = np.floor(h6).astype(int) % 6
     f = h6 - np.floor(h6)
     p, q, t = np.zeros_like(value), value * (1 - f), value * f
-    rgb = np.select([sector[..., None] == k for k in range(6)],
-                    [np.stack(c, -1) for c in ((value, t, p), (q, value, p), (p, value, t),
-                                                (p, q, value), (t, p, value), (value, p, q))])
+    rgb = np.select(
+        [sector[..., None] == k for k in range(6)],
+        [
+            np.stack(c, -1)
+            for c in ((value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q))
+        ],
+    )
     return (rgb * 255).astype(np.uint8)
 
 
@@ -82,7 +87,7 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _fit(tile: np.ndarray, height: int, width: int, nearest: bool = False) -> np.ndarray:
     if tile.shape[:2] == (height, width):
         return tile
-    resample = Image.NEAREST if nearest else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(np.ascontiguousarray(tile)).resize((width, height), resample))
 
 
@@ -93,7 +98,9 @@ def display_size(height: int, width: int, min_long: int = 192, max_long: int = 5
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _clip_text(draw: ImageDraw.ImageDraw, text: str, max_width: int, font: ImageFont.ImageFont) -> str:
+def _clip_text(
+    draw: ImageDraw.ImageDraw, text: str, max_width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> str:
     """Shorten a caption with an ellipsis so that it never runs into the next tile."""
     if draw.textlength(text, font=font) <= max_width:
         return text
@@ -106,12 +113,22 @@ def _class_name(class_id: int, class_names: Sequence[str]) -> str:
     return class_names[class_id - 1] if 0 < class_id <= len(class_names) else f"class {class_id}"
 
 
-def instance_tile(masks: np.ndarray, class_ids: Sequence[int], scores: Sequence[float], class_names: Sequence[str],
-                  height: int, width: int) -> np.ndarray:
+def instance_tile(
+    masks: np.ndarray,
+    class_ids: Sequence[int],
+    scores: Sequence[float],
+    class_names: Sequence[str],
+    height: int,
+    width: int,
+) -> np.ndarray:
     """Instances coloured at display size, each scored one captioned '<class> <score>' on its box corner."""
     masks = np.asarray(masks, bool)
-    tile = _fit(colorize_instances(masks, *masks.shape[1:]) if len(masks) else
-                np.zeros((height, width, 3), np.uint8), height, width, nearest=True)
+    tile = _fit(
+        colorize_instances(masks, *masks.shape[1:]) if len(masks) else np.zeros((height, width, 3), np.uint8),
+        height,
+        width,
+        nearest=True,
+    )
     image = Image.fromarray(np.ascontiguousarray(tile))
     draw, font = ImageDraw.Draw(image), _font(10)
     sy, sx = height / max(masks.shape[1], 1), width / max(masks.shape[2], 1)
@@ -130,12 +147,20 @@ def instance_tile(masks: np.ndarray, class_ids: Sequence[int], scores: Sequence[
     return np.asarray(image)
 
 
-def panel(image: np.ndarray, cams: Optional[np.ndarray] = None, boundary: Optional[np.ndarray] = None,
-          displacement: Optional[np.ndarray] = None, semantic: Optional[np.ndarray] = None,
-          instances: Optional[tuple[np.ndarray, Sequence[int], Sequence[float]]] = None,
-          ground_truth: Optional[np.ndarray] = None, class_names: Sequence[str] = (),
-          class_ids: Sequence[int] = (), extra: Sequence[tuple[str, np.ndarray]] = (),
-          min_long: int = 192, max_long: int = 512) -> np.ndarray:
+def panel(
+    image: np.ndarray,
+    cams: Optional[np.ndarray] = None,
+    boundary: Optional[np.ndarray] = None,
+    displacement: Optional[np.ndarray] = None,
+    semantic: Optional[np.ndarray] = None,
+    instances: Optional[tuple[np.ndarray, Sequence[int], Sequence[float]]] = None,
+    ground_truth: Optional[np.ndarray] = None,
+    class_names: Sequence[str] = (),
+    class_ids: Sequence[int] = (),
+    extra: Sequence[tuple[str, np.ndarray]] = (),
+    min_long: int = 192,
+    max_long: int = 512,
+) -> np.ndarray:
     """One row of captioned tiles, each the image's display size (see :func:`display_size`).
 
     Maps of any resolution (stride-4 CAMs, boundary, displacement) are resized onto the
@@ -180,13 +205,21 @@ def contact_sheet(panels: Sequence[np.ndarray], max_width: int = 2400) -> np.nda
         raise ValueError("no panels")
     width = max(p.shape[1] for p in panels)
     scale = min(1.0, max_width / width)
-    rows = [np.asarray(Image.fromarray(p).resize((max(1, int(p.shape[1] * scale)), max(1, int(p.shape[0] * scale))),
-                                                 Image.BILINEAR))
-            for p in panels]
-    out = np.full((sum(r.shape[0] for r in rows) + _GAP * (len(rows) - 1), max(r.shape[1] for r in rows), 3),
-                  _BACKDROP[0], np.uint8)
+    rows = [
+        np.asarray(
+            Image.fromarray(p).resize(
+                (max(1, int(p.shape[1] * scale)), max(1, int(p.shape[0] * scale))), Image.Resampling.BILINEAR
+            )
+        )
+        for p in panels
+    ]
+    out = np.full(
+        (sum(r.shape[0] for r in rows) + _GAP * (len(rows) - 1), max(r.shape[1] for r in rows), 3),
+        _BACKDROP[0],
+        np.uint8,
+    )
     y = 0
     for r in rows:
-        out[y:y + r.shape[0], :r.shape[1]] = r
+        out[y : y + r.shape[0], : r.shape[1]] = r
         y += r.shape[0] + _GAP
     return out

@@ -14,9 +14,10 @@ import json
 import math
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 from urllib.parse import quote
 
 import numpy as np
@@ -34,12 +35,26 @@ from ray_wsis.pipeline.schema import cam_array
 from ray_wsis.storage import Location, exists, list_files, read_bytes, resolve
 from ray_wsis.visualize.panels import contact_sheet, panel
 
-METRIC_KEYS = ("cam_miou", "ir_label_precision", "ir_label_coverage", "sem_miou",
-               "ins_map25", "ins_map50", "ins_map70", "ins_map75")
-METRIC_TITLES = {"cam_miou": "CAM mIoU", "ir_label_precision": "relation-label precision",
-                 "ir_label_coverage": "relation-label coverage", "sem_miou": "pseudo semantic mIoU",
-                 "ins_map25": "instance mAP@0.25", "ins_map50": "instance mAP@0.50",
-                 "ins_map70": "instance mAP@0.70", "ins_map75": "instance mAP@0.75"}
+METRIC_KEYS = (
+    "cam_miou",
+    "ir_label_precision",
+    "ir_label_coverage",
+    "sem_miou",
+    "ins_map25",
+    "ins_map50",
+    "ins_map70",
+    "ins_map75",
+)
+METRIC_TITLES = {
+    "cam_miou": "CAM mIoU",
+    "ir_label_precision": "relation-label precision",
+    "ir_label_coverage": "relation-label coverage",
+    "sem_miou": "pseudo semantic mIoU",
+    "ins_map25": "instance mAP@0.25",
+    "ins_map50": "instance mAP@0.50",
+    "ins_map70": "instance mAP@0.70",
+    "ins_map75": "instance mAP@0.75",
+}
 
 
 @dataclass
@@ -59,8 +74,9 @@ class PanelEntry:
 
 
 def _parent(location: Location) -> Location:
-    return Location(location.fs, posixpath.dirname(location.path.rstrip("/")),
-                    location.uri.rstrip("/").rsplit("/", 1)[0])
+    return Location(
+        location.fs, posixpath.dirname(location.path.rstrip("/")), location.uri.rstrip("/").rsplit("/", 1)[0]
+    )
 
 
 def run_root(labels_uri: str, config: Config) -> tuple[Location, Location]:
@@ -73,12 +89,15 @@ def run_root(labels_uri: str, config: Config) -> tuple[Location, Location]:
 
 def _ids_by_file(location: Location) -> dict[str, list[str]]:
     """image_ids of each shard (one column read per file)."""
-    return {p: pq.read_table(p, columns=["image_id"], filesystem=location.fs).column("image_id").to_pylist()
-            for p in list_files(location, ".parquet", PART_PREFIX)}
+    return {
+        p: pq.read_table(p, columns=["image_id"], filesystem=location.fs).column("image_id").to_pylist()
+        for p in list_files(location, ".parquet", PART_PREFIX)
+    }
 
 
-def rows_with_ids(location: Location, ids: Sequence[str],
-                  ids_by_file: Optional[dict[str, list[str]]] = None) -> list[dict[str, Any]]:
+def rows_with_ids(
+    location: Location, ids: Sequence[str], ids_by_file: Optional[dict[str, list[str]]] = None
+) -> list[dict[str, Any]]:
     """Rows of the given ids, sorted by id, reading only the shards that hold them."""
     wanted, rows = set(ids), []
     value_set = pa.array(sorted(wanted), pa.string())
@@ -93,7 +112,7 @@ def rows_with_ids(location: Location, ids: Sequence[str],
 def first_label_rows(shards: Location, n: int) -> list[dict[str, Any]]:
     """Raw pseudo-label rows of the n smallest image_ids."""
     ids_by_file = _ids_by_file(shards)
-    chosen = sorted({i for ids in ids_by_file.values() for i in ids})[:max(n, 0)]
+    chosen = sorted({i for ids in ids_by_file.values() for i in ids})[: max(n, 0)]
     return rows_with_ids(shards, chosen, ids_by_file)
 
 
@@ -102,8 +121,11 @@ def read_cams(root: Location, ids: Sequence[str]) -> dict[str, tuple[list[int], 
     folder = root.child("cams")
     if not ids or not exists(folder):
         return {}
-    return {r["image_id"]: ([int(c) for c in r["labels"]], cam_array(r))
-            for r in rows_with_ids(folder, ids) if r.get("cam") is not None}
+    return {
+        r["image_id"]: ([int(c) for c in r["labels"]], cam_array(r))
+        for r in rows_with_ids(folder, ids)
+        if r.get("cam") is not None
+    }
 
 
 def read_metrics(root: Location) -> Optional[dict[str, Any]]:
@@ -127,7 +149,7 @@ def load_irnet(root: Location, config: Config) -> Optional[Any]:
     from ray_wsis.models.checkpoints import model_from_checkpoint
 
     model, _ = model_from_checkpoint(read_bytes(location), "irnet", None, source=location.uri)
-    return IRNetPredictor(model, config.walk, "cpu")
+    return IRNetPredictor(model, config.walk, "cpu")  # type: ignore[arg-type]
 
 
 class ImageLookup:
@@ -147,8 +169,9 @@ class ImageLookup:
         return self.records.get(image_id)
 
 
-def load_display_image(lookup: ImageLookup, image_id: str, height: int, width: int,
-                       config: Config) -> tuple[np.ndarray, Optional[str]]:
+def load_display_image(
+    lookup: ImageLookup, image_id: str, height: int, width: int, config: Config
+) -> tuple[np.ndarray, Optional[str]]:
     """(image, problem): the dataset's pixels, or a grey placeholder of the label's size and why."""
     record = lookup.get(image_id)
     if record is None:
@@ -158,8 +181,9 @@ def load_display_image(lookup: ImageLookup, image_id: str, height: int, width: i
     except ImageDecodeError as exc:
         return np.full((height, width, 3), 96, np.uint8), f"image unreadable ({exc.reason})"
     if image.shape[:2] != (height, width):
-        return np.full((height, width, 3), 96, np.uint8), \
-            f"image is {image.shape[1]}x{image.shape[0]}, labels {width}x{height}"
+        return np.full(
+            (height, width, 3), 96, np.uint8
+        ), f"image is {image.shape[1]}x{image.shape[0]}, labels {width}x{height}"
     return image, None
 
 
@@ -189,13 +213,18 @@ def boundary_displacement(predictor: Any, image: np.ndarray, config: Config) -> 
     small = resize_long_side(image, config.dataset.max_long_side)
     boundary, displacement = predictor.boundary_displacement(small)
     h, w = small.shape[:2]
-    return (upsample_stride4(boundary.cpu().numpy()[None], h, w)[0],
-            upsample_stride4(displacement.cpu().numpy(), h, w))
+    return (upsample_stride4(boundary.cpu().numpy()[None], h, w)[0], upsample_stride4(displacement.cpu().numpy(), h, w))
 
 
-def render_panel(row: dict[str, Any], image: np.ndarray, cams: Optional[tuple[list[int], np.ndarray]],
-                 predictor: Optional[Any], truth: Optional[np.ndarray], class_names: Sequence[str],
-                 config: Config) -> np.ndarray:
+def render_panel(
+    row: dict[str, Any],
+    image: np.ndarray,
+    cams: Optional[tuple[list[int], np.ndarray]],
+    predictor: Optional[Any],
+    truth: Optional[np.ndarray],
+    class_names: Sequence[str],
+    config: Config,
+) -> np.ndarray:
     """The panel of one decoded pseudo-label row."""
     height, width = row["height"], row["width"]
     cam_ids, cam_maps = cams if cams is not None else ([], None)
@@ -204,8 +233,17 @@ def render_panel(row: dict[str, Any], image: np.ndarray, cams: Optional[tuple[li
     boundary = displacement = None
     if predictor is not None:
         boundary, displacement = boundary_displacement(predictor, image, config)
-    return panel(image, cam_maps, boundary, displacement, row["semantic"],
-                 (row["masks"], row["labels"].tolist(), row["scores"].tolist()), truth, class_names, cam_ids)
+    return panel(
+        image,
+        cam_maps,
+        boundary,
+        displacement,
+        row["semantic"],
+        (row["masks"], row["labels"].tolist(), row["scores"].tolist()),
+        truth,
+        class_names,
+        cam_ids,
+    )
 
 
 def safe_name(image_id: str, taken: set[str]) -> str:
@@ -235,8 +273,14 @@ def _values(values: Optional[Sequence[Optional[float]]], n: int) -> np.ndarray:
     return out
 
 
-def bar_chart(path: Path, names: Sequence[str], series: Sequence[tuple[str, np.ndarray]], title: str,
-              ylabel: str, means: Sequence[tuple[str, Optional[float]]] = ()) -> bool:
+def bar_chart(
+    path: Path,
+    names: Sequence[str],
+    series: Sequence[tuple[str, np.ndarray]],
+    title: str,
+    ylabel: str,
+    means: Sequence[tuple[str, Optional[float]]] = (),
+) -> bool:
     """Grouped per-class bars saved as PNG; False (nothing written) when every value is missing."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -248,8 +292,7 @@ def bar_chart(path: Path, names: Sequence[str], series: Sequence[tuple[str, np.n
     ax = fig.add_subplot()
     x, width = np.arange(len(names)), 0.8 / len(series)
     for k, (label, values) in enumerate(series):
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=label,
-               color=f"C{k}")
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=label, color=f"C{k}")
     for k, (label, mean) in enumerate(means):
         if mean is not None:
             ax.axhline(mean, color=f"C{k}", linestyle="--", linewidth=1, label=f"{label} {mean:.1f}")
@@ -270,16 +313,32 @@ def write_charts(metrics: Optional[dict[str, Any]], out: Path) -> list[str]:
     per_class = (metrics or {}).get("per_class") or {}
     names = list(per_class.get("names") or [])
     written = []
-    iou = [("CAM", _values(per_class.get("cam_iou"), len(names))),
-           ("pseudo semantic", _values(per_class.get("sem_iou"), len(names)))]
-    if bar_chart(out / "charts" / "iou_per_class.png", names, iou, "IoU per class", "IoU (%)",
-                 [("CAM mIoU", metrics.get("cam_miou") if metrics else None),
-                  ("semantic mIoU", metrics.get("sem_miou") if metrics else None)]):
+    iou = [
+        ("CAM", _values(per_class.get("cam_iou"), len(names))),
+        ("pseudo semantic", _values(per_class.get("sem_iou"), len(names))),
+    ]
+    if bar_chart(
+        out / "charts" / "iou_per_class.png",
+        names,
+        iou,
+        "IoU per class",
+        "IoU (%)",
+        [
+            ("CAM mIoU", metrics.get("cam_miou") if metrics else None),
+            ("semantic mIoU", metrics.get("sem_miou") if metrics else None),
+        ],
+    ):
         written.append("charts/iou_per_class.png")
     ap50 = per_class.get("ins_ap50") or []
-    fg_names = names[1:] if len(names) == len(ap50) + 1 else names[:len(ap50)]
-    if bar_chart(out / "charts" / "ap50_per_class.png", fg_names, [("AP50", _values(ap50, len(fg_names)))],
-                 "Instance AP50 per class", "AP50 (%)", [("mAP50", metrics.get("ins_map50") if metrics else None)]):
+    fg_names = names[1:] if len(names) == len(ap50) + 1 else names[: len(ap50)]
+    if bar_chart(
+        out / "charts" / "ap50_per_class.png",
+        fg_names,
+        [("AP50", _values(ap50, len(fg_names)))],
+        "Instance AP50 per class",
+        "AP50 (%)",
+        [("mAP50", metrics.get("ins_map50") if metrics else None)],
+    ):
         written.append("charts/ap50_per_class.png")
     return written
 
@@ -306,20 +365,26 @@ def _metric_rows(metrics: dict[str, Any]) -> str:
             continue
         value = metrics.get(key)
         text = "-" if value is None else f"{float(value):.2f}"
-        rows.append(f"<tr><td>{html.escape(METRIC_TITLES[key])}</td><td><code>{key}</code></td>"
-                    f"<td class=\"value\">{text}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(METRIC_TITLES[key])}</td><td><code>{key}</code></td>"
+            f'<td class="value">{text}</td></tr>'
+        )
     return "\n".join(rows)
 
 
 def metrics_section(metrics: Optional[dict[str, Any]], charts: Sequence[str]) -> str:
     if metrics is None:
-        return "<h2>Metrics</h2>\n<p>No metrics.json in this run (the evaluate stage has not run, " \
-               "or its split has no ground truth).</p>"
+        return (
+            "<h2>Metrics</h2>\n<p>No metrics.json in this run (the evaluate stage has not run, "
+            "or its split has no ground truth).</p>"
+        )
     split = (metrics.get("images") or {}).get("split")
     caption = f"<p>Evaluated on split <code>{html.escape(str(split))}</code>, in percent.</p>" if split else ""
     images = "".join(f'<img src="{quote(c)}" alt="{html.escape(c)}">' for c in charts)
-    return (f"<h2>Metrics</h2>\n{caption}\n<table><tr><th>metric</th><th>key</th><th>value</th></tr>\n"
-            f"{_metric_rows(metrics)}\n</table>\n" + (f'<div class="charts">{images}</div>' if images else ""))
+    return (
+        f"<h2>Metrics</h2>\n{caption}\n<table><tr><th>metric</th><th>key</th><th>value</th></tr>\n"
+        f"{_metric_rows(metrics)}\n</table>\n" + (f'<div class="charts">{images}</div>' if images else "")
+    )
 
 
 def panels_section(entries: Sequence[PanelEntry], contact: Optional[str]) -> str:
@@ -328,21 +393,36 @@ def panels_section(entries: Sequence[PanelEntry], contact: Optional[str]) -> str
     head = f'<p><a href="{quote(contact)}">Contact sheet</a> of all panels.</p>' if contact else ""
     figures = []
     for e in entries:
-        parts = [f"<b>{html.escape(e.image_id)}</b>", "classes: " + (html.escape(", ".join(e.classes)) or "none"),
-                 f"{e.instances} instance{'s' if e.instances != 1 else ''}", *map(html.escape, e.notes)]
-        figures.append(f'<figure id="{html.escape(e.image_id)}"><img src="{quote(e.file)}" loading="lazy" '
-                       f'alt="{html.escape(e.image_id)}"><figcaption>{" · ".join(parts)}</figcaption></figure>')
-    legend = ("<p>Each row: image | CAM per class | boundary | displacement (hue: direction, brightness: "
-              "length) | semantic pseudo-label | instances (class, score) | ground truth.</p>")
+        parts = [
+            f"<b>{html.escape(e.image_id)}</b>",
+            "classes: " + (html.escape(", ".join(e.classes)) or "none"),
+            f"{e.instances} instance{'s' if e.instances != 1 else ''}",
+            *map(html.escape, e.notes),
+        ]
+        figures.append(
+            f'<figure id="{html.escape(e.image_id)}"><img src="{quote(e.file)}" loading="lazy" '
+            f'alt="{html.escape(e.image_id)}"><figcaption>{" · ".join(parts)}</figcaption></figure>'
+        )
+    legend = (
+        "<p>Each row: image | CAM per class | boundary | displacement (hue: direction, brightness: "
+        "length) | semantic pseudo-label | instances (class, score) | ground truth.</p>"
+    )
     return f"<h2>Panels ({len(entries)})</h2>\n{head}\n{legend}\n" + "\n".join(figures)
 
 
-def index_html(title: str, metrics: Optional[dict[str, Any]], charts: Sequence[str],
-               entries: Sequence[PanelEntry], contact: Optional[str]) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n{metrics_section(metrics, charts)}\n"
-            f"{panels_section(entries, contact)}\n</body>\n</html>\n")
+def index_html(
+    title: str,
+    metrics: Optional[dict[str, Any]],
+    charts: Sequence[str],
+    entries: Sequence[PanelEntry],
+    contact: Optional[str],
+) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{metrics_section(metrics, charts)}\n"
+        f"{panels_section(entries, contact)}\n</body>\n</html>\n"
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -362,13 +442,21 @@ class RunInputs:
         return list(self.source.class_names)
 
 
-def write_panel(row: dict[str, Any], inputs: RunInputs, config: Config, out: Path,
-                taken: set[str]) -> tuple[PanelEntry, np.ndarray]:
+def write_panel(
+    row: dict[str, Any], inputs: RunInputs, config: Config, out: Path, taken: set[str]
+) -> tuple[PanelEntry, np.ndarray]:
     """Render and save one image's panel; notes say which tiles could not be drawn and why."""
     image_id = row["image_id"]
     image, problem = load_display_image(inputs.lookup, image_id, row["height"], row["width"], config)
-    array = render_panel(row, image, inputs.cams.get(image_id), None if problem else inputs.predictor,
-                         ground_truth(inputs.source, image_id), inputs.names, config)
+    array = render_panel(
+        row,
+        image,
+        inputs.cams.get(image_id),
+        None if problem else inputs.predictor,
+        ground_truth(inputs.source, image_id),
+        inputs.names,
+        config,
+    )
     file = f"panels/{safe_name(image_id, taken)}.png"
     _save_png(array, out / file)
     notes = ([] if image_id in inputs.cams else ["no CAM row"]) + ([problem] if problem else [])
@@ -384,8 +472,9 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
     rows = [decode_row(r) for r in first_label_rows(shards, n)]
     source = build_source(config.dataset, config.storage)
     splits = [config.dataset.infer_split, config.dataset.train_split, config.dataset.eval_split]
-    inputs = RunInputs(source, ImageLookup(source, splits), read_cams(root, [r["image_id"] for r in rows]),
-                       load_irnet(root, config))
+    inputs = RunInputs(
+        source, ImageLookup(source, splits), read_cams(root, [r["image_id"] for r in rows]), load_irnet(root, config)
+    )
     taken: set[str] = set()
     drawn = [write_panel(row, inputs, config, out, taken) for row in rows]
     entries = [entry for entry, _ in drawn]
@@ -397,11 +486,16 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
     charts = write_charts(metrics, out)
     index = out / "index.html"
     index.write_text(index_html(f"ray_wsis report: {root.uri}", metrics, charts, entries, contact), encoding="utf-8")
-    return {"panels": len(entries), "index": str(index), "contact_sheet": str(out / contact) if contact else None,
-            "charts": [str(out / c) for c in charts], "metrics": metrics is not None,
-            "boundary_displacement": inputs.predictor is not None,
-            "without_cams": [e.image_id for e in entries if e.image_id not in inputs.cams],
-            "without_images": [e.image_id for e in entries if not e.image_found]}
+    return {
+        "panels": len(entries),
+        "index": str(index),
+        "contact_sheet": str(out / contact) if contact else None,
+        "charts": [str(out / c) for c in charts],
+        "metrics": metrics is not None,
+        "boundary_displacement": inputs.predictor is not None,
+        "without_cams": [e.image_id for e in entries if e.image_id not in inputs.cams],
+        "without_images": [e.image_id for e in entries if not e.image_found],
+    }
 
 
 def _name(class_id: int, names: Sequence[str]) -> str:
