@@ -10,7 +10,7 @@ actors: each actor process boots Ray's worker and imports torch and torchvision 
 and on two cores the two actors pay it at once. Past it, one actor took 2.65 s per image and
 each of two 2.9 s (the cores share memory bandwidth), a per-image ratio of 1.83 that a long
 run (thousands of images per actor, as on a cluster) tends to. Hence 64 images by default:
-32 gave 1.52-1.74 in four runs, 64 gave 1.76 (median of two; README "Performance").
+32 gave 1.52-1.74 in four runs, 64 gave 1.76 (median of two; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main() -> None:
     from ray_wsis.config import load_config
     from ray_wsis.data.synthetic import make_synthetic_voc
     from ray_wsis.pipeline.context import StageContext, init_ray
-    from ray_wsis.pipeline.inference import make_cams, make_pseudo_labels
+    from ray_wsis.pipeline.run import run_named
 
     work = tempfile.mkdtemp(prefix="ray_wsis_scaling_")
     root, output = os.path.join(work, "voc"), os.path.join(work, "out")
@@ -59,15 +59,16 @@ def main() -> None:
     init_ray(config)
     # The CAMs are only this stage's input, and its cost does not depend on how they were made
     # (one map per class at stride 4 either way): scale 1.0 alone has 1/7.5 of the pixels of four scales.
-    make_cams(
-        StageContext(load_config(None, base + ["ray.inference_actors=2", "cam.scales=[1.0]"]), log=lambda _m: None)
+    run_named(
+        StageContext(load_config(None, base + ["ray.inference_actors=2", "cam.scales=[1.0]"]), log=lambda _m: None),
+        "make-cams",
     )
     seconds: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(max(1, args.repeats)):
         for actors in (1, 2):  # in turn, so that a drift of the box hits both sides
             cfg = load_config(None, base + [f"ray.inference_actors={actors}"])
             start = time.perf_counter()
-            make_pseudo_labels(StageContext(cfg, force=True, log=lambda _m: None))
+            run_named(StageContext(cfg, log=lambda _m: None), "make-pseudo-labels", force=True)
             seconds[actors].append(round(time.perf_counter() - start, 2))
     median = {a: round(statistics.median(s), 2) for a, s in seconds.items()}
     print(

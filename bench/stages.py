@@ -176,12 +176,12 @@ class PlainLoop:
     def make_pseudo_labels(self, timer: PlainTimer) -> None:
         from ray_wsis.method.predictors import IRNetPredictor
         from ray_wsis.models.checkpoints import model_from_checkpoint
-        from ray_wsis.pipeline.schema import PSEUDO_LABELS, pseudo_label_row
+        from ray_wsis.pipeline.schema import PSEUDO_LABELS, SCORES, pseudo_label_row, scores_row
         from ray_wsis.storage import read_bytes
 
         start = time.perf_counter()
         model, _ = model_from_checkpoint(read_bytes(self.models.child("irnet.pt")), "irnet")
-        labeler = IRNetPredictor(model, self.config.walk)
+        labeler = IRNetPredictor(model, self.config.walk, lowest_threshold=min(self.config.calibration.candidates))
         timer.add("load_model", start)
         cams, images, rows = self.read_cams(timer), self.decode(timer), []
         for r in self.records:
@@ -203,8 +203,10 @@ class PlainLoop:
                     inst.class_ids,
                     inst.scores,
                 )
+                | scores_row(r.image_id, image.shape[0], image.shape[1], result.scores)
             )
             timer.add("encode", start)
+        self.write(timer, "make-pseudo-labels", rows, SCORES, "scores")  # as the stage: both tables
         self.write(timer, "make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
 
 
@@ -228,10 +230,11 @@ def start_ray_session(config: Any) -> float:
     return time.perf_counter() - start
 
 
-def ray_stage(fn: Callable, config: Any, force: bool) -> float:
+def ray_stage(name: str, config: Any, force: bool) -> float:
     from ray_wsis.pipeline.context import StageContext
+    from ray_wsis.pipeline.run import run_named
 
-    return timed(fn, StageContext(config, force=force, log=lambda _m: None))
+    return timed(lambda: run_named(StageContext(config, log=lambda _m: None), name, force))
 
 
 def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]:
@@ -240,14 +243,12 @@ def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]
     The order cancels a linear drift of the box between the two sides of a ratio; every run is
     reported. The first Ray run of a stage is its cold run (task workers not yet started).
     """
-    from ray_wsis.pipeline.inference import make_cams, make_ir_labels, make_pseudo_labels
-
     session = start_ray_session(config_cams)
     loops = {"cams": PlainLoop(config_cams), "short": PlainLoop(config_short)}
     stages = (
-        ("make-cams", make_cams, loops["cams"].make_cams, config_cams),
-        ("make-ir-labels", make_ir_labels, loops["short"].make_ir_labels, config_short),
-        ("make-pseudo-labels", make_pseudo_labels, loops["short"].make_pseudo_labels, config_short),
+        ("make-cams", "make-cams", loops["cams"].make_cams, config_cams),
+        ("make-ir-labels", "make-ir-labels", loops["short"].make_ir_labels, config_short),
+        ("make-pseudo-labels", "make-pseudo-labels", loops["short"].make_pseudo_labels, config_short),
     )
     timers = {s[0]: PlainTimer() for s in stages}
     plain: dict[str, list[float]] = {s[0]: [] for s in stages}
@@ -255,7 +256,7 @@ def measure(config_cams: Any, config_short: Any, repeats: int) -> dict[str, Any]
     prep = 0.0
     for name, fn, method, config in stages:
         if name == "make-ir-labels":
-            prep = ray_stage(make_cams, config_short, force=False)  # the short stages' input, one scale
+            prep = ray_stage("make-cams", config_short, force=False)  # the short stages' input, one scale
         for i in range(repeats):
             for side in ("plain", "ray") if i % 2 == 0 else ("ray", "plain"):
                 if side == "plain":

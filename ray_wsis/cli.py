@@ -248,7 +248,14 @@ def cmd_stage(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.pipeline.output_config import CONFIG_FILE, recorded_config
     from ray_wsis.status import output_status, status_text
+
+    if not args.config and recorded_config(config.output, config.storage) is None:
+        raise ConfigError(
+            f"{args.output} holds no {CONFIG_FILE}: not a ray_wsis output (or one made before "
+            f"outputs recorded their config); pass --config to describe it"
+        )
 
     report = output_status(config)
     print(json.dumps(report, indent=2, default=str) if args.json else status_text(report))

@@ -120,9 +120,9 @@ class CamConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.0
     """irn passes weight_decay into SGD's momentum slot by mistake, so its effective momentum is
-    1e-4 (plain SGD). 0.0 reproduces that; from scratch 0.9 trains better (README, measured)."""
+    1e-4 (plain SGD). 0.0 reproduces that; from scratch 0.9 trains better (docs/from-scratch.md)."""
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    """irn: SGD. From scratch AdamW (lr 1e-3, head 1x) gives far better-calibrated CAMs (README, measured)."""
+    """irn: SGD. From scratch AdamW (lr 1e-3, head 1x) gives far better-calibrated CAMs (docs/from-scratch.md)."""
     frozen_stages: tuple[str, ...] = ("conv1", "layer1", "layer2")
     """irn's classifier trains layer3, layer4 and the head only. From scratch: ()."""
     color_jitter: float = 0.0
@@ -140,7 +140,7 @@ class IRLabelConfig:
     bg_threshold: float = 0.05
     threshold_mode: Literal["fixed", "quantile"] = "fixed"
     """fixed: the thresholds above (irn). quantile: per image, fg/bg thresholds are these
-    quantiles of the CAM's max over classes (adapts to from-scratch CAMs; README, measured)."""
+    quantiles of the CAM's max over classes (adapts to the CAMs; docs/calibration.md)."""
     fg_quantile: float = 0.85
     bg_quantile: float = 0.5
     crf: bool = True
@@ -172,7 +172,7 @@ class IRNConfig:
     backbone_init: Literal["weights", "classifier"] = "weights"
     """weights: model.weights (ImageNet in irn, random from scratch). classifier: the trained CAM backbone."""
     train_backbone: bool = False
-    """irn freezes the whole backbone; from scratch it must train (README, measured)."""
+    """irn freezes the whole backbone; from scratch it must train (docs/from-scratch.md)."""
     backbone_lr_scale: float = 0.1
     """lr of the backbone relative to the boundary branch when train_backbone is set."""
 

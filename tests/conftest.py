@@ -1,4 +1,5 @@
-"""Test-wide settings: one torch thread (a busy 2-core box slows 1000x with more; notes/cpu-threads)."""
+"""Test-wide settings: one torch thread. With two threads per small op next to busy neighbours a
+2-core box measured 1000x slower (docs/performance.md keeps benchmarks to one thread for the same reason)."""
 
 import os
 

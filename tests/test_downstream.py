@@ -271,3 +271,36 @@ def test_maskrcnn_trains_and_reports_voc_and_coco_ap(labelled):
         model, _ = load_model(f.read(), "maskrcnn")
     with torch.no_grad():
         assert set(model.eval()([torch.rand(3, 64, 80)])[0]) >= {"boxes", "labels", "scores", "masks"}
+
+
+def test_uncertain_pixels_are_ignored_by_the_deeplab_loss():
+    """downstream.ignore_uncertain: low-confidence pixels become 255, which the loss leaves out."""
+    from ray_wsis.downstream.batches import uncertain_as_ignore
+    from ray_wsis.downstream.train import semantic_step
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    semantic = np.zeros((32, 32), np.uint8)
+    semantic[8:24, 8:24] = 3
+    confidence = np.full((32, 32), 200, np.uint8)
+    confidence[:, :10] = 5  # a band close to the threshold
+    batch = semantic_batch(
+        {"image": [image, image], "semantic": [semantic, semantic], "confidence": [confidence, confidence]},
+        crop_size=32,
+        rescale=(1.0, 1.0),
+        min_confidence=0.1,
+    )
+    ignored = batch["label"] == 255
+    assert ignored.sum() == 2 * 32 * 10 and not (uncertain_as_ignore(semantic, confidence, 0.0) == 255).any()
+    assert (semantic_batch({"image": [image], "semantic": [semantic]}, 32, (1.0, 1.0))["label"] != 255).all()
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 21, 32, 32, requires_grad=True)
+    model = lambda _x: {"out": logits}  # noqa: E731
+    labels = torch.from_numpy(batch["label"]).long()
+    loss = semantic_step(model, (torch.from_numpy(batch["image"]), labels))["loss"]
+    kept = labels != 255
+    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[kept], labels[kept])
+    assert torch.isclose(loss, expected)
+    loss.backward()
+    assert logits.grad is not None and logits.grad.permute(0, 2, 3, 1)[~kept].abs().max() == 0

@@ -140,10 +140,65 @@ def test_reader_api_plain_and_ray(finished_run):
     sample = dataset[3]
     assert sample["semantic"].dtype == np.uint8 and sample["masks"].dtype == bool
     assert sample["boxes"].shape == (len(sample["labels"]), 4)
+    assert sample["confidence"].dtype == np.uint8 and sample["confidence"].shape == sample["semantic"].shape
     ds = read_pseudo_labels(config.output, min_score=0.0, with_images=True, dataset_config=config)
     batch = ds.take_batch(8)
     assert len(batch["image_id"]) == 8
-    assert batch["image"][0].shape[:2] == batch["semantic"][0].shape
+    assert batch["image"][0].shape[:2] == batch["semantic"][0].shape == batch["confidence"][0].shape
+
+
+def test_stored_scores_recut_to_exactly_the_shipped_labels(finished_run):
+    """Every label row equals the cut of its scores row at the thresholds its shard records."""
+    import pyarrow.parquet as pq
+
+    from ray_wsis.masks import decode_label_png
+    from ray_wsis.method.scores import Thresholds, cut_labels
+    from ray_wsis.pipeline.schema import THRESHOLDS_KEY, at_original_size, walk_scores
+
+    config, _ = finished_run
+    folder = os.path.join(config.output, "pseudo_labels")
+    compared = 0
+    for name in sorted(os.listdir(folder)):
+        labels = pq.read_table(os.path.join(folder, name))
+        recorded = json.loads(labels.schema.metadata[THRESHOLDS_KEY.encode()])
+        assert recorded["source"] == "calibration"
+        scores = {r["image_id"]: r for r in pq.read_table(os.path.join(config.output, "scores", name)).to_pylist()}
+        sem, ins = Thresholds.from_dict(recorded["semantic"]), Thresholds.from_dict(recorded["instance"])
+        for row in labels.to_pylist():
+            cut, found = cut_labels(walk_scores(scores[row["image_id"]]), sem, ins, config.walk.min_fragment_fraction)
+            semantic, confidence, _ = at_original_size(
+                cut.label, cut.confidence, found.masks, row["height"], row["width"]
+            )
+            assert np.array_equal(decode_label_png(row["semantic"]), semantic)
+            assert np.array_equal(decode_label_png(row["confidence"]), confidence)
+            assert [i["score"] for i in row["instances"]] == pytest.approx(found.scores.tolist())
+            compared += 1
+    assert compared == 8
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--force", "nosuchstage"], "nosuchstage is not a stage"),
+        (["train-irn"], "models/cam.pt is missing: run train-cam first"),
+        (["make-pseudo-labels"], "is missing: run train-irn first"),
+        (["status", "/nonexistent/run"], "holds no config.yaml"),
+    ],
+)
+def test_known_mistakes_are_one_error_line(tmp_path, capsys, args, message):
+    data = make_tiny_voc(tmp_path / "voc", n_train=2, n_val=0)
+    settings = [
+        "--set",
+        f"dataset.root={data}",
+        "--set",
+        f"output={tmp_path / 'out'}",
+        "--set",
+        "irn.backbone_init=classifier",
+    ]
+    code = cli_main([*args, *([] if args[0] == "status" else settings)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
 def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):

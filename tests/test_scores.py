@@ -173,3 +173,23 @@ def test_an_image_without_classes_cuts_to_background():
     )
     semantic, found = cut_labels(scores, 0.25, 0.25, 0.01)
     assert not semantic.label.any() and semantic.label.shape == (10, 12) and len(found) == 0
+
+
+def test_the_walks_own_labels_are_the_cut_of_its_stored_scores():
+    """What make-pseudo-labels writes is cut_labels of the scores row it writes beside it."""
+    from ray_wsis.config import WalkConfig
+    from ray_wsis.method.predictors import IRNetPredictor
+    from ray_wsis.models.backbone import Backbone
+    from ray_wsis.models.irnet import IRNet
+
+    torch.manual_seed(1)
+    walk = WalkConfig(centroid_iterations=20, exp_times=5)
+    predictor = IRNetPredictor(IRNet(Backbone("resnet18")), walk, lowest_threshold=0.05)
+    image = np.random.default_rng(2).integers(0, 255, (45, 58, 3), dtype=np.uint8)
+    cams = np.zeros((2, 12, 15), np.float32)
+    cams[0, 2:7, 2:7], cams[1, 6:11, 8:13] = 1.0, 0.7
+    out = predictor(image, cams, [3, 9])
+    stored = walk_scores(scores_row("img", 45, 58, out.scores))
+    semantic, found = cut_labels(stored, walk.sem_bg_threshold, walk.ins_bg_threshold, walk.min_fragment_fraction)
+    assert np.array_equal(semantic.label, out.semantic) and np.array_equal(semantic.confidence, out.confidence)
+    assert np.array_equal(found.masks, out.instances.masks) and np.allclose(found.scores, out.instances.scores)

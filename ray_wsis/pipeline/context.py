@@ -166,7 +166,7 @@ def init_ray(config: Config, verbose: bool = False) -> None:
         )
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars
-    context.enable_operator_progress_bars = config.ray.progress_bars
+    context.enable_operator_progress_bars = False  # one bar per stage execution, not one per operator
     context.print_on_execution_start = False
 
 

@@ -58,6 +58,12 @@ def run_pipeline(
     return results
 
 
+def run_named(ctx: StageContext, name: str, force: bool = False) -> dict[str, Any]:
+    """One stage by name (redone from scratch when ``force``): for benchmarks and scripts."""
+    stage = registry.stage(ctx.config, name)
+    return run_stage(ctx, stage, RunOptions(frozenset({name}) if force else frozenset()))
+
+
 def summary_table(results: dict[str, Any], output: str, metrics: Optional[dict[str, Any]] = None) -> str:
     """One screen: what each stage did, image counts, metrics, and where the labels are."""
     from ray_wsis.stages.evaluate import metrics_table

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ray_wsis.config import Config
+from ray_wsis.config import Config, ConfigError
 from ray_wsis.stages import (
     calibrate,
     evaluate,
@@ -78,7 +78,9 @@ def stage(config: Config, name: str) -> Stage:
     for s in pipeline(config):
         if s.name == name:
             return s
-    raise KeyError(f"{name} is not a stage of method {config.method!r} ({', '.join(s.name for s in pipeline(config))})")
+    raise ConfigError(
+        f"{name} is not a stage of method {config.method!r} ({', '.join(s.name for s in pipeline(config))})"
+    )
 
 
 def downstream_of(config: Config, names: set[str]) -> set[str]:
