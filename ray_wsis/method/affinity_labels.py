@@ -22,6 +22,7 @@ import numpy as np
 
 from ray_wsis.classes import IGNORE
 from ray_wsis.config import AffinityConfig
+from ray_wsis.method.ir_labels import dense_crf
 
 
 def background_plane(cams: np.ndarray, alpha: float) -> np.ndarray:
@@ -32,20 +33,9 @@ def background_plane(cams: np.ndarray, alpha: float) -> np.ndarray:
 
 def crf_marginals(image: np.ndarray, scores: np.ndarray, config: AffinityConfig) -> np.ndarray:
     """(C, H, W) dense-CRF marginals with the scores as unary probabilities (psa tool/imutils.crf_inference)."""
-    import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
-    c, h, w = scores.shape
-    crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores.astype(np.float32))))
-    crf.addPairwiseGaussian(sxy=config.crf_gaussian_sxy, compat=config.crf_gaussian_compat)
-    crf.addPairwiseBilateral(
-        sxy=config.crf_bilateral_sxy,
-        srgb=config.crf_bilateral_srgb,
-        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
-        compat=config.crf_bilateral_compat,
-    )
-    return np.asarray(crf.inference(config.crf_iterations)).reshape(c, h, w)
+    return dense_crf(image, unary_from_softmax(scores.astype(np.float32)), scores.shape[0], config)
 
 
 def psa_relation_labels(

@@ -15,12 +15,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from ray_wsis.classes import IGNORE
-from ray_wsis.config import IRLabelConfig
+from ray_wsis.config import AffinityConfig, IRLabelConfig
 
 
 def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, config: IRLabelConfig) -> np.ndarray:
     """Dense CRF with hard labels as unary (irn misc/imutils.crf_inference_label)."""
-    import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_labels
 
     h, w = labels.shape
@@ -28,17 +27,28 @@ def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, conf
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     if n_labels < 2:
         return labels.copy()
+    unary = unary_from_labels(labels, n_labels, gt_prob=config.crf_gt_prob, zero_unsure=False)
+    return np.argmax(dense_crf(image, unary, n_labels, config), axis=0)
+
+
+def dense_crf(
+    image: np.ndarray, unary: np.ndarray, n_labels: int, settings: IRLabelConfig | AffinityConfig
+) -> np.ndarray:
+    """(n_labels, H, W) marginals of pydensecrf's mean field: a Gaussian and a bilateral kernel with
+    ``settings``' crf_* values (irn's and psa's CRFs differ in their unaries and kernel widths only)."""
+    import pydensecrf.densecrf as dcrf
+
+    h, w = image.shape[:2]
     crf = dcrf.DenseCRF2D(w, h, n_labels)
-    crf.setUnaryEnergy(unary_from_labels(labels, n_labels, gt_prob=config.crf_gt_prob, zero_unsure=False))
-    crf.addPairwiseGaussian(sxy=config.crf_gaussian_sxy, compat=config.crf_gaussian_compat)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.addPairwiseGaussian(sxy=settings.crf_gaussian_sxy, compat=settings.crf_gaussian_compat)
     crf.addPairwiseBilateral(
-        sxy=config.crf_bilateral_sxy,
-        srgb=config.crf_bilateral_srgb,
+        sxy=settings.crf_bilateral_sxy,
+        srgb=settings.crf_bilateral_srgb,
         rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
-        compat=config.crf_bilateral_compat,
+        compat=settings.crf_bilateral_compat,
     )
-    q = crf.inference(config.crf_iterations)
-    return np.argmax(np.asarray(q).reshape(n_labels, h, w), axis=0)
+    return np.asarray(crf.inference(settings.crf_iterations)).reshape(n_labels, h, w)
 
 
 def thresholds_for(cams: np.ndarray, config: IRLabelConfig) -> tuple[float, float]:
