@@ -119,10 +119,6 @@ def thresholds_metadata(semantic: ThresholdLike, instance: ThresholdLike, source
     )
 
 
-def stage_schema(kind: str) -> pa.Schema:
-    return {"cams": CAMS, "ir_labels": IR_LABELS, "pseudo_labels": PSEUDO_LABELS, "scores": SCORES}[kind]
-
-
 def error_text(kind: str, reason: str) -> str:
     """Pack an error kind and reason into the UDF's `error` column ("failed: truncated ...")."""
     if kind not in ERROR_KINDS:
@@ -139,10 +135,6 @@ def describe_error(exc: BaseException) -> str:
 def split_error(text: str) -> tuple[str, str]:
     kind, _, reason = text.partition(": ")
     return (kind, reason) if kind in ERROR_KINDS else ("failed", text)
-
-
-def empty_columns(schema: pa.Schema) -> dict[str, list[Any]]:
-    return {name: [] for name in schema.names} | {ERROR_COLUMN: []}
 
 
 def error_row(schema: pa.Schema, image_id: str, error: str, **known: Any) -> dict[str, Any]:

@@ -130,15 +130,6 @@ class ShardSink(Datasink):
         return {"rows": good.num_rows, "failed": kinds.count("failed"), "skipped": kinds.count("skipped")}
 
 
-def write_split(output: Location, errors: Location, good: pa.Table, bad: pa.Table, retries: int) -> dict[str, int]:
-    if good.num_rows:
-        commit(output, good, retries)
-    if bad.num_rows:
-        commit(errors, bad, retries)
-    kinds = bad.column("kind").to_pylist()
-    return {"rows": good.num_rows, "failed": kinds.count("failed"), "skipped": kinds.count("skipped")}
-
-
 def drop_orphans(commit_table: Location, others: Iterable[Location]) -> int:
     """Delete shards of ``others`` whose twin in the commit table was never written; their count."""
     committed = {base_name(p) for p in shard_paths(commit_table)}
