@@ -242,7 +242,12 @@ class CalibrationConfig:
     candidates: tuple[float, ...] = CALIBRATION_CANDIDATES
     """Background thresholds tried; the walk keeps every instance channel that can win at the lowest."""
     per_class_instances: bool = False
-    """Label-free: an instance threshold per class (each class's best agreement) instead of one."""
+    """Label-free: an instance threshold per class (by its own instances' criterion) instead of one."""
+    instance_criterion: Literal["semantic-agreement", "expected-iou"] = "semantic-agreement"
+    """Label-free instance threshold. semantic-agreement: the united instances agree best with
+    the calibrated semantic labels. expected-iou: the instances' expected IoU, with each walked
+    score's chance of being its class read off the relation labels (irnet only; neither wins on
+    every measured run: docs/calibration.md)."""
 
 
 @dataclass(frozen=True)

@@ -142,4 +142,6 @@ def test_affinitynet_runs_end_to_end(tmp_path):
     metrics = json.load(open(os.path.join(config.output, "metrics.json")))
     assert metrics["reference"]["semantic"]["plane"] == "walked"
     assert metrics["sem_miou_at_reference"] is not None and metrics["calibrated"]["mode"] == "label-free"
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert "semantic labels" in calibration["instance"]["criterion"]  # psa's labels: the agreement fallback
     assert os.path.exists(os.path.join(config.output, "models", "affinitynet.pt"))

@@ -15,9 +15,13 @@ from ray_wsis.method.calibration import (
     FewShotStats,
     ImageCut,
     LabelFreeStats,
+    RelationStats,
     agreement_confusions,
+    choose_by_expected_iou,
     choose_instance,
     choose_semantic,
+    expected_ious,
+    isotonic,
     otsu_ratio,
 )
 from ray_wsis.method.scores import Thresholds, WalkScores, cut_semantic, quantise
@@ -94,3 +98,48 @@ def test_thresholds_round_trip_and_per_class_cut():
     assert (cut_semantic(scores, Thresholds(0.5, {1: 0.99})).label == 1).sum() < (
         cut_semantic(scores, 0.5).label == 1
     ).sum()
+
+
+def test_isotonic_pools_violators_and_fills_empty_bins():
+    fitted = isotonic(np.array([0.1, 0.3, 0.2, 0.0, 0.5, 0.4]), np.array([1, 1, 1, 0, 1, 3]))
+    assert fitted.tolist() == pytest.approx([0.1, 0.25, 0.25, 0.3375, 0.425, 0.425])
+    assert np.all(np.diff(fitted) >= 0)
+    assert isotonic(np.zeros(4), np.zeros(4)).tolist() == [0.0] * 4
+
+
+def _relation_label(scores: WalkScores, truth: GroundTruth, shrink: int) -> np.ndarray:
+    """Relation labels as irn's: the object's confident core, background far from it, ignore between."""
+    from scipy import ndimage
+
+    mask = truth.semantic.astype(bool)
+    core = ndimage.binary_erosion(mask, iterations=shrink)
+    far = ~ndimage.binary_dilation(mask, iterations=shrink)
+    label = np.full(mask.shape, 255, np.uint8)
+    label[core], label[far] = 1, 0
+    return label
+
+
+def test_expected_iou_under_relation_label_probabilities_finds_the_object(images):
+    stats = RelationStats.empty()
+    for scores, truth in images:
+        stats.add(ImageCut.of(scores), _relation_label(scores, truth, shrink=2))
+    probability = stats.probability()
+    assert np.all(np.diff(probability) >= 0) and probability[-1] > 0.9 and probability[20] < 0.1
+    total = np.zeros((2, len(CANDIDATES)))
+    for scores, _ in images:
+        iou, classes = expected_ious(ImageCut.of(scores), probability, CANDIDATES)
+        assert classes.tolist() == [1] and np.all((iou >= 0) & (iou <= 1))
+        np.add.at(total, classes, iou)
+    shared = choose_by_expected_iou(total, CANDIDATES, per_class=False)
+    assert 0.45 <= shared.default <= 0.95 and shared.per_class == {}
+    low = CANDIDATES.index(0.1)
+    assert total[1, low] < total[1].max() - 1.0  # a low cut takes in background that is not the object
+    assert set(choose_by_expected_iou(total, CANDIDATES, per_class=True).per_class) == {1}
+    merged = RelationStats.empty().merge(stats)
+    assert np.array_equal(merged.labelled, stats.labelled)
+
+
+def test_relation_labels_of_another_size_are_skipped(images):
+    stats = RelationStats.empty()
+    stats.add(ImageCut.of(images[0][0]), np.zeros((5, 5), np.uint8))
+    assert stats.labelled.sum() == 0

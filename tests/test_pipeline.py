@@ -93,6 +93,8 @@ def test_metrics_file_has_the_contract_keys(finished_run):
     assert metrics["calibrated"]["mode"] == "label-free" and metrics["oracle"]["semantic"]["value"] == max(
         sweep.values()
     )
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert "semantic labels" in calibration["instance"]["criterion"]  # the default instance criterion
 
 
 def test_rerun_is_a_noop(finished_run):
@@ -214,6 +216,22 @@ def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):
 
 def _finished_at(config) -> dict[str, str]:
     return {name: m["finished_at"] + m["identity"] for name, m in markers(config).items()}
+
+
+def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):
+    config, _ = finished_run
+    before = _finished_at(config)
+    changed = tiny_config(config.dataset.root, config.output, "calibration.instance_criterion=expected-iou")
+    logs: list[str] = []
+    run_stages(changed, log=logs.append)
+    after = _finished_at(changed)
+    assert {name for name in after if after[name] != before.get(name)} == {"calibrate", "evaluate"}, logs
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert "relation labels" in calibration["instance"]["criterion"]
+    assert calibration["instance"]["instances"] > 0 and len(calibration["instance"]["probability"]) == 100
+    assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
+    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):

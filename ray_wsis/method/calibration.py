@@ -6,8 +6,15 @@ Label-free (no masks):
   eta(t) = sigma_between^2(t) / sigma_total^2, averaged over images; the candidate with the
   highest mean eta wins. The walk spreads a CAM until it meets a boundary, so inside objects
   the score is high and flat and outside it decays: two modes, and the cut belongs between.
-* instances: the threshold whose instances, united per class, agree best (mIoU) with the
-  semantic labels at the chosen semantic threshold, optionally per class.
+* instances (default): the threshold whose instances, united per class, agree best (mIoU)
+  with the semantic labels at the chosen semantic threshold.
+* instances (``calibration.instance_criterion: expected-iou``): the threshold with the highest
+  expected IoU of the instances, where a pixel's chance of being foreground of its instance's
+  class is read off the relation labels (the confident CAM regions that trained IRNet): among
+  the labelled pixels whose walked instance score falls in a bin, the share that the relation
+  labels call that class, made monotone (isotonic). AP50 counts instances, not pixels, so the
+  cut that makes each instance's expected IoU highest is what it rewards, if the relation
+  labels' probabilities are right; they depend on the relation labels' ignore band.
 
 Few-shot (``dataset.calibration_split``, masks of 10-50 images): the candidate with the best
 semantic mIoU, and the one with the best instance mAP50, on those images.
@@ -30,6 +37,8 @@ from ray_wsis.eval.semantic import confusion_matrix, iou_from_confusion, mean_io
 from ray_wsis.method.scores import Thresholds, WalkScores, Winner, detections_from_label, winner
 
 HISTOGRAM_BINS = 256
+PROBABILITY_BINS = 100
+"""Bins of the walked score in [0, 1] for the relation-label probability (0.01 wide)."""
 
 
 @dataclass
@@ -115,6 +124,109 @@ class LabelFreeStats:
 
     def criterion(self) -> np.ndarray:
         return self.eta_sum / max(1, self.images)
+
+
+def _bins(values: np.ndarray) -> np.ndarray:
+    return np.clip((np.asarray(values) * PROBABILITY_BINS).astype(np.int64), 0, PROBABILITY_BINS - 1)
+
+
+def _candidate_bins(candidates: Sequence[float]) -> np.ndarray:
+    """First bin above each candidate: a pixel is foreground at t when its value exceeds t."""
+    return np.clip(np.ceil(np.asarray(candidates) * PROBABILITY_BINS - 1e-9).astype(np.int64), 0, PROBABILITY_BINS)
+
+
+def isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Non-decreasing weighted least-squares fit (pool adjacent violators); bins without
+    weight take the interpolation of their neighbours."""
+    values = np.asarray(values, np.float64)
+    weights = np.asarray(weights, np.float64)
+    known = np.flatnonzero(weights > 0)
+    if known.size == 0:
+        return np.zeros(len(values))
+    means: list[float] = []
+    masses: list[float] = []
+    sizes: list[int] = []
+    for i in known:
+        means.append(float(values[i]))
+        masses.append(float(weights[i]))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] > means[-1]:
+            m, w, n = means.pop(), masses.pop(), sizes.pop()
+            means[-1] = (means[-1] * masses[-1] + m * w) / (masses[-1] + w)
+            masses[-1] += w
+            sizes[-1] += n
+    fitted = np.repeat(means, sizes)
+    return np.interp(np.arange(len(values)), known, fitted)
+
+
+@dataclass
+class RelationStats:
+    """Per bin of the winning instance channel's walked score: relation-labelled pixels and
+    how many of them the relation labels give the channel's class. Additive over images."""
+
+    labelled: np.ndarray
+    same_class: np.ndarray
+
+    @classmethod
+    def empty(cls) -> RelationStats:
+        return cls(np.zeros(PROBABILITY_BINS, np.int64), np.zeros(PROBABILITY_BINS, np.int64))
+
+    def add(self, cut: ImageCut, relation: np.ndarray) -> None:
+        if cut.instance is None or relation.shape != cut.instance.value.shape:
+            return
+        classes = np.asarray(cut.scores.instance_classes, np.int64)[cut.instance.channel]
+        known = relation != 255
+        bins = _bins(cut.instance.value)
+        self.labelled += np.bincount(bins[known], minlength=PROBABILITY_BINS)
+        self.same_class += np.bincount(bins[known & (relation == classes)], minlength=PROBABILITY_BINS)
+
+    def merge(self, other: RelationStats) -> RelationStats:
+        return RelationStats(self.labelled + other.labelled, self.same_class + other.same_class)
+
+    def probability(self) -> np.ndarray:
+        """(PROBABILITY_BINS,) chance that a pixel of each score bin is its winner's class."""
+        share = self.same_class / np.maximum(self.labelled, 1)
+        return np.clip(isotonic(share, self.labelled.astype(np.float64)), 0.0, 1.0)
+
+
+def expected_ious(cut: ImageCut, probability: np.ndarray, candidates: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance channel's expected IoU at every candidate, the pixels of its region (where
+    it wins) being foreground with ``probability`` of their score bin; and the channels' classes.
+
+    For a cut M of a region with probabilities p: E[IoU] ~ sum_M p / (|M| + sum_notM p).
+    """
+    if cut.instance is None:
+        return np.zeros((0, len(candidates))), np.zeros(0, np.int64)
+    starts = _candidate_bins(candidates)
+    bins = _bins(cut.instance.value)
+    channels = cut.scores.instance.shape[0]
+    counts = np.zeros((channels, PROBABILITY_BINS))
+    np.add.at(counts, (cut.instance.channel.ravel(), bins.ravel()), 1.0)
+    mass = counts * probability[None]
+    # suffix sums: above each candidate; prefix: at or below it
+    mass_above = np.cumsum(mass[:, ::-1], axis=1)[:, ::-1]
+    count_above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    zero = np.zeros((channels, 1))
+    mass_above = np.concatenate([mass_above, zero], axis=1)[:, starts]
+    count_above = np.concatenate([count_above, zero], axis=1)[:, starts]
+    mass_below = mass.sum(axis=1, keepdims=True) - mass_above
+    denominator = count_above + mass_below
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(denominator > 0, mass_above / denominator, 0.0)
+    present = mass.sum(axis=1) > 0
+    return iou[present], np.asarray(cut.scores.instance_classes, np.int64)[present]
+
+
+def choose_by_expected_iou(iou_sum: np.ndarray, candidates: Sequence[float], per_class: bool) -> Thresholds:
+    """``iou_sum``: (classes + 1, candidates) expected IoU summed over each class's instances
+    (row 0 unused). The best candidate over all instances, and with ``per_class`` each
+    class's own best."""
+    total = iou_sum.sum(axis=0)
+    default = choose_semantic(total, candidates) if total.max() > 0 else 0.5
+    if not per_class:
+        return Thresholds(default)
+    chosen = {c: choose_semantic(iou_sum[c], candidates) for c in range(1, iou_sum.shape[0]) if iou_sum[c].max() > 0}
+    return Thresholds(default, chosen)
 
 
 def agreement_confusions(

@@ -25,12 +25,16 @@ import ray
 
 from ray_wsis.config import Config, config_from_dict
 from ray_wsis.data.records import DatasetError
+from ray_wsis.masks import decode_label_png
 from ray_wsis.method.calibration import (
     ImageCut,
     LabelFreeStats,
+    RelationStats,
     agreement_confusions,
+    choose_by_expected_iou,
     choose_instance,
     choose_semantic,
+    expected_ious,
 )
 from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
@@ -49,7 +53,7 @@ from ray_wsis.pipeline.schema import (
 from ray_wsis.pipeline.sink import commit, committed_ids, shard_paths, split_rows
 from ray_wsis.stages.base import Stage, StageRun, digest
 from ray_wsis.stages.evaluate import reference_thresholds, sweep
-from ray_wsis.storage import Location, write_bytes_atomic
+from ray_wsis.storage import Location, exists, write_bytes_atomic
 
 
 # --------------------------------------------------------------------------- CPU tasks
@@ -67,6 +71,57 @@ def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[
     for row in batch.to_pylist():
         total += agreement_confusions(ImageCut.of(walk_scores(row)), semantic_threshold, candidates, num_classes + 1)
     return pa.table({"confusions": [total.tobytes()]})
+
+
+def _relation_labels(layout: Layout, scores_path: str, ids: list[str]) -> dict[str, np.ndarray]:
+    """The relation labels of ``ids``: from the same-named ir_labels shard (make-ir-labels and
+    make-pseudo-labels shard one split alike), else from every shard, filtered by id."""
+    name = scores_path.rsplit("/", 1)[-1]
+    same = layout.ir_labels.child(name)
+    paths = [same.path] if exists(same) else shard_paths(layout.ir_labels)
+    found: dict[str, np.ndarray] = {}
+    wanted = set(ids)
+    for path in paths:
+        table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=layout.ir_labels.fs)
+        for image_id, png in zip(table.column("image_id").to_pylist(), table.column("ir_label").to_pylist()):
+            if image_id in wanted and png is not None:
+                found[image_id] = decode_label_png(png)
+        if wanted <= found.keys():
+            break
+    return found
+
+
+def _shard_cuts(layout: Layout, path: str) -> list[tuple[ImageCut, Optional[np.ndarray]]]:
+    rows = pq.read_table(path, filesystem=layout.scores.fs).to_pylist()
+    relation = _relation_labels(layout, path, [r["image_id"] for r in rows])
+    return [(ImageCut.of(walk_scores(r)), relation.get(r["image_id"])) for r in rows]
+
+
+def relation_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
+    """Per scores shard: relation-labelled pixels per bin of the winning instance score."""
+    layout = Layout.of(config_from_dict(config))
+    stats = RelationStats.empty()
+    for path in batch.column("path").to_pylist():
+        for cut, relation in _shard_cuts(layout, path):
+            if relation is not None:
+                stats.add(cut, relation)
+    return pa.table({"labelled": [stats.labelled.tolist()], "same_class": [stats.same_class.tolist()]})
+
+
+def expected_iou_task(
+    batch: pa.Table, config: dict[str, Any], probability: list[float], candidates: list[float], num_classes: int
+) -> pa.Table:
+    """Per scores shard: expected IoU at every candidate, summed over each class's instances."""
+    layout = Layout.of(config_from_dict(config))
+    total = np.zeros((num_classes + 1, len(candidates)))
+    p = np.asarray(probability)
+    instances = 0
+    for path in batch.column("path").to_pylist():
+        for cut, _ in _shard_cuts(layout, path):
+            iou, classes = expected_ious(cut, p, candidates)
+            np.add.at(total, classes, iou)
+            instances += len(classes)
+    return pa.table({"iou_sum": [total.tobytes()], "instances": [instances]})
 
 
 def recut_task(
@@ -135,6 +190,46 @@ def calibration_ids(ctx: StageContext) -> list[str]:
     return [r.image_id for r in ctx.split(split).records] if split else []
 
 
+def _per_shard(ctx: StageContext, fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    paths = shard_paths(ctx.layout.scores)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
+    return ds.map_batches(
+        fn, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_kwargs={"config": ctx.config.to_dict(), **kwargs}
+    ).take_all()
+
+
+def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> Optional[dict[str, Any]]:
+    """The instance threshold of highest expected IoU (None when not asked for or without relation labels)."""
+    if (
+        ctx.config.calibration.instance_criterion != "expected-iou"
+        or ctx.config.method != "irnet"
+        or not shard_paths(ctx.layout.ir_labels)
+    ):
+        return None
+    stats = RelationStats.empty()
+    for row in _per_shard(ctx, relation_task):
+        stats = stats.merge(RelationStats(np.asarray(row["labelled"]), np.asarray(row["same_class"])))
+    if stats.labelled.sum() == 0:
+        return None
+    probability = stats.probability()
+    n = ctx.num_classes
+    total = np.zeros((n + 1, len(candidates)))
+    instances = 0
+    for row in _per_shard(
+        ctx, expected_iou_task, probability=probability.tolist(), candidates=candidates, num_classes=n
+    ):
+        total += np.frombuffer(row["iou_sum"], np.float64).reshape(total.shape)
+        instances += int(row["instances"])
+    chosen = choose_by_expected_iou(total, candidates, ctx.config.calibration.per_class_instances)
+    return {
+        "threshold": chosen.as_dict(),
+        "criterion": "expected IoU of the instances, foreground chance per score read off the relation labels",
+        "values": dict(zip(map(str, candidates), map(float, total.sum(axis=0) / max(1, instances)))),
+        "instances": instances,
+        "probability": [round(float(x), 4) for x in probability],
+    }
+
+
 def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
     n = ctx.num_classes
     eta = np.zeros(len(candidates))
@@ -144,6 +239,14 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> d
         images += int(row["images"])
     criterion = eta / max(1, images)
     semantic = choose_semantic(criterion, candidates)
+    semantic_part = {
+        "threshold": Thresholds(semantic).as_dict(),
+        "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
+        "values": dict(zip(map(str, candidates), map(float, criterion))),
+    }
+    by_relation = _instance_by_relation_labels(ctx, candidates)
+    if by_relation is not None:
+        return {"mode": "label-free", "images": images, "semantic": semantic_part, "instance": by_relation}
     confusions = np.zeros((len(candidates), n + 1, n + 1), np.int64)
     for row in _collect(
         read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS),
@@ -159,11 +262,7 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> d
     return {
         "mode": "label-free",
         "images": images,
-        "semantic": {
-            "threshold": Thresholds(semantic).as_dict(),
-            "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
-            "values": dict(zip(map(str, candidates), map(float, criterion))),
-        },
+        "semantic": semantic_part,
         "instance": {
             "threshold": instance.as_dict(),
             "criterion": "mIoU of the united instances against the calibrated semantic labels",
