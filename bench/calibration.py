@@ -38,6 +38,7 @@ from ray_wsis.method.calibration import (  # noqa: E402
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_few_shot,
     choose_instance,
     choose_semantic,
     expected_ious,
@@ -187,8 +188,8 @@ def main() -> None:
         for _ in range(args.draws):
             pick = sorted(rng.choice(len(cuts), size=k, replace=False).tolist())
             stats = few_shot(pick)
-            t_s = choose_semantic(np.nan_to_num(stats.semantic_miou(), nan=-1.0), candidates)
-            t_i = choose_semantic(np.nan_to_num(stats.instance_map50(), nan=-1.0), candidates)
+            t_s = choose_few_shot(stats.semantic_miou(), candidates)
+            t_i = choose_few_shot(stats.instance_map50(), candidates) or t_s
             sem_scores.append(score(t_s))
             ins_scores.append(at[t_i][1])
         few[str(k)] = {

@@ -18,6 +18,7 @@ from ray_wsis.method.calibration import (
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_few_shot,
     choose_instance,
     choose_semantic,
     expected_ious,
@@ -143,3 +144,12 @@ def test_relation_labels_of_another_size_are_skipped(images):
     stats = RelationStats.empty()
     stats.add(ImageCut.of(images[0][0]), np.zeros((5, 5), np.uint8))
     assert stats.labelled.sum() == 0
+
+
+def test_few_shot_choice_prefers_a_plateau_to_a_lone_spike():
+    candidates = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    curve = np.array([10.0, 62.0, 20.0, 55.0, 58.0, 56.0, 30.0])  # a spike at 0.2, a plateau at 0.4-0.6
+    assert choose_semantic(curve, candidates) == 0.2 and choose_few_shot(curve, candidates) == 0.5
+    with_gaps = np.array([np.nan, 40.0, 50.0, np.nan, np.nan, np.nan, np.nan])
+    assert choose_few_shot(with_gaps, candidates) == 0.3  # NaN is no score, not a low one
+    assert choose_few_shot(np.full(7, np.nan), candidates) is None

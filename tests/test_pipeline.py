@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -216,6 +217,27 @@ def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):
 
 def _finished_at(config) -> dict[str, str]:
     return {name: m["finished_at"] + m["identity"] for name, m in markers(config).items()}
+
+
+def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(finished_run):
+    config, _ = finished_run
+    split_dir = Path(config.dataset.root) / "ImageSets" / "Segmentation"
+    train = (split_dir / "train.txt").read_text().split()
+    (split_dir / "calib.txt").write_text("\n".join(train[:4]) + "\n")
+    before = _finished_at(config)
+    changed = tiny_config(config.dataset.root, config.output, "dataset.calibration_split=calib")
+    logs: list[str] = []
+    run_stages(changed, log=logs.append)
+    after = _finished_at(changed)
+    assert {name for name in after if after[name] != before.get(name)} == {"calibrate", "evaluate"}, logs
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert calibration["mode"] == "few-shot" and calibration["images"] == 4
+    assert "neighbouring candidates" in calibration["semantic"]["criterion"]
+    assert calibration["semantic"]["threshold"]["default"] in calibration["candidates"]
+    metrics = json.load(open(os.path.join(config.output, "metrics.json")))
+    assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == 4  # the others
+    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):

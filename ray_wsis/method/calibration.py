@@ -17,7 +17,9 @@ Label-free (no masks):
   labels' probabilities are right; they depend on the relation labels' ignore band.
 
 Few-shot (``dataset.calibration_split``, masks of 10-50 images): the candidate with the best
-semantic mIoU, and the one with the best instance mAP50, on those images.
+semantic mIoU, and the one with the best instance mAP50, on those images, each score first
+averaged with its neighbouring candidates' (a few images give a noisy curve; its trend is
+what carries over to the other images).
 
 The statistics are additive over images, so Ray tasks compute them per shard and the driver
 sums them. Free of torch: it runs in CPU tasks.
@@ -244,6 +246,20 @@ def choose_semantic(criterion: np.ndarray, candidates: Sequence[float]) -> float
     """The best candidate; on ties the one nearest the middle of the tied range."""
     best = np.flatnonzero(criterion >= criterion.max() - 1e-12)
     return float(candidates[int(best[len(best) // 2])])
+
+
+def choose_few_shot(scores: np.ndarray, candidates: Sequence[float]) -> Optional[float]:
+    """The best candidate of a ground-truth score curve after a 3-candidate moving average
+    (NaN = no score there, left out of the averages); None when no candidate has a score."""
+    values = np.asarray(scores, np.float64)
+    if not np.isfinite(values).any():
+        return None
+    padded = np.concatenate([[np.nan], values, [np.nan]])
+    window = np.stack([padded[:-2], padded[1:-1], padded[2:]])
+    known = np.isfinite(window)
+    smoothed = np.where(known, window, 0.0).sum(axis=0) / np.maximum(known.sum(axis=0), 1)
+    smoothed[~np.isfinite(values)] = -np.inf
+    return choose_semantic(smoothed, candidates)
 
 
 def choose_instance(confusions: np.ndarray, candidates: Sequence[float], per_class: bool) -> Thresholds:

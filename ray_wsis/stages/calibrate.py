@@ -32,6 +32,7 @@ from ray_wsis.method.calibration import (
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_few_shot,
     choose_instance,
     choose_semantic,
     expected_ious,
@@ -280,19 +281,21 @@ def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dic
             f"ground truth among the labelled images"
         )
     miou, ap = stats.semantic_miou(), stats.instance_map50()
-    semantic = choose_semantic(np.nan_to_num(miou, nan=-1.0), candidates)
-    instance = choose_semantic(np.nan_to_num(ap, nan=-1.0), candidates) if np.isfinite(ap).any() else semantic
+    semantic = choose_few_shot(miou, candidates)
+    if semantic is None:
+        raise DatasetError("the calibration images' masks give no semantic score at any threshold")
+    instance = choose_few_shot(ap, candidates) or semantic
     return {
         "mode": "few-shot",
         "images": images,
         "semantic": {
             "threshold": Thresholds(semantic).as_dict(),
-            "criterion": "semantic mIoU on the calibration split",
+            "criterion": "semantic mIoU on the calibration split, averaged with the neighbouring candidates",
             "values": dict(zip(map(str, candidates), map(float, miou))),
         },
         "instance": {
             "threshold": Thresholds(instance).as_dict(),
-            "criterion": "instance mAP50 on the calibration split",
+            "criterion": "instance mAP50 on the calibration split, averaged with the neighbouring candidates",
             "values": dict(zip(map(str, candidates), map(float, ap))),
         },
     }
