@@ -219,56 +219,50 @@ def _finished_at(config) -> dict[str, str]:
     return {name: m["finished_at"] + m["identity"] for name, m in markers(config).items()}
 
 
+def _rerun_with(config, *settings: str):
+    """Run again with ``settings``: (the new config, the stages that ran again, the log, results);
+    every image is still labelled exactly once."""
+    before = _finished_at(config)
+    changed = tiny_config(config.dataset.root, config.output, *settings)
+    logs: list[str] = []
+    results = run_stages(changed, log=logs.append)
+    after = _finished_at(changed)
+    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
+    assert len(ids) == len(set(ids)) == 8
+    return changed, {name for name in after if after[name] != before.get(name)}, logs, results
+
+
 def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(finished_run):
     config, _ = finished_run
     split_dir = Path(config.dataset.root) / "ImageSets" / "Segmentation"
     train = (split_dir / "train.txt").read_text().split()
     (split_dir / "calib.txt").write_text("\n".join(train[:4]) + "\n")
-    before = _finished_at(config)
-    changed = tiny_config(config.dataset.root, config.output, "dataset.calibration_split=calib")
-    logs: list[str] = []
-    run_stages(changed, log=logs.append)
-    after = _finished_at(changed)
-    assert {name for name in after if after[name] != before.get(name)} == {"calibrate", "evaluate"}, logs
+    _, rerun, logs, _ = _rerun_with(config, "dataset.calibration_split=calib")
+    assert rerun == {"calibrate", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     assert calibration["mode"] == "few-shot" and calibration["images"] == 4
     assert "neighbouring candidates" in calibration["semantic"]["criterion"]
     assert calibration["semantic"]["threshold"]["default"] in calibration["candidates"]
     metrics = json.load(open(os.path.join(config.output, "metrics.json")))
     assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == 4  # the others
-    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 8
 
 
 def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):
     config, _ = finished_run
-    before = _finished_at(config)
-    changed = tiny_config(config.dataset.root, config.output, "calibration.instance_criterion=expected-iou")
-    logs: list[str] = []
-    run_stages(changed, log=logs.append)
-    after = _finished_at(changed)
-    assert {name for name in after if after[name] != before.get(name)} == {"calibrate", "evaluate"}, logs
+    _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=expected-iou")
+    assert rerun == {"calibrate", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     assert "relation labels" in calibration["instance"]["criterion"]
     assert calibration["instance"]["instances"] > 0 and len(calibration["instance"]["probability"]) == 100
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
-    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 8
 
 
 def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):
     config, _ = finished_run
-    before = _finished_at(config)
-    changed = tiny_config(config.dataset.root, config.output, "walk.beta=8")
-    logs: list[str] = []
-    results = run_stages(changed, log=logs.append)
-    after = _finished_at(changed)
-    rerun = {name for name in after if after[name] != before.get(name)}
+    _, rerun, logs, results = _rerun_with(config, "walk.beta=8")
     assert rerun == {"make-pseudo-labels", "calibrate", "evaluate"}, logs
     assert any("make-pseudo-labels: redo, walk.beta: 10.0 -> 8.0" in line for line in logs), logs
     assert results["train-cam"]["action"] == "skip" and results["make-pseudo-labels"]["action"] == "redo"
-    ids = committed_ids(StageContext(changed).layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 8
 
 
 def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
