@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+from scipy.optimize import isotonic_regression
 
+from ray_wsis.classes import IGNORE
 from ray_wsis.data.decode import resize_label
 from ray_wsis.eval.instance import InstanceEvaluator, match_image
 from ray_wsis.eval.semantic import confusion_matrix, iou_from_confusion, mean_iou
@@ -138,26 +140,14 @@ def _candidate_bins(candidates: Sequence[float]) -> np.ndarray:
 
 
 def isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Non-decreasing weighted least-squares fit (pool adjacent violators); bins without
+    """Non-decreasing weighted least-squares fit (scipy's pool adjacent violators); bins without
     weight take the interpolation of their neighbours."""
     values = np.asarray(values, np.float64)
     weights = np.asarray(weights, np.float64)
     known = np.flatnonzero(weights > 0)
     if known.size == 0:
         return np.zeros(len(values))
-    means: list[float] = []
-    masses: list[float] = []
-    sizes: list[int] = []
-    for i in known:
-        means.append(float(values[i]))
-        masses.append(float(weights[i]))
-        sizes.append(1)
-        while len(means) > 1 and means[-2] > means[-1]:
-            m, w, n = means.pop(), masses.pop(), sizes.pop()
-            means[-1] = (means[-1] * masses[-1] + m * w) / (masses[-1] + w)
-            masses[-1] += w
-            sizes[-1] += n
-    fitted = np.repeat(means, sizes)
+    fitted = isotonic_regression(values[known], weights=weights[known]).x
     return np.interp(np.arange(len(values)), known, fitted)
 
 
@@ -177,7 +167,7 @@ class RelationStats:
         if cut.instance is None or relation.shape != cut.instance.value.shape:
             return
         classes = np.asarray(cut.scores.instance_classes, np.int64)[cut.instance.channel]
-        known = relation != 255
+        known = relation != IGNORE
         bins = _bins(cut.instance.value)
         self.labelled += np.bincount(bins[known], minlength=PROBABILITY_BINS)
         self.same_class += np.bincount(bins[known & (relation == classes)], minlength=PROBABILITY_BINS)

@@ -92,10 +92,9 @@ def _relation_labels(layout: Layout, scores_path: str, ids: list[str]) -> dict[s
     return found
 
 
-def _shard_cuts(layout: Layout, path: str) -> list[tuple[ImageCut, Optional[np.ndarray]]]:
+def _shard_cuts(layout: Layout, path: str) -> list[tuple[str, ImageCut]]:
     rows = pq.read_table(path, filesystem=layout.scores.fs).to_pylist()
-    relation = _relation_labels(layout, path, [r["image_id"] for r in rows])
-    return [(ImageCut.of(walk_scores(r)), relation.get(r["image_id"])) for r in rows]
+    return [(r["image_id"], ImageCut.of(walk_scores(r))) for r in rows]
 
 
 def relation_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
@@ -103,9 +102,11 @@ def relation_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
     layout = Layout.of(config_from_dict(config))
     stats = RelationStats.empty()
     for path in batch.column("path").to_pylist():
-        for cut, relation in _shard_cuts(layout, path):
-            if relation is not None:
-                stats.add(cut, relation)
+        cuts = _shard_cuts(layout, path)
+        relation = _relation_labels(layout, path, [image_id for image_id, _ in cuts])
+        for image_id, cut in cuts:
+            if image_id in relation:
+                stats.add(cut, relation[image_id])
     return pa.table({"labelled": [stats.labelled.tolist()], "same_class": [stats.same_class.tolist()]})
 
 
@@ -118,7 +119,7 @@ def expected_iou_task(
     p = np.asarray(probability)
     instances = 0
     for path in batch.column("path").to_pylist():
-        for cut, _ in _shard_cuts(layout, path):
+        for _, cut in _shard_cuts(layout, path):
             iou, classes = expected_ious(cut, p, candidates)
             np.add.at(total, classes, iou)
             instances += len(classes)
@@ -192,6 +193,7 @@ def calibration_ids(ctx: StageContext) -> list[str]:
 
 
 def _per_shard(ctx: StageContext, fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """``fn`` over the scores shards, one CPU task a shard (its path in a "path" column)."""
     paths = shard_paths(ctx.layout.scores)
     ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
     return ds.map_batches(
@@ -334,14 +336,7 @@ def recut(ctx: StageContext, calibration: dict[str, Any]) -> dict[str, int]:
     paths = shard_paths(ctx.layout.scores)
     if not paths:
         return {"shards": 0, "recut": 0, "rows": 0}
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    done = ds.map_batches(
-        recut_task,
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=1,
-        fn_kwargs={"config": ctx.config.to_dict(), "semantic": semantic, "instance": instance, "metadata": metadata},
-    ).take_all()
+    done = _per_shard(ctx, recut_task, semantic=semantic, instance=instance, metadata=metadata)
     return {
         "shards": len(paths),
         "recut": sum(bool(r["recut"]) for r in done),
