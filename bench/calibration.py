@@ -6,10 +6,13 @@ Reads the run's stored scores (scores/), relation labels and ground truth; no ne
 For every candidate threshold it scores the semantic labels (mIoU) and instances (mAP50)
 against the ground truth (the oracle curve), then compares the label-free criteria that were
 tried (docs/calibration.md): Otsu's between-class variance (the default), agreement with the
-relation labels, stability (fewest pixels flipping between neighbouring candidates), and the
-fixed irn value 0.25; for instances, agreement of the united instances with the calibrated
-semantic labels (the default) and the expected IoU under relation-label probabilities
-(``calibration.instance_criterion: expected-iou``), each shared and per class. Few-shot
+relation labels, stability (fewest pixels flipping between neighbouring candidates), Kittler and
+Illingworth's minimum-error threshold, Youden's index on the relation labels, and the fixed irn
+value 0.25; for instances, agreement of the united instances with the calibrated
+semantic labels, the steepest contour (the default, falling back to agreement when the
+steepest is at an end of the candidates) and the expected IoU under relation-label probabilities
+(``calibration.instance_criterion: expected-iou``), each shared and per class, and the
+minimum-error threshold and Youden's index computed on the instance maps. Few-shot
 calibration is drawn ``--draws`` times for 5, 10, 20 and 50 labelled images. Also times the
 re-cut and measures the stored bytes per image.
 Prints one JSON object (the last line).
@@ -22,7 +25,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,6 +41,7 @@ from ray_wsis.method.calibration import (  # noqa: E402
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_by_steepness,
     choose_few_shot,
     choose_instance,
     choose_semantic,
@@ -53,6 +57,32 @@ from ray_wsis.pipeline.sink import read_table, shard_paths  # noqa: E402
 def _rows(location: Any) -> list[dict[str, Any]]:
     table = read_table(location)
     return [] if table is None else table.to_pylist()
+
+
+def minimum_error(values: np.ndarray, candidates: list[float]) -> np.ndarray:
+    """Kittler & Illingworth's criterion at each candidate (lower is better; NaN where one side
+    is nearly empty): the two sides modelled as Gaussians of their own spread and share."""
+    v = np.asarray(values, np.float64).ravel()
+    out = np.full(len(candidates), np.nan)
+    for k, t in enumerate(candidates):
+        high = v > t
+        share = high.mean()
+        if share <= 1e-3 or share >= 1 - 1e-3:
+            continue
+        spread_high, spread_low = v[high].std() + 1e-3, v[~high].std() + 1e-3
+        out[k] = (
+            share * np.log(spread_high)
+            + (1 - share) * np.log(spread_low)
+            - share * np.log(share)
+            - (1 - share) * np.log(1 - share)
+        )
+    return out
+
+
+def youden_counts(label: np.ndarray, relation: np.ndarray) -> np.ndarray:
+    """(labelled-class pixels given their class, relation-background pixels called foreground)."""
+    foreground = (relation > 0) & (relation != 255)
+    return np.array([(foreground & (label == relation)).sum(), ((relation == 0) & (label > 0)).sum()])
 
 
 def main() -> None:
@@ -112,10 +142,43 @@ def main() -> None:
             relation_conf[k] += confusion_matrix(cut.semantic_label(t), target, n + 1)
     relation_miou = np.array([mean_iou(c) for c in relation_conf])
     flips[0] = flips[-1] = np.inf
+
+    # minimum error (mean criterion over images) and Youden's index on the relation labels
+    error_sum = {"semantic": np.zeros(len(candidates)), "instance": np.zeros(len(candidates))}
+    error_images = {"semantic": np.zeros(len(candidates)), "instance": np.zeros(len(candidates))}
+    youden = {"semantic": np.zeros((len(candidates), 2)), "instance": np.zeros((len(candidates), 2))}
+    relation_pixels = np.zeros(2)
+    for cut, image_id in zip(cuts, ids):
+        for group, win in (("semantic", cut.semantic), ("instance", cut.instance)):
+            if win is None or not len(cut.scores.class_ids):
+                continue
+            error = minimum_error(win.value, candidates)
+            error_sum[group] += np.nan_to_num(error)
+            error_images[group] += np.isfinite(error)
+        target = relation.get(image_id)
+        if target is None or target.shape != (cut.scores.height, cut.scores.width):
+            continue
+        relation_pixels += [((target > 0) & (target != 255)).sum(), (target == 0).sum()]
+        for k, t in enumerate(candidates):
+            youden["semantic"][k] += youden_counts(cut.semantic_label(t), target)
+            youden["instance"][k] += youden_counts(cut.instance_classes(Thresholds(t)), target)
+
+    def minimum_error_choice(group: str) -> float:
+        mean = np.where(error_images[group] > 0, error_sum[group] / np.maximum(error_images[group], 1), np.inf)
+        return float(candidates[int(np.argmin(mean))])
+
+    def youden_choice(group: str) -> Optional[float]:
+        if not relation_pixels.all():
+            return None
+        index = youden[group][:, 0] / relation_pixels[0] - youden[group][:, 1] / relation_pixels[1]
+        return choose_semantic(index, candidates)
+
     chosen = {
         "otsu": choose_semantic(otsu.criterion(), candidates),
         "relation_labels": float(candidates[int(np.nanargmax(relation_miou))]) if relation else None,
         "stability": float(candidates[int(np.argmin(flips))]),
+        "minimum_error": minimum_error_choice("semantic"),
+        "relation_youden": youden_choice("semantic"),
         "irn_fixed": 0.25,
     }
     semantic = {
@@ -166,7 +229,15 @@ def main() -> None:
     by_iou_per_class = choose_by_expected_iou(iou_sum, candidates, per_class=True)
 
     every = list(range(len(cuts)))
+    youden_instance = youden_choice("instance")
+    steepest = choose_by_steepness(otsu.steepness(), candidates)
     instances = {
+        "contour_steepness": {
+            "threshold": steepest if steepest is not None else shared.default,
+            "fell_back_to_agreement": steepest is None,
+            "ins_map50": instance_map50(Thresholds(steepest) if steepest is not None else shared, every),
+            "steepness": dict(zip(map(str, candidates), map(float, otsu.steepness()))),
+        },
         "expected_iou_shared": {"threshold": by_iou.as_dict(), "ins_map50": instance_map50(by_iou, every)},
         "expected_iou_per_class": {
             "threshold": by_iou_per_class.as_dict(),
@@ -174,6 +245,14 @@ def main() -> None:
         },
         "agreement_shared": {"threshold": shared.as_dict(), "ins_map50": instance_map50(shared, every)},
         "agreement_per_class": {"threshold": per_class.as_dict(), "ins_map50": instance_map50(per_class, every)},
+        "minimum_error": {
+            "threshold": minimum_error_choice("instance"),
+            "ins_map50": instance_map50(Thresholds(minimum_error_choice("instance")), every),
+        },
+        "relation_youden": {
+            "threshold": youden_instance,
+            "ins_map50": instance_map50(Thresholds(youden_instance), every) if youden_instance is not None else None,
+        },
         "same_as_semantic": {"threshold": t_sem, "ins_map50": instance_map50(Thresholds(t_sem), every)},
         "irn_fixed": {"threshold": 0.25, "ins_map50": instance_map50(Thresholds(0.25), every)},
     }

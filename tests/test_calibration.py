@@ -18,9 +18,11 @@ from ray_wsis.method.calibration import (
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_by_steepness,
     choose_few_shot,
     choose_instance,
     choose_semantic,
+    contour_steepness,
     expected_ious,
     isotonic,
     otsu_ratio,
@@ -69,6 +71,35 @@ def test_label_free_semantic_finds_the_gap(images):
     assert 0.45 <= chosen <= 0.95  # between the decayed background (<= 0.42) and the object (1.0)
     merged = LabelFreeStats.empty(CANDIDATES).merge(stats)
     assert np.allclose(merged.criterion(), stats.criterion())
+
+
+def test_contour_steepness_finds_the_edge_step(images):
+    stats = LabelFreeStats.empty(CANDIDATES)
+    for scores, _ in images:
+        stats.add(ImageCut.of(scores), CANDIDATES)
+    assert (stats.steepness_images > 0).all()
+    chosen = choose_by_steepness(stats.steepness(), CANDIDATES)
+    assert chosen is not None
+    truth = FewShotStats.empty(CANDIDATES, num_classes=1)
+    for scores, ground_truth in images:
+        truth.add(ImageCut.of(scores), ground_truth, CANDIDATES, 0.0, num_classes=1)
+    # the cut lies on the step from 1.0 down to <= 0.42 (at its foot): every object found
+    assert truth.instance_map50()[CANDIDATES.index(chosen)] == pytest.approx(100.0)
+    assert truth.semantic_miou()[CANDIDATES.index(chosen)] > 85.0
+    assert truth.semantic_miou()[CANDIDATES.index(0.15)] < 70.0  # where the contours are not steep
+    merged = LabelFreeStats.empty(CANDIDATES).merge(stats)
+    assert np.allclose(merged.steepness(), stats.steepness())
+
+
+def test_contour_steepness_without_an_edge_step_chooses_nothing():
+    yy, xx = np.mgrid[0:48, 0:64].astype(np.float64)
+    blob = np.exp(-((yy - 24) ** 2 + (xx - 30) ** 2) / (2 * 12.0**2))  # log falls ever faster outwards
+    steepness = contour_steepness(blob, CANDIDATES)
+    assert np.isfinite(steepness).all() and int(np.argmax(steepness)) == 0
+    assert choose_by_steepness(steepness, CANDIDATES) is None
+    assert choose_by_steepness(np.full(len(CANDIDATES), np.nan), CANDIDATES) is None
+    # a contour of a few pixels is no evidence
+    assert np.isnan(contour_steepness(np.pad(np.ones((1, 1)), 5), [0.5])).all()
 
 
 def test_few_shot_fits_the_masks(images):

@@ -6,8 +6,12 @@ Label-free (no masks):
   eta(t) = sigma_between^2(t) / sigma_total^2, averaged over images; the candidate with the
   highest mean eta wins. The walk spreads a CAM until it meets a boundary, so inside objects
   the score is high and flat and outside it decays: two modes, and the cut belongs between.
-* instances (default): the threshold whose instances, united per class, agree best (mIoU)
-  with the semantic labels at the chosen semantic threshold.
+* instances (measured in bench/calibration.py, not yet wired into the stage): the steepest contour, the candidate across whose contours the
+  winning instance score falls most steeply relative to its level (mean |grad v| / t over the
+  contour pixels, averaged over images). A walk stopped by a boundary leaves a step in log v at
+  the object's edge; when the steepest contour is at an end of the range there is no such step.
+* instances (default): the threshold whose instances, united per class, agree
+  best (mIoU) with the semantic labels at the chosen semantic threshold.
 * instances (``calibration.instance_criterion: expected-iou``): the threshold with the highest
   expected IoU of the instances, where a pixel's chance of being foreground of its instance's
   class is read off the relation labels (the confident CAM regions that trained IRNet): among
@@ -109,25 +113,80 @@ def otsu_ratio(values: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
 
 @dataclass
 class LabelFreeStats:
-    """Additive statistics of the label-free semantic criterion over a set of images."""
+    """Additive statistics of the label-free criteria over a set of images: Otsu's ratio of the
+    semantic score, and the contour steepness of the instance score (images with a contour)."""
 
     eta_sum: np.ndarray
     images: int
+    steepness_sum: np.ndarray
+    steepness_images: np.ndarray
 
     @classmethod
     def empty(cls, candidates: Sequence[float]) -> LabelFreeStats:
-        return cls(np.zeros(len(candidates)), 0)
+        return cls(np.zeros(len(candidates)), 0, np.zeros(len(candidates)), np.zeros(len(candidates), np.int64))
 
     def add(self, cut: ImageCut, candidates: Sequence[float]) -> None:
         if len(cut.scores.class_ids):
             self.eta_sum += otsu_ratio(cut.semantic.value, candidates)
             self.images += 1
+        if cut.instance is not None:
+            steepness = contour_steepness(cut.instance.value, candidates)
+            self.steepness_sum += np.nan_to_num(steepness)
+            self.steepness_images += np.isfinite(steepness)
 
     def merge(self, other: LabelFreeStats) -> LabelFreeStats:
-        return LabelFreeStats(self.eta_sum + other.eta_sum, self.images + other.images)
+        return LabelFreeStats(
+            self.eta_sum + other.eta_sum,
+            self.images + other.images,
+            self.steepness_sum + other.steepness_sum,
+            self.steepness_images + other.steepness_images,
+        )
 
     def criterion(self) -> np.ndarray:
         return self.eta_sum / max(1, self.images)
+
+    def steepness(self) -> np.ndarray:
+        """Mean contour steepness over the images with a contour at each candidate (NaN: none)."""
+        counts = self.steepness_images
+        return np.where(counts > 0, self.steepness_sum / np.maximum(counts, 1), np.nan)
+
+
+MIN_CONTOUR_PIXELS = 10
+"""An image's contour at a candidate with fewer pixels says nothing about an edge there."""
+
+
+def contour_steepness(values: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
+    """For each candidate t: the mean |grad v| / t over the pixels just inside the t-contour of
+    the (H, W) map ``values``, i.e. how steeply log v falls across that contour; NaN where the
+    contour has under MIN_CONTOUR_PIXELS pixels. A walk stopped by a boundary leaves a step in
+    log v at the object's edge, which no level above or below it shows."""
+    v = np.asarray(values, np.float64)
+    out = np.full(len(candidates), np.nan)
+    if v.ndim != 2 or min(v.shape) < 2:
+        return out
+    dy, dx = np.gradient(v)
+    slope = np.hypot(dy, dx)
+    for k, t in enumerate(candidates):
+        inside = v > t
+        padded = np.pad(inside, 1, mode="edge")
+        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        contour = inside & ~interior
+        if contour.sum() >= MIN_CONTOUR_PIXELS and t > 0:
+            out[k] = slope[contour].mean() / t
+    return out
+
+
+def choose_by_steepness(steepness: np.ndarray, candidates: Sequence[float]) -> Optional[float]:
+    """The candidate whose contours are steepest, or None when that is the lowest or the highest
+    candidate: then the scores fall most steeply at an end of the range, there is no edge step
+    inside it, and another rule must choose."""
+    values = np.asarray(steepness, np.float64)
+    if not np.isfinite(values).any():
+        return None
+    best = int(np.nanargmax(values))
+    if best in (0, len(values) - 1):
+        return None
+    return float(candidates[best])
 
 
 def _bins(values: np.ndarray) -> np.ndarray:
