@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from ray_wsis.classes import IGNORE  # noqa: E402
 from ray_wsis.data.sources import build_source  # noqa: E402
 from ray_wsis.eval.semantic import confusion_matrix, mean_iou  # noqa: E402
 from ray_wsis.masks import decode_label_png  # noqa: E402
@@ -81,7 +82,7 @@ def minimum_error(values: np.ndarray, candidates: list[float]) -> np.ndarray:
 
 def youden_counts(label: np.ndarray, relation: np.ndarray) -> np.ndarray:
     """(labelled-class pixels given their class, relation-background pixels called foreground)."""
-    foreground = (relation > 0) & (relation != 255)
+    foreground = (relation > 0) & (relation != IGNORE)
     return np.array([(foreground & (label == relation)).sum(), ((relation == 0) & (label > 0)).sum()])
 
 
@@ -230,6 +231,7 @@ def main() -> None:
 
     every = list(range(len(cuts)))
     youden_instance = youden_choice("instance")
+    lowest_error = minimum_error_choice("instance")
     steepest = choose_by_steepness(otsu.steepness(), candidates)
     instances = {
         "contour_steepness": {
@@ -246,8 +248,8 @@ def main() -> None:
         "agreement_shared": {"threshold": shared.as_dict(), "ins_map50": instance_map50(shared, every)},
         "agreement_per_class": {"threshold": per_class.as_dict(), "ins_map50": instance_map50(per_class, every)},
         "minimum_error": {
-            "threshold": minimum_error_choice("instance"),
-            "ins_map50": instance_map50(Thresholds(minimum_error_choice("instance")), every),
+            "threshold": lowest_error,
+            "ins_map50": instance_map50(Thresholds(lowest_error), every),
         },
         "relation_youden": {
             "threshold": youden_instance,
