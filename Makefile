@@ -38,6 +38,7 @@ bench: $(VENV)/.installed
 	$(PY) bench/memory.py
 	$(PY) bench/calibration.py --output demo_output
 	$(PY) bench/scale.py
+	$(PY) bench/model_files.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_data

@@ -184,6 +184,14 @@ def exists(location: Location) -> bool:
     return location.fs.get_file_info(location.path).type != pafs.FileType.NotFound
 
 
+def stat(location: Location) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of a file; StorageError when it is missing."""
+    info = location.fs.get_file_info(location.path)
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"missing file {location.uri}")
+    return int(info.size or 0), int(info.mtime_ns or 0)
+
+
 def read_bytes(location: Location) -> bytes:
     try:
         with location.fs.open_input_stream(location.path) as stream:

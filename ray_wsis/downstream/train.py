@@ -38,6 +38,7 @@ from ray_wsis.downstream.models import ModelSpec, build, check_weights, model_by
 from ray_wsis.labels import shard_files
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.model_files import fingerprint_location, write_model
 from ray_wsis.pipeline.training import (
     STATE_FILE,
     checkpoint_folder,
@@ -169,7 +170,7 @@ def _export(ctx: StageContext, result: Any, spec: ModelSpec) -> tuple[str, dict[
         "global_step": int(state["global_step"]),
         "config_hash": ctx.config.hash(),
     }
-    write_bytes_atomic(location, model_bytes(model, spec, meta))
+    write_model(location, model_bytes(model, spec, meta), spec.header())
     return location.uri, meta
 
 
@@ -260,6 +261,7 @@ def _stage(task: str) -> Stage:
     def outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
         return (
             layout.model(kind),
+            fingerprint_location(layout.model(kind)),
             layout.checkpoints.child(f"{config.run_name}-{kind}"),
             _metrics_file(layout, task),
             layout.checkpoints.child(f"{config.run_name}-{kind}.spec.json"),

@@ -33,6 +33,11 @@ class CheckpointError(ValueError):
     """A model file that cannot serve here (wrong kind, wrong backbone, corrupt)."""
 
 
+def checkpoint_header(kind: str, arch: str, num_classes: int) -> dict[str, Any]:
+    """The fields a reader checks before it loads the weights (a fingerprint keeps a copy)."""
+    return {"kind": kind, "arch": arch, "num_classes": int(num_classes)}
+
+
 def checkpoint_bytes(
     model: nn.Module, kind: str, arch: str, num_classes: int, meta: Optional[dict[str, Any]] = None
 ) -> bytes:
@@ -40,9 +45,7 @@ def checkpoint_bytes(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     payload = {
         "format": FORMAT,
-        "kind": kind,
-        "arch": arch,
-        "num_classes": int(num_classes),
+        **checkpoint_header(kind, arch, num_classes),
         "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -64,13 +67,20 @@ def read_checkpoint(
             f"{source} is not a ray_wsis model file (to use weights of jiwoon-ahn/irn, "
             f"convert them with ray_wsis.models.checkpoints.import_reference_*)"
         )
-    if payload.get("kind") != expect_kind:
-        raise CheckpointError(f"{source} holds a {payload.get('kind')} model, expected {expect_kind}")
-    if expect_arch and payload.get("arch") != expect_arch:
-        raise CheckpointError(
-            f"{source} was trained with backbone {payload.get('arch')}, but model.backbone is {expect_arch}"
-        )
+    check_header(payload, expect_kind, expect_arch, source)
     return payload
+
+
+def check_header(
+    header: dict[str, Any], expect_kind: str, expect_arch: Optional[str] = None, source: str = "checkpoint"
+) -> None:
+    """CheckpointError when a model file's header (or its fingerprint's copy) does not fit."""
+    if header.get("kind") != expect_kind:
+        raise CheckpointError(f"{source} holds a {header.get('kind')} model, expected {expect_kind}")
+    if expect_arch and header.get("arch") != expect_arch:
+        raise CheckpointError(
+            f"{source} was trained with backbone {header.get('arch')}, but model.backbone is {expect_arch}"
+        )
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from ray_wsis.config import Config, ConfigError
 from ray_wsis.data.records import DatasetSource, ImageRecord
 from ray_wsis.data.sources import build_source
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.model_files import fingerprint, model_digest
 from ray_wsis.storage import StorageError, check_access, exists, read_bytes
 
 
@@ -92,21 +92,23 @@ class StageContext:
 
     def check_model(self, kind: str, made_by: str) -> None:
         """Fail before any cluster work when a stage's model is missing or does not fit."""
-        from ray_wsis.models.checkpoints import CheckpointError, read_checkpoint
+        from ray_wsis.models.checkpoints import CheckpointError, check_header, read_checkpoint
 
         location = self.layout.model(kind)
-        if not exists(location):
+        record = fingerprint(location)
+        if record is not None:
+            header = record["header"]
+            check_header(header, kind, self.config.model.backbone, location.uri)
+        elif exists(location):
+            header = read_checkpoint(read_bytes(location), kind, self.config.model.backbone, location.uri)
+        else:
             raise CheckpointError(f"{location.uri} is missing: run {made_by} first")
-        payload = read_checkpoint(read_bytes(location), kind, self.config.model.backbone, location.uri)
-        if payload["num_classes"] != self.num_classes:
-            raise CheckpointError(
-                f"{location.uri} has {payload['num_classes']} classes, the dataset {self.num_classes}"
-            )
+        if header["num_classes"] != self.num_classes:
+            raise CheckpointError(f"{location.uri} has {header['num_classes']} classes, the dataset {self.num_classes}")
 
     def model_id(self, kind: str) -> str:
         """sha256 prefix of a model file, recorded in the Parquet metadata of what it made."""
-        location = self.layout.model(kind)
-        return hashlib.sha256(read_bytes(location)).hexdigest()[:16] if exists(location) else ""
+        return model_digest(self.layout.model(kind))
 
     def parquet_metadata(self, *models: str) -> dict[str, str]:
         meta = {

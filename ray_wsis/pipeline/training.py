@@ -20,11 +20,12 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from ray_wsis.config import Config, config_from_dict
-from ray_wsis.models.checkpoints import CheckpointError, checkpoint_bytes, read_checkpoint
+from ray_wsis.models.checkpoints import CheckpointError, checkpoint_bytes, checkpoint_header, read_checkpoint
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_fail_epoch
+from ray_wsis.pipeline.model_files import write_model
 from ray_wsis.pipeline.progress import poster
-from ray_wsis.storage import Location, exists, is_remote, read_bytes, write_bytes_atomic
+from ray_wsis.storage import Location, exists, is_remote, read_bytes
 
 # The batch UDFs live in a module without torch or ray.train: every Ray Data worker that runs them
 # imports it (0.2 s instead of 5.3 s for this module; the first epoch waited 17-20 s on such imports).
@@ -174,7 +175,7 @@ def export_model(ctx: StageContext, result: Any, kind: str, num_classes: int) ->
         num_classes,
         {"epochs": int(state["epoch"]) + 1, "config_hash": ctx.config.hash()},
     )
-    write_bytes_atomic(ctx.layout.model(kind), data)
+    write_model(ctx.layout.model(kind), data, checkpoint_header(kind, ctx.config.model.backbone, num_classes))
     return ctx.layout.model(kind).uri
 
 

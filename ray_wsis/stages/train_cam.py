@@ -17,6 +17,7 @@ from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
 from ray_wsis.stages.base import Stage, StageRun
@@ -68,7 +69,11 @@ def train_cam(run: StageRun) -> dict[str, Any]:
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return layout.model("cam"), layout.checkpoints.child(f"{config.run_name}-cam")
+    return (
+        layout.model("cam"),
+        fingerprint_location(layout.model("cam")),
+        layout.checkpoints.child(f"{config.run_name}-cam"),
+    )
 
 
 def _inputs(ctx: StageContext) -> Sequence[str]:

@@ -21,6 +21,7 @@ from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
@@ -81,7 +82,11 @@ def train_irn(run: StageRun) -> dict[str, Any]:
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return layout.model(config.method), layout.checkpoints.child(f"{config.run_name}-{config.method}")
+    return (
+        layout.model(config.method),
+        fingerprint_location(layout.model(config.method)),
+        layout.checkpoints.child(f"{config.run_name}-{config.method}"),
+    )
 
 
 def _inputs(ctx: StageContext) -> Sequence[str]:
