@@ -243,11 +243,13 @@ class CalibrationConfig:
     """Background thresholds tried; the walk keeps every instance channel that can win at the lowest."""
     per_class_instances: bool = False
     """Label-free: an instance threshold per class (by its own instances' criterion) instead of one."""
-    instance_criterion: Literal["semantic-agreement", "expected-iou"] = "semantic-agreement"
-    """Label-free instance threshold. semantic-agreement: the united instances agree best with
-    the calibrated semantic labels. expected-iou: the instances' expected IoU, with each walked
-    score's chance of being its class read off the relation labels (irnet only; neither wins on
-    every measured run: docs/calibration.md)."""
+    instance_criterion: Literal["contour-steepness", "semantic-agreement", "expected-iou"] = "contour-steepness"
+    """Label-free instance threshold. contour-steepness: the candidate across whose contours the
+    winning instance score falls most steeply relative to its level (the walk's step at object
+    edges), semantic-agreement where that is at an end of the candidates. semantic-agreement: the
+    united instances agree best with the calibrated semantic labels. expected-iou: the instances'
+    expected IoU, each walked score's chance of being its class read off the relation labels
+    (irnet; semantic-agreement where it cannot apply). docs/calibration.md has the measurements."""
 
 
 @dataclass(frozen=True)

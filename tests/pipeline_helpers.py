@@ -79,3 +79,17 @@ def markers(config: Config) -> dict[str, dict[str, Any]]:
 
     folder = Path(config.output) / "stages"
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} if folder.exists() else {}
+
+
+def assert_default_instance_choice(calibration: dict[str, Any]) -> None:
+    """The default instance criterion: the steepest contour, or agreement where it finds no edge step.
+
+    Which branch a tiny training takes depends on its scores, so both are checked for consistency.
+    """
+    instance = calibration["instance"]
+    if instance["criterion"].startswith("steepest contour"):
+        finite = {t: v for t, v in instance["values"].items() if v is not None}
+        assert instance["threshold"]["default"] == float(max(finite, key=finite.__getitem__))
+    else:
+        assert "no edge step" in instance["criterion"] and "semantic labels" in instance["criterion"]
+        assert len(instance["steepness"]) == len(calibration["candidates"])

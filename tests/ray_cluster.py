@@ -164,6 +164,16 @@ class LocalCluster:
         return sorted(alive(every()))
 
 
+FAST_NODE_DEATH = {
+    # the GCS declares a killed node dead after ~5 missed checks a second apart instead of Ray's
+    # 3 s apart; the node-loss tests wait for that. A 2 s reply timeout leaves room for a busy box.
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "2000",
+    "RAY_health_check_failure_threshold": "5",
+}
+
+
 @contextmanager
 def local_cluster(
     head_cpus: float = 2, head_resources: Optional[dict[str, float]] = None, dashboard: bool = True
@@ -173,7 +183,7 @@ def local_cluster(
     gcs, dash, client, agent = free_ports(4)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the nodes' `python`
-    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **FAST_NODE_DEATH)
     cmd = [
         ray_cli(),
         "start",

@@ -109,7 +109,13 @@ def test_affinity_predictor_outputs_scores_and_labels():
 @pytest.mark.slow
 def test_affinitynet_runs_end_to_end(tmp_path):
     from ray_wsis.pipeline.sink import committed_ids
-    from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
+    from tests.pipeline_helpers import (
+        assert_default_instance_choice,
+        make_tiny_voc,
+        run_stages,
+        start_local_ray,
+        tiny_config,
+    )
 
     data = make_tiny_voc(tmp_path / "voc")
     config = tiny_config(
@@ -143,5 +149,5 @@ def test_affinitynet_runs_end_to_end(tmp_path):
     assert metrics["reference"]["semantic"]["plane"] == "walked"
     assert metrics["sem_miou_at_reference"] is not None and metrics["calibrated"]["mode"] == "label-free"
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
-    assert "semantic labels" in calibration["instance"]["criterion"]  # psa's labels: the agreement fallback
+    assert_default_instance_choice(calibration)
     assert os.path.exists(os.path.join(config.output, "models", "affinitynet.pt"))

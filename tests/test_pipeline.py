@@ -14,9 +14,19 @@ from PIL import Image
 
 from ray_wsis.cli import main as cli_main
 from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.model_files import digest, fingerprint
 from ray_wsis.pipeline.schema import PSEUDO_LABELS
 from ray_wsis.pipeline.sink import committed_ids
-from tests.pipeline_helpers import make_tiny_voc, markers, run_stages, start_local_ray, tiny_config
+from ray_wsis.stages.calibrate import AGREEMENT
+from ray_wsis.storage import read_bytes, resolve
+from tests.pipeline_helpers import (
+    assert_default_instance_choice,
+    make_tiny_voc,
+    markers,
+    run_stages,
+    start_local_ray,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +76,10 @@ def test_pseudo_label_schema_with_plain_pyarrow(finished_run):
     meta = pq.read_schema(os.path.join(folder, files[0])).metadata
     assert b"ray_wsis.config_hash" in meta and b"ray_wsis.checkpoint.irnet" in meta and b"ray_wsis.version" in meta
     assert meta[b"ray_wsis.checkpoint.irnet"] != b""
+    for kind in ("cam", "irnet"):  # the id in the metadata is the model file's, from its fingerprint
+        model = resolve(os.path.join(config.output, "models", f"{kind}.pt"))
+        assert fingerprint(model) is not None
+        assert meta[f"ray_wsis.checkpoint.{kind}".encode()].decode() == digest(read_bytes(model))
     ids = table.column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 8
     row = table.slice(0, 1).to_pylist()[0]
@@ -95,7 +109,7 @@ def test_metrics_file_has_the_contract_keys(finished_run):
         sweep.values()
     )
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
-    assert "semantic labels" in calibration["instance"]["criterion"]  # the default instance criterion
+    assert_default_instance_choice(calibration)
 
 
 def test_rerun_is_a_noop(finished_run):
@@ -247,14 +261,51 @@ def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(
     assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == 4  # the others
 
 
+def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk(finished_run):
+    config, _ = finished_run
+    _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=semantic-agreement")
+    assert rerun == {"calibrate", "evaluate"}, logs
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert calibration["instance"]["criterion"].startswith("mIoU of the united instances")
+    assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
+
+
 def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):
     config, _ = finished_run
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=expected-iou")
     assert rerun == {"calibrate", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
-    assert "relation labels" in calibration["instance"]["criterion"]
-    assert calibration["instance"]["instances"] > 0 and len(calibration["instance"]["probability"]) == 100
+    # how many instance channels the walk keeps depends on the tiny training; with none there is
+    # nothing to read the relation labels under, and agreement chooses, saying why
+    scores = os.path.join(config.output, "scores")
+    channels = sum(
+        len(classes)
+        for f in os.listdir(scores)
+        if f.endswith(".parquet")
+        for classes in pq.read_table(os.path.join(scores, f), columns=["instance_classes"]).column(0).to_pylist()
+    )
+    criterion = calibration["instance"]["criterion"]
+    if channels == 0:
+        assert criterion.startswith("no relation-labelled pixel") and criterion.endswith(AGREEMENT), criterion
+    else:
+        assert "relation labels" in criterion, criterion
+        assert len(calibration["instance"]["probability"]) == 100
+        # every instance channel with foreground chance counts once
+        assert 0 <= calibration["instance"]["instances"] <= channels
+    assert set(calibration["instance"]["values"]) == set(map(str, calibration["candidates"]))
+    assert all(0.0 <= v <= 1.0 for v in calibration["instance"]["values"].values())
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
+
+
+def test_expected_iou_says_why_it_cannot_apply(finished_run, tmp_path):
+    from ray_wsis.stages.calibrate import _instance_by_relation_labels
+
+    config, _ = finished_run
+    candidates = [0.3, 0.5]
+    affinity = StageContext(tiny_config(config.dataset.root, config.output, "method=affinitynet"))
+    assert "needs IRNet" in _instance_by_relation_labels(affinity, candidates)
+    elsewhere = StageContext(tiny_config(config.dataset.root, str(tmp_path)))
+    assert _instance_by_relation_labels(elsewhere, candidates).startswith("no relation labels under")
 
 
 def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):

@@ -6,13 +6,14 @@ Label-free (no masks):
   eta(t) = sigma_between^2(t) / sigma_total^2, averaged over images; the candidate with the
   highest mean eta wins. The walk spreads a CAM until it meets a boundary, so inside objects
   the score is high and flat and outside it decays: two modes, and the cut belongs between.
-* instances (bench/calibration.py; not yet the stage's rule): the steepest contour, the
-  candidate across whose contours the winning instance score falls most steeply relative
-  to its level (mean |grad v| / t over the contour pixels, averaged over images). A walk
-  stopped by a boundary leaves a step in log v at the object's edge; when the steepest
-  contour is at an end of the range there is no such step.
-* instances (default): the threshold whose instances, united per class, agree
-  best (mIoU) with the semantic labels at the chosen semantic threshold.
+* instances (default): the steepest contour, the candidate across whose contours the winning
+  instance score falls most steeply relative to its level (mean |grad v| / t over the contour
+  pixels, averaged over images). A walk stopped by a boundary leaves a step in log v at the
+  object's edge; when the steepest contour is at an end of the range there is no such step,
+  and the next rule chooses.
+* instances (fallback, or ``calibration.instance_criterion: semantic-agreement``): the
+  threshold whose instances, united per class, agree best (mIoU) with the semantic labels at
+  the chosen semantic threshold.
 * instances (``calibration.instance_criterion: expected-iou``): the threshold with the highest
   expected IoU of the instances, where a pixel's chance of being foreground of its instance's
   class is read off the relation labels (the confident CAM regions that trained IRNet): among

@@ -32,6 +32,7 @@ from ray_wsis.method.calibration import (
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_by_steepness,
     choose_few_shot,
     choose_instance,
     choose_semantic,
@@ -59,11 +60,18 @@ from ray_wsis.storage import Location, exists, write_bytes_atomic
 
 # --------------------------------------------------------------------------- CPU tasks
 def label_free_task(batch: pa.Table, candidates: list[float]) -> pa.Table:
-    """Sum of Otsu's between-class ratio at every candidate, over the batch's images."""
+    """The batch's LabelFreeStats: Otsu's ratio and the instance contour steepness, summed."""
     stats = LabelFreeStats.empty(candidates)
     for row in batch.to_pylist():
         stats.add(ImageCut.of(walk_scores(row)), candidates)
-    return pa.table({"eta_sum": [stats.eta_sum.tolist()], "images": [stats.images]})
+    return pa.table(
+        {
+            "eta_sum": [stats.eta_sum.tolist()],
+            "images": [stats.images],
+            "steepness_sum": [stats.steepness_sum.tolist()],
+            "steepness_images": [stats.steepness_images.tolist()],
+        }
+    )
 
 
 def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[float], num_classes: int) -> pa.Table:
@@ -201,19 +209,18 @@ def _per_shard(ctx: StageContext, fn: Any, **kwargs: Any) -> list[dict[str, Any]
     ).take_all()
 
 
-def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> Optional[dict[str, Any]]:
-    """The instance threshold of highest expected IoU (None when not asked for or without relation labels)."""
-    if (
-        ctx.config.calibration.instance_criterion != "expected-iou"
-        or ctx.config.method != "irnet"
-        or not shard_paths(ctx.layout.ir_labels)
-    ):
-        return None
+def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> dict[str, Any] | str:
+    """The instance threshold of highest expected IoU, or why it cannot be read off the relation
+    labels (the caller falls back to agreement and records the reason)."""
+    if ctx.config.method != "irnet":
+        return f"expected IoU needs IRNet's relation labels (method is {ctx.config.method})"
+    if not shard_paths(ctx.layout.ir_labels):
+        return f"no relation labels under {ctx.layout.ir_labels.uri}"
     stats = RelationStats.empty()
     for row in _per_shard(ctx, relation_task):
         stats = stats.merge(RelationStats(np.asarray(row["labelled"]), np.asarray(row["same_class"])))
     if stats.labelled.sum() == 0:
-        return None
+        return "no relation-labelled pixel under an instance score (no image has an instance channel)"
     probability = stats.probability()
     n = ctx.num_classes
     total = np.zeros((n + 1, len(candidates)))
@@ -233,23 +240,29 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
     }
 
 
-def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
-    n = ctx.num_classes
-    eta = np.zeros(len(candidates))
-    images = 0
+def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float]) -> LabelFreeStats:
+    stats = LabelFreeStats.empty(candidates)
     for row in _collect(read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS), label_free_task, candidates=candidates):
-        eta += np.asarray(row["eta_sum"])
-        images += int(row["images"])
-    criterion = eta / max(1, images)
-    semantic = choose_semantic(criterion, candidates)
-    semantic_part = {
-        "threshold": Thresholds(semantic).as_dict(),
-        "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
-        "values": dict(zip(map(str, candidates), map(float, criterion))),
-    }
-    by_relation = _instance_by_relation_labels(ctx, candidates)
-    if by_relation is not None:
-        return {"mode": "label-free", "images": images, "semantic": semantic_part, "instance": by_relation}
+        part = LabelFreeStats(
+            np.asarray(row["eta_sum"], np.float64),
+            int(row["images"]),
+            np.asarray(row["steepness_sum"], np.float64),
+            np.asarray(row["steepness_images"], np.int64),
+        )
+        stats = stats.merge(part)
+    return stats
+
+
+AGREEMENT = "mIoU of the united instances against the calibrated semantic labels"
+
+
+def _instance_by_agreement(
+    ctx: StageContext, ids: list[str], semantic: float, candidates: list[float]
+) -> tuple[Thresholds, dict[str, float]]:
+    """The instance threshold whose united instances agree best with the semantic labels."""
+    from ray_wsis.eval.semantic import mean_iou
+
+    n = ctx.num_classes
     confusions = np.zeros((len(candidates), n + 1, n + 1), np.int64)
     for row in _collect(
         read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS),
@@ -260,18 +273,54 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> d
     ):
         confusions += np.frombuffer(row["confusions"], np.int64).reshape(confusions.shape)
     instance = choose_instance(confusions, candidates, ctx.config.calibration.per_class_instances)
-    from ray_wsis.eval.semantic import mean_iou
+    return instance, dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions)))
 
-    return {
-        "mode": "label-free",
-        "images": images,
-        "semantic": semantic_part,
-        "instance": {
-            "threshold": instance.as_dict(),
-            "criterion": "mIoU of the united instances against the calibrated semantic labels",
-            "values": dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions))),
-        },
+
+def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
+    stats = _label_free_stats(ctx, ids, candidates)
+    criterion = stats.criterion()
+    semantic = choose_semantic(criterion, candidates)
+    semantic_part = {
+        "threshold": Thresholds(semantic).as_dict(),
+        "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
+        "values": dict(zip(map(str, candidates), map(float, criterion))),
     }
+    result: dict[str, Any] = {"mode": "label-free", "images": stats.images, "semantic": semantic_part}
+    instance = _label_free_instance(ctx, ids, stats, semantic, candidates)
+    return {**result, "instance": instance}
+
+
+def _by_agreement(
+    ctx: StageContext, ids: list[str], semantic: float, candidates: list[float], reason: str = "", **extra: Any
+) -> dict[str, Any]:
+    """The agreement choice as calibration.json records it; ``reason`` says why a rule fell back."""
+    instance, agreement = _instance_by_agreement(ctx, ids, semantic, candidates)
+    criterion = f"{reason}, so: {AGREEMENT}" if reason else AGREEMENT
+    return {"threshold": instance.as_dict(), "criterion": criterion, "values": agreement, **extra}
+
+
+def _label_free_instance(
+    ctx: StageContext, ids: list[str], stats: LabelFreeStats, semantic: float, candidates: list[float]
+) -> dict[str, Any]:
+    chosen_by = ctx.config.calibration.instance_criterion
+    if chosen_by == "expected-iou":
+        by_relation = _instance_by_relation_labels(ctx, candidates)
+        if isinstance(by_relation, dict):
+            return by_relation
+        return _by_agreement(ctx, ids, semantic, candidates, by_relation)
+    if chosen_by == "contour-steepness":
+        steepness = stats.steepness()
+        steepest = choose_by_steepness(steepness, candidates)
+        values = {str(t): (float(v) if np.isfinite(v) else None) for t, v in zip(candidates, steepness)}
+        if steepest is not None:
+            return {
+                "threshold": Thresholds(steepest).as_dict(),
+                "criterion": "steepest contour of the winning instance score (mean |grad v| / t over it)",
+                "values": values,
+            }
+        edge = "no edge step (steepest contour at an end of the candidates)"
+        return _by_agreement(ctx, ids, semantic, candidates, edge, steepness=values)
+    return _by_agreement(ctx, ids, semantic, candidates)
 
 
 def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
