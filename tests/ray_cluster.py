@@ -165,25 +165,32 @@ class LocalCluster:
 
 
 FAST_NODE_DEATH = {
-    # the GCS declares a killed node dead after ~5 missed checks a second apart instead of Ray's
-    # 3 s apart; the node-loss tests wait for that. A 2 s reply timeout leaves room for a busy box.
+    # A killed node refuses connections at once, so the GCS declares it dead after ~5 checks a
+    # second apart instead of Ray's 3 s apart; the node-loss tests wait for that. A live node that
+    # is merely starved of CPU keeps Ray's 10 s reply timeout per check: a short one risks a busy
+    # 2-core box declaring a live node (its own head, say) dead.
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "1000",
-    "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "5",
 }
 
 
 @contextmanager
 def local_cluster(
-    head_cpus: float = 2, head_resources: Optional[dict[str, float]] = None, dashboard: bool = True
+    head_cpus: float = 2,
+    head_resources: Optional[dict[str, float]] = None,
+    dashboard: bool = True,
+    fast_node_death: bool = False,
 ) -> Iterator[LocalCluster]:
-    """A `ray start --head` on private ports and temp dir; every node stopped by pid afterwards."""
+    """A `ray start --head` on private ports and temp dir; every node stopped by pid afterwards.
+
+    fast_node_death: for tests that kill nodes (FAST_NODE_DEATH); others keep Ray's defaults.
+    """
     temp_dir = tempfile.mkdtemp(prefix="rwc-", dir="/tmp")  # short: Ray's socket paths must fit 107 chars
     gcs, dash, client, agent = free_ports(4)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the nodes' `python`
-    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **FAST_NODE_DEATH)
+    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **(FAST_NODE_DEATH if fast_node_death else {}))
     cmd = [
         ray_cli(),
         "start",

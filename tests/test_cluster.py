@@ -131,7 +131,7 @@ def _marker(storage: StorageConfig, output: str, stage: str) -> dict:
 
 def test_train_cam_survives_the_loss_of_its_node_on_a_node_added_mid_run(store, monkeypatch):
     monkeypatch.setenv("RAY_WSIS_FAULT_SLOW_EPOCH", "4")  # inherited by the nodes' workers: time to act
-    with local_cluster(head_cpus=2) as cluster:
+    with local_cluster(head_cpus=2, fast_node_death=True) as cluster:
         cluster.add_node(2, {RESOURCE: 1}, "w1")
         settings = _settings(cluster, store, "train", "cam.epochs=3")
         storage = StorageConfig(endpoint_url=store.endpoint)
@@ -150,7 +150,7 @@ def test_train_cam_survives_the_loss_of_its_node_on_a_node_added_mid_run(store, 
 
 def test_make_pseudo_labels_survives_the_loss_of_a_node(store):
     storage = StorageConfig(endpoint_url=store.endpoint)
-    with local_cluster(head_cpus=2) as cluster:
+    with local_cluster(head_cpus=2, fast_node_death=True) as cluster:
         cluster.add_node(2, {RESOURCE: 2}, "w1")
         cluster.add_node(2, {RESOURCE: 2}, "w2")
         settings = _settings(
