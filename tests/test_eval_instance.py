@@ -381,6 +381,21 @@ def test_ap_functions_hand_computed():
     assert ap_101_point(scores, matches, 3) == pytest.approx((34 * 1 + 33 * 2 / 3) / 101)
 
 
+def test_equal_scores_are_one_operating_point_whatever_their_order():
+    # every image's top instance scores exactly 1 (the walk normalises by the image's peak), so
+    # chainercv's AP would depend on the order images were listed in; here a tie enters at once
+    tp_first = average_precision(np.array([1.0, 1.0, 0.5]), np.array([1, 0, 1]), 2)
+    fp_first = average_precision(np.array([1.0, 1.0, 0.5]), np.array([0, 1, 1]), 2)
+    # the tie: 1 TP + 1 FP -> precision 1/2 at recall 1/2; then 2/3 at recall 1: envelope 2/3 throughout
+    assert tp_first == fp_first == pytest.approx(2 / 3)
+    # a record list shuffled across ties (as shards arrive from tasks) gives the same AP
+    rng = np.random.default_rng(0)
+    scores = rng.choice([1.0, 0.8, 0.5, 0.2], size=60)
+    matches = rng.choice([1, 0, -1], size=60, p=[0.5, 0.4, 0.1])
+    shuffled = rng.permutation(60)
+    assert average_precision(scores, matches, 40) == average_precision(scores[shuffled], matches[shuffled], 40)
+
+
 def test_validation_errors():
     gm, gl = _two_objects()
     with pytest.raises(ValueError, match="pred_labels"):

@@ -19,8 +19,15 @@ Void: pixels labelled 255 in VOC belong to no GT instance, so GT masks exclude t
 while a prediction covering void pixels counts them in its area. Like chainercv we thus
 count predicted pixels in void as false-positive area of the IoU.
 
-Ties in score are broken by a stable sort (input order first) where chainercv's
-``argsort()[::-1]`` leaves the order unspecified; otherwise results are identical.
+Ties in score: chainercv's ``argsort()[::-1]`` leaves the order of equal-score predictions
+unspecified, so its AP depends on the order in which images happen to be listed. Here
+predictions of equal score count as one operating point (their TP and FP enter together before
+precision is read), which makes AP independent of that order: the walk normalises each image's
+instance scores by its own peak, so every image's top instance scores exactly 1, and without
+this the threshold sweep and the shipped labels, which list the images in different orders,
+reported different mAPs for the same cut. Without ties the results are identical to
+chainercv's. :func:`ap_101_point` keeps pycocotools' per-prediction order (stable), since it
+exists to cross-check COCOeval.
 """
 
 from __future__ import annotations
@@ -215,14 +222,24 @@ def match_image(
 
 
 # --------------------------------------------------------------------------- AP
-def _sorted_tp_fp(scores: np.ndarray, matches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+def _sorted_tp_fp(scores: np.ndarray, matches: np.ndarray, group_ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative TP and FP counts by descending score; with ``group_ties`` only at the last
+    prediction of each run of equal scores (a tie is one operating point)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
     flags = np.asarray(matches)[order]
-    return np.cumsum(flags == TP).astype(np.float64), np.cumsum(flags == FP).astype(np.float64)
+    tp, fp = np.cumsum(flags == TP).astype(np.float64), np.cumsum(flags == FP).astype(np.float64)
+    if group_ties and tp.size:
+        ranked = scores[order]
+        last = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+        return tp[last], fp[last]
+    return tp, fp
 
 
-def _precision_recall(scores: np.ndarray, matches: np.ndarray, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
-    tp, fp = _sorted_tp_fp(scores, matches)
+def _precision_recall(
+    scores: np.ndarray, matches: np.ndarray, n_pos: int, group_ties: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    tp, fp = _sorted_tp_fp(scores, matches, group_ties)
     seen = tp + fp
     # chainercv yields NaN (0/0) before the first non-ignored record and nan_to_num's it to 0.
     precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
@@ -233,11 +250,12 @@ def average_precision(scores: np.ndarray, matches: np.ndarray, n_pos: int) -> fl
     """VOC 2010+ AP: exact area under the monotone precision envelope; NaN if ``n_pos == 0``.
 
     ``matches`` holds 1 (TP), 0 (FP) or -1 (ignored) per detection of one class, over all
-    images; ``n_pos`` counts the non-difficult GT instances of that class.
+    images; ``n_pos`` counts the non-difficult GT instances of that class. Predictions of equal
+    score enter together (see the module docstring).
     """
     if n_pos <= 0:
         return float("nan")
-    precision, recall = _precision_recall(scores, matches, n_pos)
+    precision, recall = _precision_recall(scores, matches, n_pos, group_ties=True)
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
