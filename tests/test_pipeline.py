@@ -110,6 +110,13 @@ def test_metrics_file_has_the_contract_keys(finished_run):
     )
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     assert_default_instance_choice(calibration)
+    # the sweep (from the scores) and the shipped labels, which list images in other orders, score
+    # the same cut alike: the oracle can never lose to the calibrated labels
+    chosen = {k: f"{metrics['calibrated'][k]['default']:.2f}" for k in ("semantic", "instance")}
+    assert metrics["sem_miou"] == pytest.approx(sweep[chosen["semantic"]], abs=1e-9)
+    at = metrics["ins_map50_by_threshold"]
+    assert metrics["ins_map50"] is not None and metrics["ins_map50"] == pytest.approx(at[chosen["instance"]], abs=1e-9)
+    assert metrics["ins_map50_at_reference"] == pytest.approx(at["0.25"], abs=1e-9)
 
 
 def test_rerun_is_a_noop(finished_run):
