@@ -292,15 +292,17 @@ def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finis
         for classes in pq.read_table(os.path.join(scores, f), columns=["instance_classes"]).column(0).to_pylist()
     )
     criterion = calibration["instance"]["criterion"]
+    values = calibration["instance"]["values"]
     if channels == 0:
         assert criterion.startswith("no relation-labelled pixel") and criterion.endswith(AGREEMENT), criterion
+        assert all(0.0 <= v <= 100.0 for v in values.values())  # agreement: mIoU in percent
     else:
         assert "relation labels" in criterion, criterion
         assert len(calibration["instance"]["probability"]) == 100
         # every instance channel with foreground chance counts once
         assert 0 <= calibration["instance"]["instances"] <= channels
-    assert set(calibration["instance"]["values"]) == set(map(str, calibration["candidates"]))
-    assert all(0.0 <= v <= 1.0 for v in calibration["instance"]["values"].values())
+        assert all(0.0 <= v <= 1.0 for v in values.values())  # expected IoU, a fraction
+    assert set(values) == set(map(str, calibration["candidates"]))
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
 
 
