@@ -144,6 +144,24 @@ class LabelFreeStats:
             self.steepness_images + other.steepness_images,
         )
 
+    def as_row(self) -> dict[str, Any]:
+        """One row of a task's output table (plain lists: Arrow-friendly)."""
+        return {
+            "eta_sum": self.eta_sum.tolist(),
+            "images": self.images,
+            "steepness_sum": self.steepness_sum.tolist(),
+            "steepness_images": self.steepness_images.tolist(),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> LabelFreeStats:
+        return cls(
+            np.asarray(row["eta_sum"], np.float64),
+            int(row["images"]),
+            np.asarray(row["steepness_sum"], np.float64),
+            np.asarray(row["steepness_images"], np.int64),
+        )
+
     def criterion(self) -> np.ndarray:
         return self.eta_sum / max(1, self.images)
 

@@ -64,14 +64,7 @@ def label_free_task(batch: pa.Table, candidates: list[float]) -> pa.Table:
     stats = LabelFreeStats.empty(candidates)
     for row in batch.to_pylist():
         stats.add(ImageCut.of(walk_scores(row)), candidates)
-    return pa.table(
-        {
-            "eta_sum": [stats.eta_sum.tolist()],
-            "images": [stats.images],
-            "steepness_sum": [stats.steepness_sum.tolist()],
-            "steepness_images": [stats.steepness_images.tolist()],
-        }
-    )
+    return pa.Table.from_pylist([stats.as_row()])
 
 
 def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[float], num_classes: int) -> pa.Table:
@@ -243,13 +236,7 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
 def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float]) -> LabelFreeStats:
     stats = LabelFreeStats.empty(candidates)
     for row in _collect(read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS), label_free_task, candidates=candidates):
-        part = LabelFreeStats(
-            np.asarray(row["eta_sum"], np.float64),
-            int(row["images"]),
-            np.asarray(row["steepness_sum"], np.float64),
-            np.asarray(row["steepness_images"], np.int64),
-        )
-        stats = stats.merge(part)
+        stats = stats.merge(LabelFreeStats.from_row(row))
     return stats
 
 
