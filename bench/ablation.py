@@ -20,7 +20,7 @@ from ray_wsis import local
 from ray_wsis.config import load_config
 from ray_wsis.data.sources import build_source
 from ray_wsis.data.synthetic import make_synthetic_voc
-from ray_wsis.method.predictors import AffinityPredictor, CamPredictor, IRNetPredictor
+from ray_wsis.method.predictors import AffinityPredictor, CamPredictor, Inference, IRNetPredictor
 from ray_wsis.models.checkpoints import build_model
 
 
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         ir_labels = {r.image_id: cached[f"ir/{r.image_id}"] for r in infer}
     else:
         cams, seconds["make_cams"] = local.timed(
-            lambda: local.make_cams(config, infer, images, CamPredictor(cam_model, config.cam.scales, device))
+            lambda: local.make_cams(
+                config, infer, images, CamPredictor(cam_model, config.cam.scales, Inference(device))
+            )
         )
         ir_labels, seconds["make_ir_labels"] = local.timed(lambda: local.make_ir_labels(config, infer, images, cams))
         if args.label_cache:
@@ -82,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     net = build_model(kind, config.model.backbone, n_classes)
     net.load_state_dict(relation_state)
     predictor = (
-        IRNetPredictor(net, config.walk, device)
+        IRNetPredictor(net, config.walk, Inference(device))
         if kind == "irnet"
-        else AffinityPredictor(net, config.affinity, config.walk.min_fragment_fraction, device)
+        else AffinityPredictor(net, config.affinity, config.walk.min_fragment_fraction, Inference(device))
     )
     labels, seconds["make_pseudo_labels"] = local.timed(
         lambda: local.make_pseudo_labels(infer, images, cams, predictor)

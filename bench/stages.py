@@ -174,40 +174,27 @@ class PlainLoop:
         self.write(timer, "make-ir-labels", rows, IR_LABELS, "ir_labels")
 
     def make_pseudo_labels(self, timer: PlainTimer) -> None:
-        from ray_wsis.method.predictors import IRNetPredictor
+        from ray_wsis.method.predictors import IRNetPredictor, irnet_scores
         from ray_wsis.models.checkpoints import model_from_checkpoint
-        from ray_wsis.pipeline.schema import PSEUDO_LABELS, SCORES, pseudo_label_row, scores_row
+        from ray_wsis.pipeline.schema import SCORES, scores_row
         from ray_wsis.storage import read_bytes
 
         start = time.perf_counter()
         model, _ = model_from_checkpoint(read_bytes(self.models.child("irnet.pt")), "irnet")
-        labeler = IRNetPredictor(model, self.config.walk, lowest_threshold=min(self.config.calibration.candidates))
+        lowest = min(self.config.calibration.candidates)
+        labeler = IRNetPredictor(model, self.config.walk, lowest_threshold=lowest)
         timer.add("load_model", start)
         cams, images, rows = self.read_cams(timer), self.decode(timer), []
         for r in self.records:
             image = images[r.image_id]
-            result = labeler(image, cams[r.image_id], r.class_ids)
-            for key, value in result.seconds.items():
-                timer.parts[key] = timer.parts.get(key, 0.0) + value
             start = time.perf_counter()
-            inst = result.instances
-            rows.append(
-                pseudo_label_row(
-                    r.image_id,
-                    image.shape[0],
-                    image.shape[1],
-                    r.class_ids,
-                    result.semantic,
-                    result.confidence,
-                    inst.masks,
-                    inst.class_ids,
-                    inst.scores,
-                )
-                | scores_row(r.image_id, image.shape[0], image.shape[1], result.scores)
-            )
-            timer.add("encode", start)
-        self.write(timer, "make-pseudo-labels", rows, SCORES, "scores")  # as the stage: both tables
-        self.write(timer, "make-pseudo-labels", rows, PSEUDO_LABELS, "pseudo_labels")
+            maps = labeler.networks([image])[0]
+            timer.add("model", start)
+            walked = irnet_scores(maps, cams[r.image_id], r.class_ids, *image.shape[:2], self.config.walk, lowest)
+            for key, value in walked.seconds.items():
+                timer.parts[key] = timer.parts.get(key, 0.0) + value
+            rows.append(scores_row(r.image_id, image.shape[0], image.shape[1], walked.scores))
+        self.write(timer, "make-pseudo-labels", rows, SCORES, "scores")  # as the stage: the walked maps
 
 
 def timed(run: Callable[..., Any], *args: Any) -> float:

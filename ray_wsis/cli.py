@@ -27,6 +27,7 @@ STAGE_NAMES = (
     "train-irn",
     "make-pseudo-labels",
     "calibrate",
+    "cut-labels",
     "evaluate",
 )
 """The stage commands (the same names as stages/registry.py's NAMES, checked by a test; listed here

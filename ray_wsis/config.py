@@ -84,7 +84,9 @@ class RayConfig:
     accelerator_resource: str = ""
     """A custom Ray resource each training worker and inference actor asks one unit of (e.g. a node
     label for a kind of accelerator; tests use it to stand in for GPUs). Empty: none."""
-    inference_batch_size: int = 4
+    inference_batch_size: int = 8
+    """Rows per inference batch: what a model actor receives at a time, and so the most images in
+    one forward pass (each with its mirror; images of one shape share a pass)."""
     rows_per_file: int = 1000
     """Rows per Parquet shard: files of tens of MB for VOC-sized images."""
     max_failures: int = 2
@@ -104,6 +106,9 @@ class ModelConfig:
     """auto: frozen statistics with pretrained weights (as IRN), trained statistics from scratch."""
     amp: bool = True
     """bf16 autocast for training forward passes on CUDA; CPU always runs float32."""
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Inference compute type (autocast): auto is bfloat16 on CUDA and on CPUs that compute it
+    natively (AVX-512 BF16, AMX), float32 elsewhere."""
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,16 @@ def _count(summary: dict[str, Any], key: str) -> str:
     return "" if value is None else str(value)
 
 
+def timing_text(timing: dict[str, Any]) -> str:
+    """One line of a stage summary's ``timing`` (pipeline/timings.py)."""
+    parts = [f"{name} {seconds:.1f}" for name, seconds in timing.get("seconds", {}).items()]
+    if "images_per_forward" in timing:
+        parts.append(f"{timing['images_per_forward']:.1f} images per forward pass")
+    if "forward_share" in timing:
+        parts.append(f"forward passes {100 * timing['forward_share']:.0f}% of the actors' time")
+    return ", ".join(parts) + f" ({timing.get('images', 0)} images)"
+
+
 def status_text(report: dict[str, Any]) -> str:
     lines = [
         f"output {report['output']} (method {report['method']}; Ray's log: {report['log']})",
@@ -103,6 +113,10 @@ def status_text(report: dict[str, Any]) -> str:
             f"{e['stage']:<22}{e['state']:<9}{e.get('images', ''):>7}{labelled:>10}{_count(s, 'skipped'):>8}"
             f"{_count(s, 'failed'):>7}{_count(e, 'seconds'):>9}  {note}"
         )
+    timed = [(e["stage"], e["summary"]["timing"]) for e in report["stages"] if e.get("summary", {}).get("timing")]
+    if timed:
+        lines += ["", "where the inference time went (seconds summed over workers):"]
+        lines += [f"  {stage}: {timing_text(t)}" for stage, t in timed]
     reasons = [(e["stage"], r) for e in report["stages"] for r in e.get("errors", {}).get("top_reasons", [])]
     if reasons:
         lines += ["", "most common reasons for skipped and failed images:"]

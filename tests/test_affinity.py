@@ -137,9 +137,12 @@ def test_affinitynet_runs_end_to_end(tmp_path):
         "train-irn",
         "make-pseudo-labels",
         "calibrate",
+        "cut-labels",
         "evaluate",
     ]
     assert results["make-affinity-labels"]["processed"] == 8 and results["make-pseudo-labels"]["processed"] == 8
+    timing = results["make-pseudo-labels"]["timing"]  # AffinityNet's forward passes held the batch's images
+    assert timing["images_per_forward"] > 1 and {"model", "walk", "post", "decode", "write"} <= set(timing["seconds"])
     import json
     import os
 

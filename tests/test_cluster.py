@@ -165,11 +165,11 @@ def test_make_pseudo_labels_survives_the_loss_of_a_node(store):
         _untrained_models_s3(storage, "s3://labels/labels")
         _finish(_cli("make-cams", settings, cluster.env))
         env = {**cluster.env, "RAY_WSIS_FAULT_SLOW_ACTOR": "pseudo_labels:1.0"}  # time to kill mid-stage
-        shards = resolve("s3://labels/labels/pseudo_labels", storage)
+        shards = resolve("s3://labels/labels/scores", storage)  # make-pseudo-labels writes the walked maps
         driver = _cli("make-pseudo-labels", settings, env)
         _wait(lambda: len(committed_ids(shards)) >= 2, driver, 300, "the first shards")
-        doomed = _node_running(cluster, "PseudoLabelActor")
-        assert doomed is not None
+        doomed = _node_running(cluster, "NetworkActor")
+        assert doomed is not None  # the model actor sits on a node with the stand-in accelerator
         cluster.kill_node(doomed)
         out, _ = driver.communicate(timeout=600)
         if driver.returncode != 0:  # Ray could not go on: one clear line, and a re-run completes it
@@ -179,7 +179,6 @@ def test_make_pseudo_labels_survives_the_loss_of_a_node(store):
         assert len(ids) == len(set(ids)) == 12, out[-3000:]
         summary = _marker(storage, "labels", "make-pseudo-labels")["summary"]
         assert summary["unaccounted"] == 0 and summary["processed"] + summary["kept"] == 12
-        assert len(committed_ids(resolve("s3://labels/labels/scores", storage))) == 12
 
 
 def _untrained_models_s3(storage: StorageConfig, output: str) -> None:

@@ -50,6 +50,15 @@ def test_every_stage_ran_and_counts_add_up(finished_run):
         assert s["unaccounted"] == 0
         assert s["processed"] > 0
     assert results["train-cam"]["images"] == 8
+    for stage, parts in (
+        ("make-cams", {"model", "actor", "decode", "write"}),
+        ("make-pseudo-labels", {"walk", "post"}),
+    ):
+        timing = results[stage]["timing"]  # where the time went, in the stage's marker too
+        assert parts <= set(timing["seconds"]) and timing["images"] == 8, timing
+        assert 1 <= timing["images_per_forward"] <= 2 and 0 < timing["forward_share"] <= 1  # 2 rows a batch
+    assert markers(config)["make-cams"]["summary"]["timing"] == results["make-cams"]["timing"]
+    assert results["cut-labels"]["images"] == 8 and results["cut-labels"]["cut"] == results["cut-labels"]["shards"]
     for name in (
         "models/cam.pt",
         "models/irnet.pt",
@@ -123,7 +132,7 @@ def test_rerun_is_a_noop(finished_run):
     config, results = finished_run
     logs: list[str] = []
     again = run_stages(config, log=logs.append)
-    assert sum("done, nothing changed" in line for line in logs) == 7, logs
+    assert sum("done, nothing changed" in line for line in logs) == 8, logs
     assert {name: s.get("action") for name, s in again.items() if isinstance(s, dict)} == {
         name: "skip" for name in again if name != "seconds"
     }
@@ -178,6 +187,7 @@ def test_stored_scores_recut_to_exactly_the_shipped_labels(finished_run):
     from ray_wsis.masks import decode_label_png
     from ray_wsis.method.scores import Thresholds, cut_labels
     from ray_wsis.pipeline.schema import THRESHOLDS_KEY, at_original_size, walk_scores
+    from ray_wsis.stages.cut_labels import CUT_KEY
 
     config, _ = finished_run
     folder = os.path.join(config.output, "pseudo_labels")
@@ -186,6 +196,7 @@ def test_stored_scores_recut_to_exactly_the_shipped_labels(finished_run):
         labels = pq.read_table(os.path.join(folder, name))
         recorded = json.loads(labels.schema.metadata[THRESHOLDS_KEY.encode()])
         assert recorded["source"] == "calibration"
+        assert labels.schema.metadata[CUT_KEY.encode()].decode() == markers(config)["cut-labels"]["identity"]
         scores = {r["image_id"]: r for r in pq.read_table(os.path.join(config.output, "scores", name)).to_pylist()}
         sem, ins = Thresholds.from_dict(recorded["semantic"]), Thresholds.from_dict(recorded["instance"])
         for row in labels.to_pylist():
@@ -259,7 +270,7 @@ def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(
     train = (split_dir / "train.txt").read_text().split()
     (split_dir / "calib.txt").write_text("\n".join(train[:4]) + "\n")
     _, rerun, logs, _ = _rerun_with(config, "dataset.calibration_split=calib")
-    assert rerun == {"calibrate", "evaluate"}, logs
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     assert calibration["mode"] == "few-shot" and calibration["images"] == 4
     assert "neighbouring candidates" in calibration["semantic"]["criterion"]
@@ -271,7 +282,7 @@ def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(
 def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk(finished_run):
     config, _ = finished_run
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=semantic-agreement")
-    assert rerun == {"calibrate", "evaluate"}, logs
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     assert calibration["instance"]["criterion"].startswith("mIoU of the united instances")
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
@@ -280,7 +291,7 @@ def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk
 def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):
     config, _ = finished_run
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=expected-iou")
-    assert rerun == {"calibrate", "evaluate"}, logs
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
     # how many instance channels the walk keeps depends on the tiny training; with none there is
     # nothing to read the relation labels under, and agreement chooses, saying why
@@ -317,12 +328,44 @@ def test_expected_iou_says_why_it_cannot_apply(finished_run, tmp_path):
     assert _instance_by_relation_labels(elsewhere, candidates).startswith("no relation labels under")
 
 
+def _walk_beta(config) -> float:
+    """The walk.beta the finished run's labels were made with (tests below may have changed it)."""
+    return float(markers(config)["make-pseudo-labels"]["fields"]["walk.beta"])
+
+
 def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):
     config, _ = finished_run
-    _, rerun, logs, results = _rerun_with(config, "walk.beta=8")
-    assert rerun == {"make-pseudo-labels", "calibrate", "evaluate"}, logs
-    assert any("make-pseudo-labels: redo, walk.beta: 10.0 -> 8.0" in line for line in logs), logs
+    before = _walk_beta(config)
+    beta = 8.0 if before != 8.0 else 9.0
+    _, rerun, logs, results = _rerun_with(config, f"walk.beta={beta}")
+    assert rerun == {"make-pseudo-labels", "calibrate", "cut-labels", "evaluate"}, logs
+    assert any(f"make-pseudo-labels: redo, walk.beta: {before} -> {beta}" in line for line in logs), logs
     assert results["train-cam"]["action"] == "skip" and results["make-pseudo-labels"]["action"] == "redo"
+
+
+def test_a_threshold_change_reruns_calibrate_and_the_cut_only(finished_run):
+    """Thresholds come from the stored scores: no network, no walk; the one writer re-cuts every shard."""
+    import pyarrow.parquet as pq
+
+    from ray_wsis.pipeline.schema import THRESHOLDS_KEY
+
+    config, _ = finished_run
+    beta = f"walk.beta={_walk_beta(config)}"
+    off = ("calibration.enabled=false", "walk.sem_bg_threshold=0.35", "walk.ins_bg_threshold=0.45", beta)
+    _, rerun, logs, results = _rerun_with(config, *off)
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
+    assert results["cut-labels"]["cut"] == results["cut-labels"]["shards"] and results["cut-labels"]["images"] == 8
+    folder = Path(config.output) / "pseudo_labels"
+    for shard in folder.glob("part-*.parquet"):
+        recorded = json.loads(pq.read_schema(shard).metadata[THRESHOLDS_KEY.encode()])
+        assert recorded["source"] == "config" and recorded["semantic"]["default"] == 0.35, recorded
+        assert recorded["instance"]["default"] == 0.45
+    _, back, logs, _ = _rerun_with(config, beta)  # calibration on again: the calibrated cut is back
+    assert back == {"calibrate", "cut-labels", "evaluate"}, logs
+    sources = {
+        json.loads(pq.read_schema(p).metadata[THRESHOLDS_KEY.encode()])["source"] for p in folder.glob("*.parquet")
+    }
+    assert sources == {"calibration"}
 
 
 def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
@@ -336,6 +379,7 @@ def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
         "train-irn",
         "make-pseudo-labels",
         "calibrate",
+        "cut-labels",
         "evaluate",
     ]
     assert may_run(ctx, selected(ctx, None), RunOptions(frozenset({"make-cams"}))) == [
@@ -344,6 +388,7 @@ def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
         "train-irn",
         "make-pseudo-labels",
         "calibrate",
+        "cut-labels",
         "evaluate",
     ]
 
@@ -365,7 +410,7 @@ def _add_images(root: str) -> None:
 
 def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(finished_run):
     config, _ = finished_run
-    config = tiny_config(config.dataset.root, config.output, "walk.beta=8")
+    config = tiny_config(config.dataset.root, config.output, f"walk.beta={_walk_beta(config)}")
     _add_images(config.dataset.root)
     results = run_stages(config)
     assert results["train-cam"]["action"] == "kept" and results["train-irn"]["action"] == "kept"
@@ -400,16 +445,21 @@ def test_commands_read_the_outputs_own_config(finished_run, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert {s["stage"]: s["state"] for s in report["stages"]}["train-cam"] == "done"
     assert report["calibration"]["mode"] == "label-free"
+    assert cli_main(["status", config.output]) == 0
+    text = capsys.readouterr().out
+    assert "where the inference time went" in text and "make-cams: actor " in text and "per forward pass" in text
 
 
 def test_a_contradicting_config_is_reported_field_by_field(finished_run, tmp_path, capsys):
     config, _ = finished_run
+    beta = markers(config)["make-pseudo-labels"]["fields"]["walk.beta"]  # what the output was made with
     other = tmp_path / "other.yaml"
     other.write_text(f"dataset:\n  root: {config.dataset.root}\noutput: {config.output}\nwalk:\n  beta: 3\n")
     assert cli_main(["status", config.output, "--config", str(other)]) == 0
     captured = capsys.readouterr()
-    assert "note: --config differs" in captured.err and "walk.beta: 8.0 -> 3.0" in captured.err
-    assert "stale" in captured.out and "walk.beta: 8.0 -> 3.0" in captured.out
+    change = f"walk.beta: {float(beta)} -> 3.0"
+    assert "note: --config differs" in captured.err and change in captured.err
+    assert "stale" in captured.out and change in captured.out
 
 
 def test_every_config_field_is_claimed_by_a_stage_or_marked():

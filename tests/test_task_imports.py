@@ -16,7 +16,8 @@ from ray_wsis.labels import _decode_batch
 from ray_wsis.pipeline.decode_task import decode_images
 from ray_wsis.pipeline.reads import keep_ids
 from ray_wsis.pipeline.sink import ShardSink
-from ray_wsis.stages.calibrate import agreement_task, expected_iou_task, label_free_task, recut_task, relation_task
+from ray_wsis.stages.calibrate import agreement_task, expected_iou_task, label_free_task, relation_task
+from ray_wsis.stages.cut_labels import cut_shard_task
 from ray_wsis.stages.evaluate import eval_cams, eval_ir_labels, eval_pseudo_labels, eval_sweep
 from ray_wsis.stages.make_affinity_labels import make_affinity_labels
 from ray_wsis.stages.make_ir_labels import decode_and_label
@@ -35,7 +36,7 @@ TASK_CODE = [
     agreement_task,
     relation_task,
     expected_iou_task,
-    recut_task,
+    cut_shard_task,
     classifier_batch,
     relation_batch,
     top_left_batch,

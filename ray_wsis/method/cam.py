@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ray_wsis.method.batching import ForwardStats, shape_groups
 from ray_wsis.models.cam_net import CAMNet
+from ray_wsis.models.precision import autocast
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,3 +83,59 @@ def multiscale_cams(
         cam = cams[0] + cams[1].flip(-1) if flip else cams[0]
         total += F.interpolate(cam[None], size=out_size, mode="bilinear", align_corners=False)[0]
     return total / (total.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
+
+
+@torch.inference_mode()
+def batched_cams(
+    model: CAMNet,
+    images: Sequence[torch.Tensor],
+    class_ids: Sequence[Sequence[int]],
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    *,
+    images_per_forward: int = 8,
+    dtype: torch.dtype = torch.float32,
+    stats: ForwardStats | None = None,
+) -> list[torch.Tensor]:
+    """:func:`multiscale_cams` of many images, with many images and their mirrors per forward pass.
+
+    Images of one shape share each scale's pass (at most ``images_per_forward`` of them, so
+    2x as many samples); the backbone runs under autocast to ``dtype`` in channels-last layout
+    and the CAM head in float32. Returns one (K_i, ceil(H_i/4), ceil(W_i/4)) float32 tensor per
+    image, in input order.
+    """
+    if len(images) != len(class_ids):
+        raise ValueError(f"{len(images)} images for {len(class_ids)} class-id lists")
+    ids = [check_class_ids(c, model.num_classes) for c in class_ids]
+    for image in images:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    out: list[torch.Tensor | None] = [None] * len(images)
+    for i, image in enumerate(images):
+        if ids[i].numel() == 0:  # no class: nothing to run
+            out[i] = image.new_zeros(0, *strided_size(*image.shape[-2:]))
+    wanted = [i for i in range(len(images)) if out[i] is None]
+    stats = stats if stats is not None else ForwardStats()
+    weight = model.classifier.weight.float()
+    for group in shape_groups([(images[i].shape[-2], images[i].shape[-1]) for i in wanted], images_per_forward):
+        members = [wanted[g] for g in group]
+        batch = torch.stack([images[i] for i in members])
+        h, w = batch.shape[-2:]
+        out_size = strided_size(h, w)
+        total = batch.new_zeros(len(members), weight.shape[0], *out_size, dtype=torch.float32)
+        for scale in scales:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            scaled = (
+                batch
+                if size == (h, w)
+                else F.interpolate(batch, size=size, mode="bicubic", align_corners=False, antialias=scale < 1)
+            )
+            both = torch.cat([scaled, scaled.flip(-1)]).contiguous(memory_format=torch.channels_last)
+            with stats.timed(both.device, len(members)), autocast(both.device, dtype):
+                features = model.backbone(both)[-1]
+            cams = F.relu(F.conv2d(features.float(), weight))
+            cam = cams[: len(members)] + cams[len(members) :].flip(-1)
+            total += F.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
+        for j, i in enumerate(members):
+            chosen = total[j, ids[i].to(total.device) - 1]
+            out[i] = chosen / (chosen.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
+    return [o for o in out if o is not None]

@@ -1,7 +1,10 @@
-"""One image through the method: a model on a device plus the math of method/.
+"""The method's networks on a device, and the CPU work after them.
 
-The Ray Data actors of make-cams and make-pseudo-labels and the plain loops of bench/ and
-local.py call these; encoding and storage are the stages' job.
+The predictors run their network on many images per forward pass (``networks``, ``many``);
+the walk and the instance assembly (:func:`irnet_scores`, :func:`affinity_scores`) take
+what the network gave and run on the CPU. The model actors of make-cams and make-pseudo-labels
+run the first, Ray Data CPU operators after them the second; a predictor's ``__call__`` runs
+one image through both and the cut (tests, benchmarks). Encoding and storage are the stages' job.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ray_wsis.config import AffinityConfig, Config, WalkConfig
-from ray_wsis.method.cam import multiscale_cams, to_tensor
+from ray_wsis.method.batching import ForwardStats, shape_groups
+from ray_wsis.method.cam import batched_cams, to_tensor
 from ray_wsis.method.instances import Instances, walk_instances
 from ray_wsis.method.labels import boundary_walk
 from ray_wsis.method.path_index import path_index
@@ -32,6 +36,7 @@ from ray_wsis.method.scores import (
     encode_scores,
 )
 from ray_wsis.method.upsample import upsample_cams
+from ray_wsis.models import precision
 from ray_wsis.models.affinitynet import AffinityNet
 from ray_wsis.models.cam_net import CAMNet
 from ray_wsis.models.checkpoints import model_from_checkpoint
@@ -41,7 +46,7 @@ from ray_wsis.storage import read_bytes, resolve
 
 def device_for(config: Config) -> torch.device:
     """The actor's device: CUDA when ray.use_gpu and one is visible, else the CPU (never .cuda())."""
-    return torch.device("cuda" if config.ray.use_gpu and torch.cuda.is_available() else "cpu")
+    return precision.device_for(config.ray.use_gpu)
 
 
 def load_model(config: Config, kind: str) -> Any:
@@ -57,16 +62,44 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple))
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a predictor runs its network: device, compute dtype, images per forward pass."""
+
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    images_per_forward: int = 1
+
+    @classmethod
+    def of(cls, config: Config) -> Inference:
+        device = device_for(config)
+        return cls(device, precision.resolve_precision(config.model.precision, device), config.ray.inference_batch_size)
+
+
 class CamPredictor:
-    def __init__(self, model: CAMNet, scales: Sequence[float], device: torch.device | str = "cpu") -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: CAMNet, scales: Sequence[float], inference: Inference = Inference()) -> None:
+        self.model = precision.for_inference(model, inference.device)
         self.scales = tuple(scales)
-        self.device = torch.device(device)
+        self.inference = inference
+        self.stats = ForwardStats()
+
+    def many(self, images: Sequence[np.ndarray], class_ids: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """(K, ceil(H/4), ceil(W/4)) float32 CAMs of each image's classes, many images per forward pass."""
+        tensors = [to_tensor(image, self.inference.device) for image in images]
+        cams = batched_cams(
+            self.model,
+            tensors,
+            class_ids,
+            self.scales,
+            images_per_forward=self.inference.images_per_forward,
+            dtype=self.inference.dtype,
+            stats=self.stats,
+        )
+        return [c.cpu().numpy() for c in cams]
 
     def __call__(self, image: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
-        """(K, ceil(H/4), ceil(W/4)) float32 CAMs of the image's classes."""
-        cams = multiscale_cams(self.model, to_tensor(image, self.device), class_ids, self.scales)
-        return cams.float().cpu().numpy()
+        """One image's CAMs (:meth:`many` of one)."""
+        return self.many([image], [class_ids])[0]
 
 
 @dataclass
@@ -84,7 +117,8 @@ class PseudoLabel:
 
 
 class IRNetPredictor:
-    """irn EdgeDisplacement + random walk + instance assembly; labels cut from stored-form scores.
+    """irn EdgeDisplacement (batched, on the model's device), then the walk and instance assembly
+    (:func:`irnet_scores`, CPU operators in the pipeline) and the cut of method/scores.py.
 
     ``lowest_threshold``: the lowest background threshold the stored scores must serve (the
     calibration candidates); instance channels that cannot win at it are neither walked nor kept.
@@ -94,75 +128,119 @@ class IRNetPredictor:
         self,
         model: IRNet,
         walk: WalkConfig,
-        device: torch.device | str = "cpu",
+        inference: Inference = Inference(),
         lowest_threshold: Optional[float] = None,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model = precision.for_inference(model, inference.device)
         self.walk = walk
-        self.device = torch.device(device)
+        self.inference = inference
         lowest = min(walk.sem_bg_threshold, walk.ins_bg_threshold)
         self.lowest_threshold = lowest if lowest_threshold is None else min(lowest, lowest_threshold)
+        self.stats = ForwardStats()
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def networks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per image a (3, ceil(H/4), ceil(W/4)) float32 stack: boundary probability, then the
+        displacement (dy, dx) (irn EdgeDisplacement), many same-shape images per forward pass."""
+        out: list[Optional[np.ndarray]] = [None] * len(images)
+        device, dtype = self.inference.device, self.inference.dtype
+        for group in shape_groups([image.shape[:2] for image in images], self.inference.images_per_forward):
+            h, w = math.ceil(images[group[0]].shape[0] / 4), math.ceil(images[group[0]].shape[1] / 4)
+            x = torch.stack([to_tensor(images[i], device) for i in group])
+            n = len(group)
+            batch = pad_to_multiple(torch.cat([x, x.flip(-1)]) if self.walk.flip else x)
+            with self.stats.timed(device, n), precision.autocast(device, dtype):
+                edge, dp = self.model(batch.contiguous(memory_format=torch.channels_last))
+            edge, dp = edge[:, 0, :h, :w].float(), dp[:, :, :h, :w].float()  # crop first: the mirror is top-left too
+            edge_logit = edge[:n] / 2 + edge[n:].flip(-1) / 2 if self.walk.flip else edge
+            stacked = torch.cat([torch.sigmoid(edge_logit)[:, None], dp[:n]], dim=1).cpu().numpy()
+            for j, i in enumerate(group):
+                out[i] = stacked[j]
+        return [o for o in out if o is not None]
+
     def boundary_displacement(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, w) boundary probability and (2, h, w) displacement at stride 4 (irn EdgeDisplacement)."""
-        h, w = math.ceil(image.shape[0] / 4), math.ceil(image.shape[1] / 4)
-        x = to_tensor(image, self.device)[None]
-        batch = pad_to_multiple(torch.cat([x, x.flip(-1)]) if self.walk.flip else x)
-        edge, dp = self.model(batch)
-        edge, dp = edge[:, 0, :h, :w], dp[:, :, :h, :w]  # crop first: the flipped copy's image is top-left too
-        edge_logit = edge[0] / 2 + edge[1].flip(-1) / 2 if self.walk.flip else edge[0]
-        return torch.sigmoid(edge_logit), dp[0]
+        """(h, w) boundary probability and (2, h, w) displacement at stride 4 of one image."""
+        maps = torch.from_numpy(self.networks([image])[0])
+        return maps[0], maps[1:]
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
-        seconds: dict[str, float] = {}
+        """One image through the whole method, cut at walk.*_bg_threshold (tests, benchmarks)."""
         start = time.perf_counter()
-        boundary, displacement = self.boundary_displacement(image)
-        seconds["model"] = time.perf_counter() - start
-        cam = torch.from_numpy(np.asarray(cams, np.float32)).to(self.device)
-        if cam.shape[1:] != boundary.shape:
-            raise ValueError(f"cams {tuple(cam.shape)} do not match the image's stride-4 size {tuple(boundary.shape)}")
+        maps = self.networks([image])[0]
+        model_seconds = time.perf_counter() - start
         height, width = image.shape[:2]
+        found = irnet_scores(maps, cams, class_ids, height, width, self.walk, self.lowest_threshold)
+        start = time.perf_counter()
         c = self.walk
-        start = time.perf_counter()
-        walk = boundary_walk(boundary, c.radius, c.beta)
-        walked = walk(cam * (1.0 - boundary), 2**c.exp_times)
-        seconds["walk"] = time.perf_counter() - start
-        start = time.perf_counter()
-        instance = walk_instances(
-            cam,
-            boundary,
-            displacement,
-            class_ids,
-            walk=walk,
-            exp_times=c.exp_times,
-            lowest_threshold=self.lowest_threshold,
-            centroid_iterations=c.centroid_iterations,
-            cluster_threshold=c.cluster_threshold,
-        )
-        seconds["instance_walk"] = time.perf_counter() - start
-        start = time.perf_counter()
-        scores = encode_scores(
-            height,
-            width,
-            class_ids,
-            walked.cpu().numpy(),
-            instance.channel_class.tolist(),
-            instance.walked.cpu().numpy(),
-            self.lowest_threshold,
-        )
-        semantic, found = cut_labels(scores, c.sem_bg_threshold, c.ins_bg_threshold, c.min_fragment_fraction)
-        seconds["cut"] = time.perf_counter() - start
+        semantic, detections = cut_labels(found.scores, c.sem_bg_threshold, c.ins_bg_threshold, c.min_fragment_fraction)
+        seconds = {"model": model_seconds, **found.seconds, "cut": time.perf_counter() - start}
         return PseudoLabel(
             semantic.label,
-            Instances(found.masks, found.class_ids, found.scores, instance.clusters),
-            boundary.cpu().numpy(),
-            displacement.cpu().numpy(),
+            Instances(detections.masks, detections.class_ids, detections.scores, found.clusters),
+            maps[0],
+            maps[1:],
             seconds,
-            scores,
+            found.scores,
             semantic.confidence,
         )
+
+
+@dataclass
+class Walked:
+    """The walk's result for one image: stored-form scores, the clusters and where the time went."""
+
+    scores: WalkScores
+    clusters: np.ndarray
+    seconds: dict[str, float]
+
+
+@torch.inference_mode()
+def irnet_scores(
+    maps: np.ndarray,
+    cams: np.ndarray,
+    class_ids: Sequence[int],
+    height: int,
+    width: int,
+    walk: WalkConfig,
+    lowest_threshold: float,
+) -> Walked:
+    """The walk of the CAMs on the boundary affinities and the instance assembly of one image,
+    from IRNet's (3, h, w) maps (:meth:`IRNetPredictor.networks`); CPU work (numba walk)."""
+    boundary = torch.from_numpy(np.asarray(maps[0], np.float32))
+    displacement = torch.from_numpy(np.asarray(maps[1:], np.float32))
+    cam = torch.from_numpy(np.asarray(cams, np.float32))
+    if cam.shape[1:] != boundary.shape:
+        raise ValueError(f"cams {tuple(cam.shape)} do not match the image's stride-4 size {tuple(boundary.shape)}")
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    operator = boundary_walk(boundary, walk.radius, walk.beta)
+    walked = operator(cam * (1.0 - boundary), 2**walk.exp_times)
+    seconds["walk"] = time.perf_counter() - start
+    start = time.perf_counter()
+    instance = walk_instances(
+        cam,
+        boundary,
+        displacement,
+        class_ids,
+        walk=operator,
+        exp_times=walk.exp_times,
+        lowest_threshold=lowest_threshold,
+        centroid_iterations=walk.centroid_iterations,
+        cluster_threshold=walk.cluster_threshold,
+    )
+    seconds["instance_walk"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = encode_scores(
+        height,
+        width,
+        class_ids,
+        walked.numpy(),
+        instance.channel_class.tolist(),
+        instance.walked.numpy(),
+        lowest_threshold,
+    )
+    seconds["encode"] = time.perf_counter() - start
+    return Walked(scores, instance.clusters, seconds)
 
 
 class AffinityPredictor:
@@ -177,48 +255,66 @@ class AffinityPredictor:
         model: AffinityNet,
         config: AffinityConfig,
         min_fragment_fraction: float = 0.01,
-        device: torch.device | str = "cpu",
+        inference: Inference = Inference(),
         thresholds: Thresholds = WALKED_BACKGROUND,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model = precision.for_inference(model, inference.device)
         self.config = config
         self.min_fragment_fraction = min_fragment_fraction
-        self.device = torch.device(device)
+        self.inference = inference
         self.thresholds = thresholds
+        self.stats = ForwardStats()
 
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
-        seconds: dict[str, float] = {}
-        start = time.perf_counter()
-        height, width = image.shape[:2]
-        h8, w8 = math.ceil(height / 8), math.ceil(width / 8)
-        features = self.model(pad_to_multiple(to_tensor(image, self.device)[None]))[:, :, :h8, :w8]
+    @torch.inference_mode()
+    def networks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per image the (D, ceil(H/8), ceil(W/8)) float32 feature affinities of its pixel pairs."""
+        out: list[Optional[np.ndarray]] = [None] * len(images)
+        device, dtype = self.inference.device, self.inference.dtype
         index = path_index(self.config.radius)
-        affinity = feature_affinity(features, index, layout="same")[0]
-        seconds["model"] = time.perf_counter() - start
+        for group in shape_groups([image.shape[:2] for image in images], self.inference.images_per_forward):
+            h8, w8 = math.ceil(images[group[0]].shape[0] / 8), math.ceil(images[group[0]].shape[1] / 8)
+            batch = pad_to_multiple(torch.stack([to_tensor(images[i], device) for i in group]))
+            with self.stats.timed(device, len(group)), precision.autocast(device, dtype):
+                features = self.model(batch.contiguous(memory_format=torch.channels_last))
+            affinity = feature_affinity(features[:, :, :h8, :w8].float(), index, layout="same").cpu().numpy()
+            for j, i in enumerate(group):
+                out[i] = affinity[j]
+        return [o for o in out if o is not None]
+
+    def __call__(self, image: np.ndarray, cams: np.ndarray, class_ids: Sequence[int]) -> PseudoLabel:
         start = time.perf_counter()
-        seeds = psa_seeds(np.asarray(cams, np.float32), height, width, self.config.bg_alpha)
-        walked = (
-            WalkOperator(affinity, index, self.config.beta)(
-                torch.from_numpy(seeds).to(self.device), 2**self.config.exp_times
-            )
-            .cpu()
-            .numpy()
-        )
-        seconds["walk"] = time.perf_counter() - start
+        affinity = self.networks([image])[0]
+        model_seconds = time.perf_counter() - start
+        height, width = image.shape[:2]
+        found = affinity_scores(affinity, cams, class_ids, height, width, self.config)
         start = time.perf_counter()
-        scores = encode_region_scores(height, width, class_ids, walked[1:], walked[:1], scale=8)
-        semantic, found = cut_labels(scores, self.thresholds, self.thresholds, self.min_fragment_fraction)
-        seconds["cut"] = time.perf_counter() - start
-        boundary = 1.0 - affinity.amin(dim=0)
+        semantic, detections = cut_labels(found.scores, self.thresholds, self.thresholds, self.min_fragment_fraction)
+        seconds = {"model": model_seconds, **found.seconds, "cut": time.perf_counter() - start}
         return PseudoLabel(
             semantic.label,
-            Instances(found.masks, found.class_ids, found.scores),
-            boundary.cpu().numpy(),
+            Instances(detections.masks, detections.class_ids, detections.scores),
+            1.0 - affinity.min(axis=0),
             seconds=seconds,
-            scores=scores,
+            scores=found.scores,
             confidence=semantic.confidence,
         )
+
+
+@torch.inference_mode()
+def affinity_scores(
+    affinity: np.ndarray, cams: np.ndarray, class_ids: Sequence[int], height: int, width: int, config: AffinityConfig
+) -> Walked:
+    """psa's walk of one image from its (D, h8, w8) feature affinities; CPU work (numba walk)."""
+    start = time.perf_counter()
+    index = path_index(config.radius)
+    seeds = psa_seeds(np.asarray(cams, np.float32), height, width, config.bg_alpha)
+    operator = WalkOperator(torch.from_numpy(np.asarray(affinity, np.float32)), index, config.beta)
+    walked = operator(torch.from_numpy(seeds), 2**config.exp_times).numpy()
+    seconds = {"walk": time.perf_counter() - start}
+    start = time.perf_counter()
+    scores = encode_region_scores(height, width, class_ids, walked[1:], walked[:1], scale=8)
+    seconds["encode"] = time.perf_counter() - start
+    return Walked(scores, np.zeros((0, 0), np.int64), seconds)
 
 
 def psa_seeds(cams: np.ndarray, height: int, width: int, alpha: float) -> np.ndarray:

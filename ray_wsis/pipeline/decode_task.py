@@ -1,11 +1,12 @@
 """The decode task of the inference stages: image bytes -> raw RGB pixels with their sizes.
 
-Kept apart from udfs.py (models, torch) on purpose: decode tasks run in many Ray worker
-processes, and each imports this module once (0.3 s here against ~5 s with torch and torchvision).
+Kept apart from the model actors' modules (torch) on purpose: decode tasks run in many Ray
+worker processes, and each imports this module once (torch and torchvision cost seconds).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from ray_wsis.data.decode import ImageDecodeError, resize_long_side
 from ray_wsis.data.records import ImageRecord
 from ray_wsis.data.sources import load_image
 from ray_wsis.pipeline.schema import ERROR_COLUMN, error_text
+from ray_wsis.pipeline.timings import SECONDS
 from ray_wsis.storage import StorageError
 
 
@@ -34,6 +36,7 @@ def decode_images(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
     for row in batch.to_pylist():
         row = dict(row)
         row.setdefault(ERROR_COLUMN, "")
+        start = time.perf_counter()
         try:
             image = load_image(ImageRecord(row["image_id"], row["uri"], ()), cfg.storage)
             height, width = image.shape[:2]
@@ -51,5 +54,6 @@ def decode_images(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
             row.update(pixels=b"", pixel_height=0, pixel_width=0, error=error_text("failed", str(exc)))
         if "height" not in row or row.get("height") is None:
             row.update(height=0, width=0)
+        row[f"{SECONDS}decode"] = time.perf_counter() - start
         out.append(row)
     return pa.Table.from_pylist(out)

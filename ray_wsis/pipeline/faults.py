@@ -7,7 +7,7 @@ Set in the environment before Ray starts (workers inherit it):
   RAY_WSIS_FAULT_SLOW_ACTOR=<stage>:<seconds> an inference actor sleeps before each batch (no flag
                                           needed), so a test can kill a node mid-stage
   RAY_WSIS_FAULT_SLOW_EPOCH=<seconds>     a Ray Train worker sleeps at the start of every epoch (no flag)
-  RAY_WSIS_FAULT_SLOW_RECUT=<seconds>     calibrate's re-cut tasks sleep after each shard (no flag
+  RAY_WSIS_FAULT_SLOW_CUT=<seconds>       cut-labels' tasks sleep after each shard (no flag
                                           needed), so a test can kill the driver half-way
 Unset (the default), the hooks do nothing.
 """
@@ -19,7 +19,7 @@ import os
 FLAG = "RAY_WSIS_FAULT_FLAG"
 TRAIN_EPOCH = "RAY_WSIS_FAULT_TRAIN_EPOCH"
 ACTOR = "RAY_WSIS_FAULT_ACTOR"
-SLOW_RECUT = "RAY_WSIS_FAULT_SLOW_RECUT"
+SLOW_CUT = "RAY_WSIS_FAULT_SLOW_CUT"
 SLOW_ACTOR = "RAY_WSIS_FAULT_SLOW_ACTOR"
 SLOW_EPOCH = "RAY_WSIS_FAULT_SLOW_EPOCH"
 
@@ -56,8 +56,8 @@ def maybe_kill_actor(stage: str) -> None:
         time.sleep(float(seconds))
 
 
-def maybe_slow_recut() -> None:
-    seconds = os.environ.get(SLOW_RECUT)
+def maybe_slow_cut() -> None:
+    seconds = os.environ.get(SLOW_CUT)
     if seconds:
         import time
 

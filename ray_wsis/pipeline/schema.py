@@ -85,9 +85,6 @@ CAMS = pa.schema(
 and cam_width are ceil(h/4), ceil(w/4) of the inference resolution, which differs from
 height x width only for images above dataset.max_long_side."""
 
-WALK_OUTPUT = pa.unify_schemas([PSEUDO_LABELS, SCORES])
-"""What the make-pseudo-labels actor returns: the columns of both tables it writes."""
-
 IR_LABELS = pa.schema(
     [
         ("image_id", pa.string()),

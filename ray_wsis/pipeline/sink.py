@@ -28,6 +28,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from ray_wsis.pipeline.schema import ERROR_COLUMN, ERRORS, split_error
+from ray_wsis.pipeline.timings import SECONDS, add, sum_timings
 from ray_wsis.storage import Location, StorageError, list_files, write_bytes_atomic
 
 PART_PREFIX = "part-"
@@ -104,6 +105,9 @@ class ShardSink(Datasink):
     ) -> None:
         self.outputs, self.errors, self.stage = outputs, errors, stage
         self.rows_per_file, self.metadata, self.retries = rows_per_file, metadata or {}, retries
+        self.timings: dict[str, float] = {}
+        """The rows' timing columns summed over every write task, with the writes' own seconds
+        (pipeline/timings.py); filled on the driver when the write completes."""
 
     @property
     def min_rows_per_write(self) -> int:
@@ -112,11 +116,12 @@ class ShardSink(Datasink):
     def get_name(self) -> str:
         return f"Write[{self.stage}]"
 
-    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, int]:
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
-            return {"rows": 0, "failed": 0, "skipped": 0}
+            return {"rows": 0, "failed": 0, "skipped": 0, "timings": {}}
+        start = time.perf_counter()
         table = pa.concat_tables(tables, promote_options="permissive")
         bad = None
         for location, schema in self.outputs:
@@ -127,7 +132,17 @@ class ShardSink(Datasink):
         if bad.num_rows:
             commit(self.errors, bad, self.retries)
         kinds = bad.column("kind").to_pylist()
-        return {"rows": good.num_rows, "failed": kinds.count("failed"), "skipped": kinds.count("skipped")}
+        timings = add(sum_timings(table), {f"{SECONDS}write": time.perf_counter() - start})
+        return {
+            "rows": good.num_rows,
+            "failed": kinds.count("failed"),
+            "skipped": kinds.count("skipped"),
+            "timings": timings,
+        }
+
+    def on_write_complete(self, write_result: Any) -> None:
+        for result in write_result.write_returns:
+            self.timings = add(self.timings, (result or {}).get("timings", {}))
 
 
 def drop_orphans(commit_table: Location, others: Iterable[Location]) -> int:

@@ -1,15 +1,11 @@
-"""calibrate: choose the walk's background thresholds for this data, then re-cut the labels.
+"""calibrate: choose the walk's background thresholds for this data.
 
 irn fixes both thresholds at 0.25, fitted to ImageNet CAMs; the best ones move with the data,
 the backbone and the training. This stage chooses them from the walk's stored scores
 (method/calibration.py: label-free by default, fitted to ``dataset.calibration_split``'s
-masks when one is given), writes <output>/calibration.json, and re-emits pseudo_labels/
-from scores/ at the chosen thresholds. No network runs: CPU tasks only, one per shard.
-
-Exactly once: a scores shard and its pseudo-label shard hold the same ids under the same
-name, so each re-cut shard replaces its old version atomically (same name, same ids). A run
-killed half-way leaves shards at old and new thresholds, never a lost or doubled image; the
-next run re-cuts every shard whose recorded thresholds differ from the chosen ones.
+masks when one is given) and records them, with the criterion at every candidate, in
+<output>/calibration.json (the configured thresholds when calibration is off). It writes no
+labels: cut-labels cuts them at the recorded thresholds. No network runs: CPU tasks only.
 """
 
 from __future__ import annotations
@@ -38,21 +34,14 @@ from ray_wsis.method.calibration import (
     choose_semantic,
     expected_ious,
 )
-from ray_wsis.method.scores import Thresholds, cut_labels
+from ray_wsis.method.scores import Thresholds
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.faults import maybe_slow_recut
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.schema import (
-    PSEUDO_LABELS,
-    THRESHOLDS_KEY,
-    at_original_size,
-    pseudo_label_row,
-    rows_to_table,
-    thresholds_metadata,
     walk_scores,
 )
-from ray_wsis.pipeline.sink import commit, committed_ids, shard_paths, split_rows
+from ray_wsis.pipeline.sink import committed_ids, shard_paths
 from ray_wsis.stages.base import Stage, StageRun, digest
 from ray_wsis.stages.evaluate import reference_thresholds, sweep
 from ray_wsis.storage import Location, exists, write_bytes_atomic
@@ -125,60 +114,6 @@ def expected_iou_task(
             np.add.at(total, classes, iou)
             instances += len(classes)
     return pa.table({"iou_sum": [total.tobytes()], "instances": [instances]})
-
-
-def recut_task(
-    batch: pa.Table,
-    config: dict[str, Any],
-    semantic: dict[str, Any],
-    instance: dict[str, Any],
-    metadata: dict[str, str],
-) -> pa.Table:
-    """Re-cut whole scores shards (one path a row) into their pseudo-label shards, same names."""
-    cfg = config_from_dict(config)
-    layout = Layout.of(cfg)
-    sem, ins = Thresholds.from_dict(semantic), Thresholds.from_dict(instance)
-    wanted = metadata[THRESHOLDS_KEY]
-    out = []
-    for path in batch.column("path").to_pylist():
-        scores = pq.read_table(path, filesystem=layout.scores.fs)
-        target = layout.pseudo_labels.child(path.rsplit("/", 1)[-1])
-        if _cut_at(target) == wanted:
-            out.append({"path": path, "rows": scores.num_rows, "recut": False})
-            continue
-        rows = []
-        for row in scores.to_pylist():
-            walk = walk_scores(row)
-            cut, found = cut_labels(walk, sem, ins, cfg.walk.min_fragment_fraction)
-            h, w = int(row["height"]), int(row["width"])
-            rows.append(
-                pseudo_label_row(
-                    row["image_id"],
-                    h,
-                    w,
-                    row["labels"],
-                    *at_original_size(cut.label, cut.confidence, found.masks, h, w),
-                    found.class_ids,
-                    found.scores,
-                )
-            )
-        good, _ = split_rows(rows_to_table(rows, PSEUDO_LABELS), "calibrate", PSEUDO_LABELS, metadata)
-        commit(layout.pseudo_labels, good, cfg.storage.retries)
-        maybe_slow_recut()
-        out.append({"path": path, "rows": scores.num_rows, "recut": True})
-    return pa.Table.from_pylist(
-        out, schema=pa.schema([("path", pa.string()), ("rows", pa.int64()), ("recut", pa.bool_())])
-    )
-
-
-def _cut_at(location: Location) -> Optional[str]:
-    """The thresholds JSON a pseudo-label shard was cut at (None if it does not exist)."""
-    try:
-        meta = pq.read_schema(location.path, filesystem=location.fs).metadata or {}
-    except (FileNotFoundError, OSError):
-        return None
-    value = meta.get(THRESHOLDS_KEY.encode())
-    return value.decode() if value else None
 
 
 # --------------------------------------------------------------------------- driver
@@ -362,44 +297,23 @@ def choose(ctx: StageContext) -> dict[str, Any]:
     return {**result, "candidates": candidates, "reference": reference}
 
 
-def recut(ctx: StageContext, calibration: dict[str, Any]) -> dict[str, int]:
-    """Re-emit every pseudo-label shard whose thresholds differ from the chosen ones."""
-    source = "config" if calibration["mode"] == "off" else "calibration"
-    semantic, instance = calibration["semantic"]["threshold"], calibration["instance"]["threshold"]
-    metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
-        THRESHOLDS_KEY: thresholds_metadata(Thresholds.from_dict(semantic), Thresholds.from_dict(instance), source)
-    }
-    paths = shard_paths(ctx.layout.scores)
-    if not paths:
-        return {"shards": 0, "recut": 0, "rows": 0}
-    done = _per_shard(ctx, recut_task, semantic=semantic, instance=instance, metadata=metadata)
-    return {
-        "shards": len(paths),
-        "recut": sum(bool(r["recut"]) for r in done),
-        "rows": sum(int(r["rows"]) for r in done),
-    }
-
-
 def calibrate(run: StageRun) -> dict[str, Any]:
     ctx = run.ctx
     if not shard_paths(ctx.layout.scores):
         raise DatasetError(f"no walk scores under {ctx.layout.scores.uri}: run make-pseudo-labels first")
     calibration = choose(ctx)
     write_bytes_atomic(ctx.layout.calibration, json.dumps(calibration, indent=2).encode())
-    counts = recut(ctx, calibration)
     sem = calibration["semantic"]["threshold"]
     ins = calibration["instance"]["threshold"]
     run.log(
         f"{calibration['mode']} on {calibration['images']} images: semantic {sem['default']:.2f}, instance "
-        f"{ins['default']:.2f}{' (per class)' if ins.get('per_class') else ''}; {counts['recut']} of "
-        f"{counts['shards']} shards re-cut"
+        f"{ins['default']:.2f}{' (per class)' if ins.get('per_class') else ''}"
     )
     return {
         "mode": calibration["mode"],
         "images": calibration["images"],
         "semantic": sem,
         "instance": ins,
-        **counts,
         "content": digest([json.dumps(calibration, sort_keys=True)]),
     }
 
@@ -414,7 +328,7 @@ def _inputs(ctx: StageContext) -> Sequence[str]:
 
 STAGE = Stage(
     name="calibrate",
-    about="choose the walk's background thresholds for this data (label-free or few-shot), re-cut the labels",
+    about="choose the walk's background thresholds for this data (label-free or few-shot), no labels written",
     kind="whole",
     reads=(
         "calibration",

@@ -35,6 +35,7 @@ from ray_wsis.pipeline.sink import (
     shard_names,
     shard_paths,
 )
+from ray_wsis.pipeline.timings import summarise
 from ray_wsis.stages.base import StageRun, digest
 from ray_wsis.storage import Location, delete_files
 
@@ -44,7 +45,8 @@ def blocks(n: int, batch_size: int) -> int:
 
 
 def actor_op(ctx: StageContext, ds: ray.data.Dataset, actor: type) -> ray.data.Dataset:
-    """The model actor pool: one GPU per actor when ray.use_gpu, restarted on crashes.
+    """The model actor pool: one GPU per actor when ray.use_gpu, restarted on crashes; it
+    receives ray.inference_batch_size rows a call, the most images one forward pass holds.
 
     A task on a dead actor waits for its restart (unbounded task retries; the restarts are
     bounded by ray.actor_max_restarts), so losing the node under an actor costs that actor's
@@ -172,11 +174,12 @@ def run_images(
         commit(errors, error_rows(stage, driver_errors), retries)
     if kept:
         run.log(f"{kept} images already committed, {len(pending)} to process")
+    sink = ShardSink(outputs, errors, stage, ctx.config.ray.rows_per_file, metadata, retries)
     if pending:
         with contextlib.nullcontext() if reserve_per_operator else without_operator_reservation():
             ds = build(pending)
             if ds is not None:
-                ds.write_datasink(ShardSink(outputs, errors, stage, ctx.config.ray.rows_per_file, metadata, retries))
+                ds.write_datasink(sink)
     ids = committed_ids(commit_table)
     done = set(ids)
     if len(done) != len(ids):
@@ -195,6 +198,8 @@ def run_images(
         "failed": sum(1 for k in kinds.values() if k == "failed"),
     }
     summary["unaccounted"] = summary["input"] - in_output - summary["skipped"] - summary["failed"]
+    if sink.timings:
+        summary["timing"] = summarise(sink.timings, len(pending))
     summary["content"] = digest(shard_names(commit_table))
     run.log(f"{summary['processed']} processed, {kept} kept, {summary['skipped']} skipped, {summary['failed']} failed")
     return summary

@@ -1,16 +1,20 @@
 """make-pseudo-labels: the walk and the instance assembly, the product (irn make_sem_seg_labels.py
 and make_ins_seg_labels.py; psa infer_aff.py for AffinityNet).
 
-An actor pool holds IRNet (or AffinityNet): per image it predicts boundaries and
-displacements, walks the CAMs on the boundary affinities, clusters displacements into
-instances and walks the instance CAMs (method/predictors.py). It writes two tables with the
-same shard names: scores/ (the walked maps, the evidence) and pseudo_labels/ (the labels cut
-from those maps at walk.sem_bg_threshold / walk.ins_bg_threshold; calibrate re-cuts them).
+Two operators after the image decode (method/predictors.py):
+1. an actor pool holding IRNet (or AffinityNet), one GPU per actor when ray.use_gpu, runs the
+   network on many images per forward pass and hands on its maps as float16 (boundaries and
+   displacements at stride 4; AffinityNet's pair affinities at stride 8);
+2. CPU tasks walk the CAMs on those affinities, cluster the displacements into instances,
+   walk the instance CAMs and encode the walked maps.
+It writes scores/ (the walked maps, the evidence); calibrate chooses the thresholds and
+cut-labels cuts pseudo_labels/ from the scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -26,86 +30,153 @@ from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import read_stage
 from ray_wsis.pipeline.schema import (
     ERROR_COLUMN,
-    PSEUDO_LABELS,
     SCORES,
-    THRESHOLDS_KEY,
-    WALK_OUTPUT,
-    at_original_size,
     cam_array,
     describe_error,
     error_row,
     error_text,
-    pseudo_label_row,
     rows_to_table,
     scores_row,
-    thresholds_metadata,
 )
+from ray_wsis.pipeline.timings import SECONDS, actor_timings, with_timings
 from ray_wsis.stages.base import Stage, StageRun
-from ray_wsis.stages.evaluate import reference_thresholds
 from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_images
 from ray_wsis.storage import Location
 
+NETWORK_MAPS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("labels", pa.list_(pa.int16())),
+        ("infer_height", pa.int32()),
+        ("infer_width", pa.int32()),
+        ("cam_height", pa.int32()),
+        ("cam_width", pa.int32()),
+        ("cam", pa.binary()),
+        ("maps_shape", pa.list_(pa.int32())),
+        ("maps", pa.binary()),
+    ]
+)
+"""What the model actor hands the walk operator: the CAM row, the inference size and the
+network's float16 maps (IRNet: boundary, dy, dx at stride 4; AffinityNet: the pair affinities
+at stride 8). Never stored."""
 
-class PseudoLabelActor:
-    """Actor: IRNet (or AffinityNet) + sparse random walk + instance assembly per image."""
+
+class NetworkActor:
+    """Actor: IRNet's boundaries and displacements (or AffinityNet's affinities) of a batch of
+    decoded images, many per forward pass; nothing but the network runs here."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         import torch
 
-        from ray_wsis.method.predictors import AffinityPredictor, IRNetPredictor, device_for, load_model
+        from ray_wsis.method.predictors import AffinityPredictor, Inference, IRNetPredictor, load_model
 
         self.config = config_from_dict(config)
         torch.set_num_threads(max(1, int(self.config.ray.cpus_per_actor)))
-        device = device_for(self.config)
-        lowest = min(self.config.calibration.candidates)
+        inference = Inference.of(self.config)
         model = load_model(self.config, self.config.method)
         if self.config.method == "irnet":
-            self.predictor: Any = IRNetPredictor(model, self.config.walk, device, lowest_threshold=lowest)
+            self.predictor: Any = IRNetPredictor(model, self.config.walk, inference)
         else:
-            self.predictor = AffinityPredictor(
-                model, self.config.affinity, self.config.walk.min_fragment_fraction, device
-            )
+            self.predictor = AffinityPredictor(model, self.config.affinity, inference=inference)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         maybe_kill_actor("pseudo_labels")
-        rows = []
+        start, before = time.perf_counter(), dataclasses.replace(self.predictor.stats)
+        rows: list[dict[str, Any]] = []
+        good = []
         for row in batch.to_pylist():
-            known = {k: row.get(k) for k in ("height", "width", "labels")}
             if row.get(ERROR_COLUMN):
-                rows.append(error_row(WALK_OUTPUT, row["image_id"], row[ERROR_COLUMN], **known))
-                continue
-            try:
-                result = self.predictor(pixels(row), cam_array(row), row["labels"])
-                if result.scores is None or result.confidence is None:
-                    raise RuntimeError(f"the {self.config.method} predictor kept no walk scores")
-                h, w = row["height"], row["width"]
-                rows.append(
-                    pseudo_label_row(
-                        row["image_id"],
-                        h,
-                        w,
-                        row["labels"],
-                        *at_original_size(result.semantic, result.confidence, result.instances.masks, h, w),
-                        result.instances.class_ids,
-                        result.instances.scores,
-                    )
-                    | scores_row(row["image_id"], h, w, result.scores)
-                )
-            except Exception as exc:  # recorded per image
-                rows.append(
-                    error_row(
-                        WALK_OUTPUT,
-                        row["image_id"],
-                        error_text("failed", describe_error(exc) + " | " + _last_frame(exc)),
-                        **known,
-                    )
-                )
-        return rows_to_table(rows, WALK_OUTPUT)
+                rows.append(error_row(NETWORK_MAPS, row["image_id"], row[ERROR_COLUMN], **_known(row)))
+            else:
+                good.append(row)
+        rows += self._maps(good)
+        return with_timings(
+            rows_to_table(rows, NETWORK_MAPS), actor_timings(self.predictor.stats, before, start), batch
+        )
+
+    def _maps(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows with their network maps: all in one call, each alone if that call fails."""
+        import numpy as np
+
+        try:
+            maps = self.predictor.networks([pixels(r) for r in rows])
+        except Exception as exc:  # one image must not fail the batch: find it, record its reason
+            if len(rows) == 1:
+                return [error_row(NETWORK_MAPS, rows[0]["image_id"], _failure(exc), **_known(rows[0]))]
+            return [out for r in rows for out in self._maps([r])]
+        return [
+            {
+                **_known(r),
+                "image_id": r["image_id"],
+                "infer_height": r["pixel_height"],
+                "infer_width": r["pixel_width"],
+                "cam_height": r["cam_height"],
+                "cam_width": r["cam_width"],
+                "cam": r["cam"],
+                "maps_shape": list(m.shape),
+                "maps": np.asarray(m, np.float16).tobytes(),
+                ERROR_COLUMN: "",
+            }
+            for r, m in zip(rows, maps)
+        ]
+
+
+def walk_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
+    """CPU operator after the model actors: the walk, the instance assembly and the scores'
+    encoding of each image (method/predictors.py), in CPU tasks of their own."""
+    import numpy as np
+
+    from ray_wsis.method.predictors import affinity_scores, irnet_scores
+
+    cfg = config_from_dict(config)
+    lowest = min([*cfg.calibration.candidates, cfg.walk.sem_bg_threshold, cfg.walk.ins_bg_threshold])
+    rows: list[dict[str, Any]] = []
+    walk_seconds = encode_seconds = 0.0
+    for row in batch.to_pylist():
+        known = _known(row)
+        if row.get(ERROR_COLUMN):
+            rows.append(error_row(SCORES, row["image_id"], row[ERROR_COLUMN], **known))
+            continue
+        try:
+            maps = np.frombuffer(row["maps"], np.float16).reshape(row["maps_shape"]).astype(np.float32)
+            args = (cam_array(row), row["labels"], row["infer_height"], row["infer_width"])
+            if cfg.method == "irnet":
+                walked = irnet_scores(maps, *args, cfg.walk, lowest)
+            else:
+                walked = affinity_scores(maps, *args, cfg.affinity)
+            walk_seconds += walked.seconds.get("walk", 0.0) + walked.seconds.get("instance_walk", 0.0)
+            encode_seconds += walked.seconds.get("encode", 0.0)
+            rows.append(scores_row(row["image_id"], row["height"], row["width"], walked.scores))
+        except Exception as exc:  # recorded per image
+            rows.append(error_row(SCORES, row["image_id"], _failure(exc), **known))
+    totals = {f"{SECONDS}walk": walk_seconds, f"{SECONDS}post": encode_seconds}
+    return with_timings(rows_to_table(rows, SCORES), totals, batch)
+
+
+def _known(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in ("height", "width", "labels")}
+
+
+def _failure(exc: BaseException) -> str:
+    return error_text("failed", describe_error(exc) + " | " + _last_frame(exc))
 
 
 def _last_frame(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     return f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+
+
+def walk_op(ctx: StageContext, ds: ray.data.Dataset) -> ray.data.Dataset:
+    """The walk operator: CPU tasks, one CPU each, so a GPU node's model actors never wait on it."""
+    return ds.map_batches(
+        walk_task,
+        fn_kwargs={"config": ctx.config.to_dict()},
+        batch_format="pyarrow",
+        batch_size=ctx.config.ray.inference_batch_size,
+        num_cpus=1,
+    )
 
 
 def label_records(ctx: StageContext):  # type: ignore[no-untyped-def]
@@ -121,18 +192,15 @@ def make_pseudo_labels(run: StageRun) -> dict[str, Any]:
 
     def build(pending: list[str]) -> Optional[ray.data.Dataset]:
         ds = read_stage(ctx.layout.cams, pending, ctx.config.ray.inference_batch_size)
-        return None if ds is None else actor_op(ctx, decode_op(ctx, ds), PseudoLabelActor)
+        return None if ds is None else walk_op(ctx, actor_op(ctx, decode_op(ctx, ds), NetworkActor))
 
-    metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
-        THRESHOLDS_KEY: thresholds_metadata(*reference_thresholds(ctx.config), "config")
-    }
     return run_images(
-        run, [(ctx.layout.scores, SCORES), (ctx.layout.pseudo_labels, PSEUDO_LABELS)], records, build, metadata
+        run, [(ctx.layout.scores, SCORES)], records, build, ctx.parquet_metadata("cam", ctx.config.method)
     )
 
 
 def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return layout.scores, layout.pseudo_labels, layout.errors("make-pseudo-labels")
+    return layout.scores, layout.errors("make-pseudo-labels")
 
 
 def _inputs(ctx: StageContext) -> Sequence[str]:

@@ -11,6 +11,7 @@ import dataclasses
 from ray_wsis.config import Config, ConfigError
 from ray_wsis.stages import (
     calibrate,
+    cut_labels,
     evaluate,
     make_affinity_labels,
     make_cams,
@@ -28,6 +29,7 @@ IRNET: tuple[Stage, ...] = (
     train_irn.STAGE,
     make_pseudo_labels.STAGE,
     calibrate.STAGE,
+    cut_labels.STAGE,
     evaluate.STAGE,
 )
 """IRNet (irn): boundaries and displacements; instances from the displacement field."""
@@ -39,7 +41,8 @@ AFFINITYNET: tuple[Stage, ...] = (
     train_irn.AFFINITY_STAGE,
     make_pseudo_labels.AFFINITY_STAGE,
     calibrate.STAGE,
-    dataclasses.replace(evaluate.STAGE, consumes=("make-cams", "make-affinity-labels", "calibrate")),
+    cut_labels.STAGE,
+    dataclasses.replace(evaluate.STAGE, consumes=("make-cams", "make-affinity-labels", "cut-labels")),
 )
 """AffinityNet (psa): psa's relation labels and feature affinities; instances are connected regions."""
 
@@ -50,6 +53,7 @@ AFFINITYNET_ON_IRN_LABELS: tuple[Stage, ...] = (
     dataclasses.replace(train_irn.AFFINITY_STAGE, consumes=("train-cam", "make-ir-labels")),
     make_pseudo_labels.AFFINITY_STAGE,
     calibrate.STAGE,
+    cut_labels.STAGE,
     evaluate.STAGE,
 )
 """AffinityNet trained on IRN's relation labels (``affinity.labels: irn``)."""

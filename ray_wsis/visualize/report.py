@@ -149,7 +149,7 @@ def load_irnet(root: Location, config: Config) -> Optional[Any]:
     from ray_wsis.models.checkpoints import model_from_checkpoint
 
     model, _ = model_from_checkpoint(read_bytes(location), "irnet", None, source=location.uri)
-    return IRNetPredictor(model, config.walk, "cpu")  # type: ignore[arg-type]
+    return IRNetPredictor(model, config.walk)  # type: ignore[arg-type]
 
 
 class ImageLookup:

@@ -1,0 +1,166 @@
+"""cut-labels: the one writer of pseudo_labels/, cut from the walk's scores at the chosen thresholds.
+
+make-pseudo-labels stores the walked maps (scores/), calibrate chooses and records the
+background thresholds (calibration.json: calibrated ones, or the configured ones when
+calibration is off), and this stage cuts every scores shard into the pseudo-label shard of
+the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. No network
+runs: CPU tasks only, one per shard, so re-thresholding costs a few seconds per 1,000 images.
+
+Exactly once: a scores shard and its label shard hold the same ids under the same name, and
+each label shard is written atomically. Every label shard records the identity of the cut it
+came from (this stage's plan identity: its thresholds, the scores it read, everything
+upstream); a run killed half-way is continued by the next, which skips the shards already
+cut under the same identity and replaces the others in place. Label shards without a scores
+twin (left from an earlier walk) are deleted first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from ray_wsis.config import Config, config_from_dict
+from ray_wsis.data.records import DatasetError
+from ray_wsis.method.scores import Thresholds, cut_labels
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.faults import maybe_slow_cut
+from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.schema import (
+    PSEUDO_LABELS,
+    THRESHOLDS_KEY,
+    at_original_size,
+    pseudo_label_row,
+    rows_to_table,
+    thresholds_metadata,
+    walk_scores,
+)
+from ray_wsis.pipeline.sink import base_name, commit, committed_ids, shard_paths, split_rows
+from ray_wsis.stages.base import Stage, StageRun, digest
+from ray_wsis.storage import Location, read_bytes
+
+CUT_KEY = "ray_wsis.cut"
+"""Parquet metadata key of a label shard: the identity of the cut that wrote it."""
+
+
+def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, str]) -> pa.Table:
+    """Cut whole scores shards (one path a row) into their pseudo-label shards, same names."""
+    cfg = config_from_dict(config)
+    layout = Layout.of(cfg)
+    thresholds = json.loads(metadata[THRESHOLDS_KEY])
+    sem, ins = Thresholds.from_dict(thresholds["semantic"]), Thresholds.from_dict(thresholds["instance"])
+    out = []
+    for path in batch.column("path").to_pylist():
+        target = layout.pseudo_labels.child(base_name(path))
+        if _cut_identity(target) == metadata[CUT_KEY]:
+            out.append({"path": path, "rows": 0, "cut": False})
+            continue
+        scores = pq.read_table(path, filesystem=layout.scores.fs)
+        rows = []
+        for row in scores.to_pylist():
+            cut, found = cut_labels(walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction)
+            h, w = int(row["height"]), int(row["width"])
+            rows.append(
+                pseudo_label_row(
+                    row["image_id"],
+                    h,
+                    w,
+                    row["labels"],
+                    *at_original_size(cut.label, cut.confidence, found.masks, h, w),
+                    found.class_ids,
+                    found.scores,
+                )
+            )
+        good, _ = split_rows(rows_to_table(rows, PSEUDO_LABELS), "cut-labels", PSEUDO_LABELS, metadata)
+        commit(layout.pseudo_labels, good, cfg.storage.retries)
+        maybe_slow_cut()
+        out.append({"path": path, "rows": scores.num_rows, "cut": True})
+    return pa.Table.from_pylist(
+        out, schema=pa.schema([("path", pa.string()), ("rows", pa.int64()), ("cut", pa.bool_())])
+    )
+
+
+def _cut_identity(location: Location) -> Optional[str]:
+    """The cut identity a pseudo-label shard records (None if it does not exist)."""
+    try:
+        meta = pq.read_schema(location.path, filesystem=location.fs).metadata or {}
+    except (FileNotFoundError, OSError):
+        return None
+    value = meta.get(CUT_KEY.encode())
+    return value.decode() if value else None
+
+
+def chosen_thresholds(ctx: StageContext) -> dict[str, Any]:
+    """The thresholds calibrate recorded, and where they came from ("config" when it was off)."""
+    if not ctx.layout.calibration.fs.get_file_info(ctx.layout.calibration.path).is_file:
+        raise DatasetError(f"no {ctx.layout.calibration.uri}: run calibrate first")
+    calibration = json.loads(read_bytes(ctx.layout.calibration))
+    return {
+        "semantic": calibration["semantic"]["threshold"],
+        "instance": calibration["instance"]["threshold"],
+        "source": "config" if calibration["mode"] == "off" else "calibration",
+    }
+
+
+def cut(run: StageRun) -> dict[str, Any]:
+    ctx = run.ctx
+    paths = shard_paths(ctx.layout.scores)
+    if not paths:
+        raise DatasetError(f"no walk scores under {ctx.layout.scores.uri}: run make-pseudo-labels first")
+    chosen = chosen_thresholds(ctx)
+    sem, ins = Thresholds.from_dict(chosen["semantic"]), Thresholds.from_dict(chosen["instance"])
+    metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
+        THRESHOLDS_KEY: thresholds_metadata(sem, ins, chosen["source"]),
+        CUT_KEY: run.plan.identity,
+    }
+    names = {base_name(p) for p in paths}
+    stale = [p for p in shard_paths(ctx.layout.pseudo_labels) if base_name(p) not in names]
+    for path in stale:
+        ctx.layout.pseudo_labels.fs.delete_file(path)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
+    done = ds.map_batches(
+        cut_shard_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=1,
+        fn_kwargs={"config": ctx.config.to_dict(), "metadata": metadata},
+    ).take_all()
+    ids = committed_ids(ctx.layout.pseudo_labels)
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"[cut-labels] duplicate image_ids in {ctx.layout.pseudo_labels.uri}")
+    run.log(
+        f"semantic {sem.default:.2f}, instance {ins.default:.2f} ({chosen['source']}): "
+        f"{sum(bool(r['cut']) for r in done)} of {len(paths)} shards cut, {len(ids)} images"
+    )
+    return {
+        "shards": len(paths),
+        "cut": sum(bool(r["cut"]) for r in done),
+        "images": len(ids),
+        "removed": len(stale),
+        "thresholds": chosen,
+        "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True)]),
+    }
+
+
+def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
+    return (layout.pseudo_labels,)
+
+
+def _inputs(ctx: StageContext) -> Sequence[str]:
+    return committed_ids(ctx.layout.scores)
+
+
+STAGE = Stage(
+    name="cut-labels",
+    about="cut the labels from the walk's scores at the chosen thresholds: the one writer of pseudo_labels/",
+    kind="whole",
+    reads=("walk.min_fragment_fraction",),
+    consumes=("calibrate",),
+    body=cut,
+    outputs=_outputs,
+    inputs=_inputs,
+)
