@@ -9,6 +9,11 @@ from typing import Any
 from ray_wsis.config import Config, load_config
 from ray_wsis.data.synthetic import make_synthetic_voc
 
+TEST_RAY_CPUS = 2
+"""Logical CPUs of every local Ray the tests start: in-process by start_local_ray, and by the CLI
+(through ray.num_cpus below) in subprocesses. Decided here only, so a test gets the same Ray
+whichever module started one first."""
+
 TINY_SETTINGS = [
     "model.backbone=resnet18",
     "cam.crop_size=64",
@@ -25,7 +30,7 @@ TINY_SETTINGS = [
     "irn.train_backbone=true",
     "walk.centroid_iterations=30",
     "walk.exp_times=5",
-    "ray.num_cpus=2",
+    f"ray.num_cpus={TEST_RAY_CPUS}",
     "ray.inference_actors=1",
     "ray.cpus_per_worker=1",
     "ray.rows_per_file=4",
@@ -44,12 +49,22 @@ def tiny_config(data_root: str, output: str, *extra: str) -> Config:
     return load_config(None, [f"dataset.root={data_root}", f"output={output}", "run_name=tiny", *TINY_SETTINGS, *extra])
 
 
-def start_local_ray(num_cpus: int = 2) -> Any:
+_started_session: list[str] = []  # the session name of the Ray start_local_ray started last
+
+
+def start_local_ray() -> Any:
+    """The tests' in-process local Ray, with TEST_RAY_CPUS CPUs; the one already running if it is ours.
+
+    A Ray that something else started in this process (the CLI's init_ray, with other settings) is
+    shut down and replaced, so the CPUs a test sees never depend on which test ran before it."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if ray.is_initialized() and ray.get_runtime_context().get_session_name() not in _started_session:
+        ray.shutdown()
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=TEST_RAY_CPUS, include_dashboard=False, log_to_driver=False)
+        _started_session[:] = [ray.get_runtime_context().get_session_name()]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     return ray

@@ -194,7 +194,7 @@ def labelled(tmp_path_factory):
     output = str(root / "out")
     write_pseudo_labels(tiny_config(data, output))
     save_output_config(tiny_config(data, output))  # as a run does: commands then need no --config
-    start_local_ray(num_cpus=4)
+    start_local_ray()  # TEST_RAY_CPUS, as every module gets
     return data, output
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import resolve, write_bytes_atomic
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc, run_stages, start_local_ray, tiny_config
+from tests.processes import exited, kill_tree
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +73,7 @@ def test_inference_actor_crash_loses_and_duplicates_nothing(tmp_path, monkeypatc
     start_local_ray()
     ctx = StageContext(config, log=lambda _m: None)
     summary = run_stages(config, "make-cams")["make-cams"]
+    summary.pop("timing", None)  # per-stage timings: not what this test is about
     assert flag.exists(), "the actor was never killed"
     ids = committed_ids(ctx.layout.cams)
     assert len(ids) == len(set(ids)) == 8  # the train split (infer_split defaults to train)
@@ -87,15 +88,29 @@ def test_inference_actor_crash_loses_and_duplicates_nothing(tmp_path, monkeypatc
     }
 
 
-def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ray_wsis", *args],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+@pytest.fixture()
+def cli():
+    """Launch `python -m ray_wsis ...` in a session of its own. At the end, whatever a launched
+    driver left running (it timed out, the test failed half-way) is killed by pid, with its Ray."""
+    launched: list[subprocess.Popen] = []
+
+    def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ray_wsis", *args],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        launched.append(process)
+        return process
+
+    yield launch
+    for process in launched:
+        if process.returncode is None:  # not reaped: its pid still names only our processes
+            kill_tree(process)
+            process.wait(timeout=30)
 
 
 def _sets(config_args: list[str]) -> list[str]:
@@ -103,15 +118,14 @@ def _sets(config_args: list[str]) -> list[str]:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the driver's process group, then the Ray workers it left behind.
+    """SIGKILL the driver and every process it started (its local Ray: GCS, raylet, workers), by pid.
 
-    A local Ray's workers run in sessions of their own; with their raylet gone they are re-parented
-    to init (ppid 1) and would linger, so every orphaned `ray::` process is killed too."""
-    os.killpg(process.pid, signal.SIGKILL)
+    A local Ray's workers run in sessions of their own, so the driver's process group does not hold
+    them all; they are found as the driver's descendants and frozen before any is killed
+    (tests/processes.py). Nothing that this test did not start is touched."""
+    survivors = kill_tree(process)
     process.wait(timeout=30)
-    from tests.ray_cluster import kill, processes
-
-    kill({pid for pid, (ppid, _, cmd) in processes().items() if ppid == 1 and cmd.startswith("ray::")})
+    assert not survivors, f"processes this test started survived SIGKILL: {survivors}"
 
 
 def _wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
@@ -119,7 +133,8 @@ def _wait_for(predicate, process: subprocess.Popen, timeout: float) -> None:
     while time.monotonic() < deadline:
         if predicate():
             return
-        if process.poll() is not None:
+        if exited(process):  # not reaped yet, so what it left behind can still be found
+            _kill_group(process)
             raise AssertionError(f"process ended early:\n{process.stdout.read()}")
         time.sleep(0.2)
     _kill_group(process)
@@ -131,7 +146,7 @@ def _row(out: str, stage: str) -> list[str]:
     return next(line.split() for line in out.splitlines() if line.startswith(stage + " "))
 
 
-def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ray):
+def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ray, cli):
     data = make_tiny_voc(tmp_path / "voc24", n_train=24, n_val=0)
     settings = [
         f"dataset.root={data}",
@@ -150,41 +165,47 @@ def test_driver_killed_mid_pseudo_labels_resumes_exactly_once(tmp_path, fresh_ra
     import ray
 
     ray.shutdown()
-    shards = Path(config.output) / "pseudo_labels"
+    scores = Path(config.output) / "scores"  # make-pseudo-labels writes the walked maps; cut-labels the labels
     env = dict(os.environ)
-    first = _cli(["make-pseudo-labels", *_sets(settings)], env)
-    _wait_for(lambda: shards.exists() and len(list(shards.glob("part-*.parquet"))) >= 1, first, timeout=300)
+    first = cli(["make-pseudo-labels", *_sets(settings)], env)
+    _wait_for(lambda: scores.exists() and len(list(scores.glob("part-*.parquet"))) >= 1, first, timeout=300)
     _kill_group(first)  # SIGKILL: no cleanup, no marker
-    before = len(committed_ids(resolve(str(shards))))
+    before = len(committed_ids(resolve(str(scores))))
     assert 0 < before < 24, f"kill came too late to test a resume ({before} of 24 done)"
-    second = _cli(["make-pseudo-labels", *_sets(settings)], env)
+    second = cli(["make-pseudo-labels", *_sets(settings)], env)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
-    ids = committed_ids(resolve(str(shards)))
+    ids = committed_ids(resolve(str(scores)))
     assert len(ids) == len(set(ids)) == 24
     action, total, processed, kept = _row(out, "make-pseudo-labels")[1:5]
     assert (action, total, processed, kept) == ("run", "24", str(24 - before), str(before)), out
 
-    # calibrate, killed half-way through its re-cut: every image once, a re-run finishes the rest
-    calibrated = settings
-    for model in (Path(config.output) / "models").glob("*.pt"):  # calibrate runs no network
+    # cut-labels (the one writer of pseudo_labels/), killed half-way: every shard it wrote is whole,
+    # no image twice, and a re-run cuts only the shards that are missing
+    for model in (Path(config.output) / "models").glob("*.pt"):  # calibrate and cut-labels run no network
         model.unlink()
-    slow = {**env, faults.SLOW_RECUT: "1"}
-    third = _cli(["calibrate", *_sets(calibrated)], slow)
-    recut = lambda: sum(_thresholds_of(p)["source"] == "calibration" for p in shards.glob("part-*.parquet"))  # noqa: E731
-    _wait_for(lambda: recut() >= 1, third, timeout=300)
-    _kill_group(third)
-    assert 0 < recut() < 12, f"kill came too late ({recut()} of 12 shards re-cut)"
+    third = cli(["calibrate", *_sets(settings)], env)
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out
+    shards = Path(config.output) / "pseudo_labels"
+    cut = lambda: sum(_thresholds_of(p)["source"] == "calibration" for p in shards.glob("part-*.parquet"))  # noqa: E731
+    fourth = cli(["cut-labels", *_sets(settings)], {**env, faults.SLOW_CUT: "1"})
+    _wait_for(lambda: shards.exists() and cut() >= 1, fourth, timeout=300)
+    _kill_group(fourth)
+    done = cut()
+    assert 0 < done < 12, f"kill came too late ({done} of 12 shards cut)"
     ids = committed_ids(resolve(str(shards)))
-    assert len(ids) == len(set(ids)) == 24  # mixed thresholds, never a lost or doubled image
-    fourth = _cli(["calibrate", *_sets(calibrated)], env)
-    out, _ = fourth.communicate(timeout=600)
-    assert fourth.returncode == 0, out
-    assert recut() == 12 and len(set(committed_ids(resolve(str(shards))))) == 24
-    stamps = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
-    fifth = _cli(["calibrate", *_sets(calibrated)], env)
+    assert len(ids) == len(set(ids)) == 2 * done  # whole shards only (2 rows each), never a doubled image
+    fifth = cli(["cut-labels", *_sets(settings)], env)
     out, _ = fifth.communicate(timeout=600)
-    assert fifth.returncode == 0 and "calibrate: done, nothing changed" in out, out
+    assert fifth.returncode == 0, out
+    assert cut() == 12 and len(set(committed_ids(resolve(str(shards))))) == 24
+    marker = json.loads((Path(config.output) / "stages" / "cut-labels.json").read_text())
+    assert (marker["summary"]["shards"], marker["summary"]["cut"]) == (12, 12 - done), marker["summary"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}
+    sixth = cli(["cut-labels", *_sets(settings)], env)
+    out, _ = sixth.communicate(timeout=600)
+    assert sixth.returncode == 0 and "cut-labels: done, nothing changed" in out, out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in shards.glob("part-*.parquet")}  # a no-op
 
 
@@ -196,23 +217,23 @@ def _thresholds_of(path: Path) -> dict:
     return json.loads(pq.read_schema(path).metadata[THRESHOLDS_KEY.encode()])
 
 
-def test_rerun_after_killed_driver_resumes_training(tmp_path, fresh_ray):
+def test_rerun_after_killed_driver_resumes_training(tmp_path, fresh_ray, cli):
     data = make_tiny_voc(tmp_path / "voc")
     settings = [f"dataset.root={data}", f"output={tmp_path / 'out'}", "run_name=tiny", *TINY_SETTINGS, "cam.epochs=3"]
     env = dict(os.environ)
-    first = _cli(["train-cam", *_sets(settings)], env)
+    first = cli(["train-cam", *_sets(settings)], env)
     snapshot = tmp_path / "out" / "checkpoints" / "tiny-cam" / "checkpoint_manager_snapshot.json"
     # the checkpoint counts once Ray Train's snapshot names it (the file alone is not yet registered)
     _wait_for(lambda: snapshot.exists() and "epoch_000" in snapshot.read_text(), first, timeout=300)
     _kill_group(first)
-    second = _cli(["train-cam", *_sets(settings)], env)
+    second = cli(["train-cam", *_sets(settings)], env)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out
     marker = json.loads((tmp_path / "out" / "stages" / "train-cam.json").read_text())
     assert marker["summary"]["resumed_from_epoch"] >= 1, marker
 
 
-def test_wrong_architecture_checkpoint_fails_before_cluster_work(tmp_path):
+def test_wrong_architecture_checkpoint_fails_before_cluster_work(tmp_path, cli):
     config = tiny_config(make_tiny_voc(tmp_path / "voc"), str(tmp_path / "out"))
     _untrained_models(config.output)  # resnet18 files
     env = dict(os.environ)
@@ -222,7 +243,7 @@ def test_wrong_architecture_checkpoint_fails_before_cluster_work(tmp_path):
         *TINY_SETTINGS,
         "model.backbone=resnet50",
     ]
-    process = _cli(["make-cams", *_sets(settings)], env)
+    process = cli(["make-cams", *_sets(settings)], env)
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "resnet18" in out and "resnet50" in out and "Traceback" not in out

@@ -29,6 +29,7 @@ from ray_wsis.pipeline.faults import maybe_kill_actor
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import read_stage
 from ray_wsis.pipeline.schema import (
+    CAMS,
     ERROR_COLUMN,
     SCORES,
     cam_array,
@@ -44,19 +45,9 @@ from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_image
 from ray_wsis.storage import Location
 
 NETWORK_MAPS = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("labels", pa.list_(pa.int16())),
-        ("infer_height", pa.int32()),
-        ("infer_width", pa.int32()),
-        ("cam_height", pa.int32()),
-        ("cam_width", pa.int32()),
-        ("cam", pa.binary()),
-        ("maps_shape", pa.list_(pa.int32())),
-        ("maps", pa.binary()),
-    ]
+    [SCORES.field(name) for name in ("image_id", "height", "width", "labels", "infer_height", "infer_width")]
+    + [CAMS.field(name) for name in ("cam_height", "cam_width", "cam")]
+    + [pa.field("maps_shape", pa.list_(pa.int32())), pa.field("maps", pa.binary())]
 )
 """What the model actor hands the walk operator: the CAM row, the inference size and the
 network's float16 maps (IRNet: boundary, dy, dx at stride 4; AffinityNet: the pair affinities
