@@ -8,11 +8,12 @@ pixel becomes the A^b-weighted average of itself and its neighbours. We run thos
 as shifted multiply-adds over the 2D+1 neighbour offsets:
 
 * on the CPU in a compiled kernel (walk_kernel.py) with a float64 state: 6e-6 of the peak from
-  the float64 dense walk for float32 x (1e-13 for float64 x), 125x faster than the dense float32
-  walk at 48x64 (bench/random_walk.py);
-* on other devices (GPU) as eager torch ops in x's dtype. A float32 state summed into one
-  accumulator drifts to 3.7e-4 of the peak over 256 steps; eight interleaved accumulators
-  summed as a tree bring it to 5e-5 (the dense float32 reference itself is at 1.8e-5).
+  the float64 dense walk for float32 x (1e-13 for float64 x), and far faster than the dense
+  float32 walk (bench/random_walk.py; figures in docs/performance.md);
+* on other devices (GPU) as a stencil in x's dtype (:func:`walk_many`, many images and channels
+  per call): per step one gather of the 2D+1 neighbours and one weighted sum over them. A float32
+  state summed into one running accumulator drifts over 256 steps; the sum as a reduction stays
+  within the 1e-4-of-the-peak budget of the tests (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import torch.nn.functional as F
 
 from ray_wsis.method.path_index import PathIndex
 from ray_wsis.method.walk_kernel import walk_steps
-
-_ACCUMULATORS = 8
 
 
 class WalkOperator:
@@ -85,28 +84,47 @@ class WalkOperator:
         return torch.from_numpy(np.ascontiguousarray(result)).to(x.dtype)
 
     def eager(self, x: torch.Tensor, steps: int) -> torch.Tensor:
-        """Device-generic path in x's dtype (GPUs; the tests also run it on the CPU)."""
-        c, (h, w), m = x.shape[0], self.shape, self.margin
-        weights = self.weights.to(device=x.device, dtype=x.dtype)
-        padded = x.new_zeros(c, h + 2 * m, w + 2 * m)
-        interior = padded[:, m : m + h, m : m + w]
-        interior.copy_(x)
-        groups = [list(range(g, len(self.offsets), _ACCUMULATORS)) for g in range(_ACCUMULATORS)]
-        for _ in range(steps):
-            partial = []
-            for group in groups:
-                acc = torch.zeros_like(x)
-                for k in group:
-                    dy, dx = self.offsets[k]
-                    acc.addcmul_(weights[k], padded[:, m + dy : m + dy + h, m + dx : m + dx + w])
-                partial.append(acc)
-            while len(partial) > 1:  # tree sum keeps float32 rounding low (module docstring)
-                partial = [
-                    partial[i] + partial[i + 1] if i + 1 < len(partial) else partial[i]
-                    for i in range(0, len(partial), 2)
-                ]
-            interior.copy_(partial[0])
-        return interior.clone()
+        """Device-generic path in x's dtype (GPUs; the tests also run it on the CPU): the stencil
+        walk of :func:`walk_many` on this one image."""
+        return walk_many([self], x[None], steps)[0]
+
+    def flat_indices(self, device: torch.device) -> torch.Tensor:
+        """(H*W, K) index of every pixel's k-th neighbour in the zero-padded, flattened map."""
+        (h, w), m = self.shape, self.margin
+        wp = w + 2 * m
+        base = (torch.arange(h, device=device)[:, None] + m) * wp + torch.arange(w, device=device)[None, :] + m
+        offsets = torch.tensor([dy * wp + dx for dy, dx in self.offsets], device=device)
+        return (base.reshape(-1, 1) + offsets[None, :]).contiguous()
+
+
+def walk_many(operators: list[WalkOperator], x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Walk B same-shape images at once: x (B, C, H, W) with one operator per image, on x's device
+    and in x's dtype. Each step is one gather of every pixel's 2D+1 neighbours from the zero-padded
+    maps and one weighted sum over them (a stencil with per-pixel weights): a handful of kernel
+    launches per step for all images and channels, instead of one per neighbour offset. The sum
+    over the neighbours is a reduction along the contiguous last dimension, which rounds less
+    than one running float32 accumulator (tests/test_random_walk.py bounds it against the
+    float64-state CPU walk)."""
+    if x.dim() != 4 or len(operators) != x.shape[0]:
+        raise ValueError(f"x must be (B, C, H, W) with one operator per image, got {tuple(x.shape)}")
+    if steps == 0:
+        return x.clone()
+    first = operators[0]
+    (h, w), m = first.shape, first.margin
+    if any(op.shape != first.shape or op.offsets != first.offsets for op in operators) or x.shape[-2:] != (h, w):
+        raise ValueError("walk_many needs operators of one shape and radius matching x")
+    b, c = x.shape[:2]
+    weights = torch.stack([op.weights for op in operators]).to(device=x.device, dtype=x.dtype)
+    weights = weights.reshape(b, 1, len(first.offsets), h * w).transpose(2, 3).contiguous()  # (B, 1, H*W, K)
+    index = first.flat_indices(x.device)
+    padded = x.new_zeros(b, c, h + 2 * m, w + 2 * m)
+    interior = padded[:, :, m : m + h, m : m + w]
+    interior.copy_(x)
+    flat = padded.view(b, c, -1)
+    for _ in range(steps):
+        neighbours = flat[:, :, index]  # (B, C, H*W, K): the sum runs over the contiguous last dim
+        interior.copy_((neighbours * weights).sum(dim=-1).view(b, c, h, w))
+    return interior.clone()
 
 
 def random_walk(
