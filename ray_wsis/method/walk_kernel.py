@@ -3,8 +3,8 @@
 Why a compiled kernel: in eager torch every step is one op per neighbour offset (69 at
 radius 5), so a 256-step walk is ~18,000 tiny ops whose dispatch costs more than their
 arithmetic (bench/random_walk.py compares them; docs/performance.md has the figures). The loop
-below is blocked so that one block of every channel stays in L1 while the 69 weight rows stream through, and the inner loop is
-a contiguous multiply-add that LLVM vectorises.
+below is blocked so that one block of every channel stays in L1 while the 69 weight rows stream
+through, and the inner loop is a contiguous multiply-add that LLVM vectorises.
 
 The state is always float64. For float32 inputs the weights are float32 (computed in float64,
 then rounded): against the float64 dense reference the walk agrees to 6e-6 of the peak, where a
