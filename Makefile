@@ -29,6 +29,7 @@ check: $(VENV)/.installed
 	$(VENV)/bin/ruff check ray_wsis tests bench
 	$(VENV)/bin/ruff format --check ray_wsis tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed
 	$(PY) bench/random_walk.py

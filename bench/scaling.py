@@ -39,7 +39,7 @@ def main() -> None:
     from ray_wsis.config import load_config
     from ray_wsis.data.synthetic import make_synthetic_voc
     from ray_wsis.pipeline.context import StageContext, init_ray
-    from ray_wsis.pipeline.run import run_named
+    from ray_wsis.stages.run import run_named
 
     work = tempfile.mkdtemp(prefix="ray_wsis_scaling_")
     root, output = os.path.join(work, "voc"), os.path.join(work, "out")

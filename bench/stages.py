@@ -219,7 +219,7 @@ def start_ray_session(config: Any) -> float:
 
 def ray_stage(name: str, config: Any, force: bool) -> float:
     from ray_wsis.pipeline.context import StageContext
-    from ray_wsis.pipeline.run import run_named
+    from ray_wsis.stages.run import run_named
 
     return timed(lambda: run_named(StageContext(config, log=lambda _m: None), name, force))
 

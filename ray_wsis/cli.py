@@ -10,12 +10,15 @@ checkpoint) end with one `error: ...` line and exit status 2, without a tracebac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
-from typing import Optional
+from typing import Any, Optional
 
 from ray_wsis.config import Config, ConfigError, load_config
 
@@ -152,11 +155,14 @@ def resolve_config(args: argparse.Namespace, warn: Callable[[str], None]) -> Con
 
     A --config that contradicts the output's recorded config is reported field by field."""
     from ray_wsis.pipeline.output_config import differences, recorded_config
+    from ray_wsis.storage import check_endpoint
 
     output = _output_of(args)
     overrides = list(args.overrides)
     if output and not any(o.partition("=")[0].strip() == "output" for o in overrides):
         overrides.append(f"output={output}")
+    if output:  # an unreachable object store fails here, in seconds, not in the SDK's retries
+        check_endpoint(load_config(args.config, overrides).storage, output)
     if args.config or args.command == "config":
         config = load_config(args.config, overrides)
         if args.command not in READS_AN_OUTPUT:
@@ -192,27 +198,154 @@ def _options(args: argparse.Namespace, config: Config, names: Sequence[str]):  #
 
 
 def _start(args: argparse.Namespace, config: Config, names: Optional[Sequence[str]]):  # type: ignore[no-untyped-def]
-    """Everything that can fail on user input is checked here, before Ray starts."""
-    from ray_wsis.console import configure_console
-    from ray_wsis.pipeline.context import StageContext, check_output, init_ray, preflight
-    from ray_wsis.pipeline.run import may_run, selected
+    """Everything that can fail on user input is checked here, before anything is written.
 
-    check_output(config)
-    configure_console(config, verbose=args.verbose)
+    The dataset is checked first (a wrong dataset.root leaves no output folder behind), then the
+    output's storage. Ray is not started here: see ``_ray_starter``."""
+    from ray_wsis.pipeline.context import StageContext, check_output, preflight
+    from ray_wsis.stages.run import may_run, selected
+
     ctx = StageContext(config)
-    _ = ctx.source  # validate the dataset before starting Ray
+    _ = ctx.source  # validate the dataset before touching the output
+    check_output(config)
     options = _options(args, config, names or [])
     preflight(ctx, may_run(ctx, selected(ctx, names), options))
-    init_ray(config, verbose=args.verbose)
     return ctx, options
 
 
+def _ray_starter(args: argparse.Namespace, config: Config, where: RunPosition) -> Callable[[], None]:
+    """Start Ray (and send its log lines to the log file): called before the first stage that runs,
+    so a run with every stage done imports and starts no Ray."""
+
+    def start() -> None:
+        import ray.data  # noqa: F401  (Ray Data sets up its loggers when imported: route them after that)
+
+        from ray_wsis.console import configure_console
+        from ray_wsis.pipeline.context import init_ray
+
+        configure_console(config, verbose=args.verbose)
+        init_ray(config, verbose=args.verbose)
+        where.ray_started = True
+        _catch_sigterm()  # again: Ray's core installs its own (a stack dump, then abort) at start
+
+    return start
+
+
+# --------------------------------------------------------------------------- stopping
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what Kubernetes and job schedulers send), raised in the driver like Ctrl-C."""
+
+
+_SIGNALS_SEEN: list[str] = []
+"""Set by the handlers: a library that catches the interrupt and raises an error of its own (Ray
+Train may) does not turn a stop into a failure, nor a SIGTERM into a Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _SIGNALS_SEEN.append("SIGTERM")
+    raise Stopped()
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _SIGNALS_SEEN.append("Ctrl-C")
+    raise KeyboardInterrupt()
+
+
+def _catch_sigterm() -> None:
+    """Our handlers for SIGTERM and SIGINT (main thread only, as Python allows)."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+@dataclasses.dataclass
+class RunPosition:
+    """Where a run is: the stage announced last, and whether Ray was started."""
+
+    stage: Optional[Any] = None
+    action: str = ""
+    ray_started: bool = False
+
+
+def stop_message(ctx: Any, where: RunPosition, signal_name: str) -> str:
+    """One line: what the stopped run had committed, and that running it again continues."""
+    from ray_wsis.stages import registry
+
+    stage: Any = where.stage
+    working = stage is not None and where.action not in ("skip", "kept")
+    done = [
+        s.name
+        for s in registry.pipeline(ctx.config)
+        if ctx.marker(s.name) is not None and not (working and s.name == stage.name)
+    ]
+    if not working:
+        current = ""
+    elif stage.kind == "images":
+        location = stage.outputs(ctx.layout, ctx.config)[0]
+        current = f"; {stage.name}: {len(registry.committed_ids(location))} images committed"
+    elif stage.kind == "train":
+        current = f"; {stage.name}: its finished epochs are checkpointed"
+    else:
+        current = f"; {stage.name}: not finished"
+    stages = f"{len(done)} stages done" + (f" (last: {done[-1]})" if done else "")
+    return (
+        f"stopped ({signal_name}): {stages}{current}; what was committed is kept: "
+        f"run the same command again to continue"
+    )
+
+
+@contextlib.contextmanager
+def stopping_cleanly(ctx: Any, where: RunPosition) -> Iterator[None]:
+    """SIGTERM and Ctrl-C end a run with one line and status 143 / 130, Ray shut down in order."""
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) if main else None
+    _catch_sigterm()
+    _SIGNALS_SEEN.clear()
+    try:
+        yield
+    except (KeyboardInterrupt, Exception) as exc:
+        if not (_SIGNALS_SEEN or isinstance(exc, KeyboardInterrupt)):
+            raise  # a failure, not a stop (an error a library raised for our interrupt counts as the stop)
+        by_sigterm = isinstance(exc, Stopped) or "SIGTERM" in _SIGNALS_SEEN
+        name = "SIGTERM" if by_sigterm else "Ctrl-C"
+        if main:  # a second signal must not cut the shutdown short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if where.ray_started:
+            ray = sys.modules.get("ray")
+            with contextlib.suppress(Exception):
+                if ray is not None and ray.is_initialized():
+                    ray.shutdown()
+        try:
+            message = stop_message(ctx, where, name)
+        except Exception:  # the line must come out whatever storage says now
+            message = f"stopped ({name}): what was committed is kept: run the same command again to continue"
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(143 if by_sigterm else 130) from None
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before[0] if before[0] is not None else signal.SIG_DFL)
+            signal.signal(signal.SIGINT, before[1] if before[1] is not None else signal.SIG_DFL)
+
+
 def cmd_run(args: argparse.Namespace, config: Config, names: Optional[Sequence[str]] = None) -> int:
-    from ray_wsis.pipeline.run import run_pipeline, summary_table
+    from ray_wsis.stages.base import Plan, Stage
+    from ray_wsis.stages.run import banner, run_pipeline, summary_table
     from ray_wsis.storage import exists, read_bytes
 
     ctx, options = _start(args, config, names)
-    results = run_pipeline(ctx, names, options)
+    where = RunPosition()
+
+    def announce(stage: Stage, plan: Plan, position: tuple[int, int]) -> None:
+        where.stage, where.action = stage, plan.action
+        ctx.log(banner(stage, plan, position))
+
+    with stopping_cleanly(ctx, where):
+        results = run_pipeline(ctx, names, options, announce, _ray_starter(args, config, where))
     metrics = json.loads(read_bytes(ctx.layout.metrics)) if exists(ctx.layout.metrics) else None
     print(summary_table(results, config.output, metrics), flush=True)
     return 0
@@ -275,7 +408,9 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     from ray_wsis.data.sources import build_source
     from ray_wsis.export import export_coco, export_voc
+    from ray_wsis.labels import shard_location
 
+    shard_location(args.labels, config.storage)  # no labels there: say so, before anything else
     if args.format == "coco":
         names = build_source(config.dataset, config.storage).class_names
         result = export_coco(args.labels, args.out, names, config.storage, args.min_score)
@@ -317,11 +452,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix. CheckpointError only where its module (and torch) is
+    already imported: otherwise none can have been raised, and an error line needs no torch."""
     from ray_wsis.data.records import DatasetError
-    from ray_wsis.models.checkpoints import CheckpointError
     from ray_wsis.storage import StorageError
 
-    return (ConfigError, DatasetError, StorageError, CheckpointError, FileNotFoundError)
+    errors: tuple[type[BaseException], ...] = (ConfigError, DatasetError, StorageError, FileNotFoundError)
+    checkpoints = sys.modules.get("ray_wsis.models.checkpoints")
+    return errors + ((checkpoints.CheckpointError,) if checkpoints is not None else ())
 
 
 def reporting_user_errors(body: Callable[[], int]) -> int:

@@ -452,6 +452,15 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def close_matches(key: str, names: typing.Iterable[str]) -> list[str]:
+    """The names a mistyped key may have meant: close spellings (walk.bta -> beta), else the names
+    sharing its first three letters."""
+    import difflib
+
+    names = sorted(names)
+    return difflib.get_close_matches(key, names, n=3, cutoff=0.6) or [n for n in names if n.startswith(key[:3])]
+
+
 def _build(cls: type, tree: Any, prefix: str) -> Any:
     if not isinstance(tree, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(tree).__name__}")
@@ -459,8 +468,8 @@ def _build(cls: type, tree: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in tree:
         if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
-            hint = f" (did you mean {', '.join(prefix + c for c in sorted(close))}?)" if close else ""
+            close = close_matches(str(key), names)
+            hint = f" (did you mean {' or '.join(prefix + c for c in close)}?)" if close else ""
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     values = {}
     for name in names:

@@ -77,6 +77,14 @@ def _route_warnings(handler: logging.Handler) -> None:
 _FILTERING: list[int] = []
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr reaches a terminal: the real one, also under the filter (its fd 2 is a pipe)."""
+    try:
+        return os.isatty(_FILTERING[0]) if _FILTERING else sys.stderr.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _filter_stderr(path: str) -> None:
     """Move the known Ray C++ noise lines of the driver's stderr (fd 2) to the log file."""
     if _FILTERING:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ray_wsis.classes import VOC_CLASSES, voc_palette
 from ray_wsis.config import StorageConfig
-from ray_wsis.labels import iter_pseudo_labels
+from ray_wsis.labels import iter_pseudo_labels, shard_location
 from ray_wsis.masks import instance_label_map
 from ray_wsis.storage import resolve, write_bytes_atomic
 
@@ -30,6 +30,7 @@ def export_coco(
     storage: Optional[StorageConfig] = None,
     min_score: float = 0.0,
 ) -> dict[str, int]:
+    shard_location(labels_uri, storage)  # no labels: an error, not an empty file
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for number, row in enumerate(iter_pseudo_labels(labels_uri, storage, decode=False), start=1):
@@ -76,6 +77,7 @@ def _png(label: np.ndarray) -> Image.Image:
 def export_voc(
     labels_uri: str, out_dir: str, storage: Optional[StorageConfig] = None, min_score: float = 0.0
 ) -> dict[str, int]:
+    shard_location(labels_uri, storage)  # no labels: an error, and no empty folders left behind
     os.makedirs(os.path.join(out_dir, "SegmentationClass"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "SegmentationObject"), exist_ok=True)
     count = 0

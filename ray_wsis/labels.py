@@ -37,7 +37,10 @@ def shard_location(uri: str, storage: Optional[StorageConfig] = None) -> Locatio
     nested = location.child("pseudo_labels")
     if exists(nested) and list_files(nested, ".parquet", PART_PREFIX):
         return nested
-    raise StorageError(f"no pseudo-label shards (part-*.parquet) under {uri} or {uri}/pseudo_labels")
+    raise StorageError(
+        f"no pseudo-labels in {uri}: no part-*.parquet in it or in its pseudo_labels/ "
+        f"(a run's cut-labels stage writes them; see ray-wsis status {uri.rstrip('/')})"
+    )
 
 
 def shard_files(uri: str, storage: Optional[StorageConfig] = None) -> tuple[Location, list[str]]:

@@ -3,7 +3,7 @@
 For each stage of the output's pipeline: done, stale (with the changed fields, or the stage
 upstream that changed) or missing; image counts; failed and skipped counts with their most
 common reasons; model ids; wall time; and the metrics and calibration when there are some.
-Nothing runs and Ray does not start.
+Nothing runs, and neither Ray nor torch is imported (tests/test_cli_fast.py).
 """
 
 from __future__ import annotations
@@ -16,17 +16,24 @@ from ray_wsis.config import Config
 from ray_wsis.console import log_path
 from ray_wsis.data.records import DatasetError
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.sink import read_table
+from ray_wsis.pipeline.metrics_table import metrics_table
 from ray_wsis.stages import registry
 from ray_wsis.stages.base import RunOptions, plan_stage
-from ray_wsis.storage import StorageError, exists, read_bytes
+from ray_wsis.storage import StorageError, exists, list_files, read_bytes
 
 
 def _reasons(ctx: StageContext, stage: str) -> dict[str, Any]:
-    table = read_table(ctx.layout.errors(stage), ["image_id", "kind", "reason"])
-    if table is None:
+    import pyarrow.parquet as pq
+
+    location = ctx.layout.errors(stage)
+    rows_read = [
+        row
+        for path in list_files(location, suffix=".parquet", prefix=registry.PART_PREFIX)
+        for row in pq.read_table(path, columns=["image_id", "kind", "reason"], filesystem=location.fs).to_pylist()
+    ]
+    if not rows_read:
         return {"failed": 0, "skipped": 0, "top_reasons": []}
-    rows = {r["image_id"]: r for r in table.to_pylist()}.values()
+    rows = {r["image_id"]: r for r in rows_read}.values()
     kinds = Counter(r["kind"] for r in rows)
     reasons = Counter(f"{r['kind']}: {r['reason'][:80]}" for r in rows)
     return {
@@ -131,7 +138,5 @@ def status_text(report: dict[str, Any]) -> str:
         ]
     metrics = report.get("metrics")
     if metrics:
-        from ray_wsis.stages.evaluate import metrics_table
-
         lines += ["", metrics_table(metrics)]
     return "\n".join(lines)

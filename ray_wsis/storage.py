@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import socket
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -132,24 +133,50 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _connects(host: str, port: int, timeout_s: float) -> Optional[str]:
+    """None when a TCP connection to host:port opens within ``timeout_s``, name lookup included
+    (it has no timeout of its own, so it runs in a thread); else why not, in a few words."""
+    outcome: list[Optional[str]] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc.strerror or str(exc) or type(exc).__name__)
+
+    thread = threading.Thread(target=probe, name="storage-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 1.0)
+    return outcome[0] if outcome else f"no answer within {timeout_s:g} s"
+
+
 def check_endpoint(storage: StorageConfig, uri: str, timeout_s: float = 3.0) -> None:
-    """Fail within seconds when an S3 endpoint is down, instead of hanging in retries."""
+    """Fail within seconds when an S3 endpoint is down or AWS cannot be reached (no network, a
+    typo'd host), instead of hanging in the SDK's DNS and connect retries."""
     if urlparse(uri).scheme not in ("s3", "s3a"):
         return
     endpoint = endpoint_url(storage)
-    if not endpoint:
+    if endpoint:
+        parsed = urlparse(endpoint)
+        host = parsed.hostname or "localhost"
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    elif any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # the SDK goes through the proxy; a direct probe would say nothing
+    else:
+        host, port = f"s3.{os.environ.get('AWS_DEFAULT_REGION', storage.region)}.amazonaws.com", 443
+    why = _connects(host, port, timeout_s)
+    if why is None:
         return
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "localhost"
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as exc:
+    if endpoint:
         raise StorageError(
-            f"object store endpoint {endpoint} is unreachable ({exc.strerror or exc}); "
+            f"object store endpoint {endpoint} is unreachable ({why}); "
             f"is the server running and storage.endpoint_url right?"
         ) from None
+    raise StorageError(
+        f"cannot reach S3 for {uri} ({host}: {why}); no network, or an S3-compatible store "
+        f"without storage.endpoint_url (or AWS_ENDPOINT_URL)?"
+    ) from None
 
 
 def check_access(location: Location, storage: StorageConfig, create: bool = False) -> None:

@@ -80,8 +80,8 @@ def run_stages(
 ) -> dict[str, Any]:
     """Run the named stages (all of the pipeline when none) as `ray-wsis run` would, quietly."""
     from ray_wsis.pipeline.context import StageContext
-    from ray_wsis.pipeline.run import run_pipeline
     from ray_wsis.stages.base import RunOptions
+    from ray_wsis.stages.run import run_pipeline
 
     ctx = StageContext(config, log=log or (lambda _m: None))
     options = RunOptions(frozenset(force), retrain=retrain, retry_failed=retry_failed)

@@ -60,7 +60,7 @@ def _xml(name: str, objects: list[str]) -> str:
 def test_odd_and_broken_images_are_processed_or_recorded(tmp_path, capsys):
     import ray
 
-    from ray_wsis.pipeline.run import summary_table
+    from ray_wsis.stages.run import summary_table
 
     root = make_tiny_voc(tmp_path / "voc", n_train=4, n_val=0)
     files = _odd_files()

@@ -282,7 +282,7 @@ def test_working_dir_upload_is_small_and_complete(tmp_path: Path) -> None:
         "ray_wsis/__init__.py",
         "ray_wsis/__main__.py",
         "ray_wsis/data/voc.py",
-        "ray_wsis/pipeline/run.py",
+        "ray_wsis/stages/run.py",
         "ray_wsis/stages/registry.py",
         "jobs/submit.sh",
         "configs/cluster.yaml",

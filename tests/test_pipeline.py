@@ -369,8 +369,8 @@ def test_a_threshold_change_reruns_calibrate_and_the_cut_only(finished_run):
 
 
 def test_an_upstream_change_plans_that_stage_and_everything_after(finished_run):
-    from ray_wsis.pipeline.run import may_run, selected
     from ray_wsis.stages.base import RunOptions
+    from ray_wsis.stages.run import may_run, selected
 
     config, _ = finished_run
     ctx = StageContext(tiny_config(config.dataset.root, config.output, "walk.beta=8", "ir_label.fg_threshold=0.5"))

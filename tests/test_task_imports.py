@@ -18,19 +18,23 @@ from ray_wsis.pipeline.reads import keep_ids
 from ray_wsis.pipeline.sink import ShardSink
 from ray_wsis.stages.calibrate import agreement_task, expected_iou_task, label_free_task, relation_task
 from ray_wsis.stages.cut_labels import cut_shard_task
-from ray_wsis.stages.evaluate import eval_cams, eval_ir_labels, eval_pseudo_labels, eval_sweep
+from ray_wsis.stages.evaluate import eval_cams, eval_cut, eval_ir_labels, eval_pseudo_labels
 from ray_wsis.stages.make_affinity_labels import make_affinity_labels
-from ray_wsis.stages.make_ir_labels import decode_and_label
+from ray_wsis.stages.make_ir_labels import make_ir_labels
+from ray_wsis.stages.relation_labels import decode_and_label
+from ray_wsis.stages.thresholds import eval_sweep
 from ray_wsis.train.batches import classifier_batch, relation_batch, top_left_batch
 
 TASK_CODE = [
     keep_ids,
     decode_images,
     decode_and_label,
+    make_ir_labels,
     make_affinity_labels,
     eval_cams,
     eval_ir_labels,
     eval_pseudo_labels,
+    eval_cut,
     eval_sweep,
     label_free_task,
     agreement_task,

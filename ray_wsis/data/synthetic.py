@@ -36,28 +36,11 @@ from scipy import ndimage
 
 from ray_wsis.classes import IGNORE, VOC_CLASSES, voc_palette
 from ray_wsis.config import StorageConfig
+from ray_wsis.data.synthetic_common import BODY_PALETTE, SyntheticObject, SyntheticSample, body_pixels, smooth_noise
+from ray_wsis.data.synthetic_scenes import SCENE_CLASSES, synthesize_scene
 from ray_wsis.storage import Location, resolve, write_bytes_atomic
 
 DEFAULT_CLASSES: tuple[str, ...] = ("aeroplane", "bicycle", "bird", "boat")
-
-BODY_PALETTE = np.array(
-    [
-        (178, 70, 60),
-        (62, 112, 176),
-        (196, 164, 82),
-        (84, 150, 88),
-        (140, 92, 158),
-        (204, 122, 64),
-        (118, 118, 118),
-        (70, 160, 160),
-        (186, 136, 150),
-        (122, 92, 64),
-        (150, 170, 70),
-        (92, 84, 140),
-    ],
-    dtype=np.float32,
-)
-"""Body colours, shared by every class and by the distractors: not discriminative."""
 
 _PART_COLOURS = [
     ((252, 226, 36), (28, 28, 32)),  # 1 stripes: yellow / black
@@ -95,33 +78,6 @@ def part_style(class_index: int) -> PartStyle:
     return PartStyle(kind, foreground, background, period, float(angle))
 
 
-@dataclass(frozen=True)
-class SyntheticObject:
-    """One visible object: instance i + 1 in the instance map is ``objects[i]``."""
-
-    class_id: int
-    bbox: tuple[int, int, int, int]
-    """xmin, ymin, xmax, ymax of the visible pixels, 1-based as in VOC XML."""
-    truncated: bool
-
-
-@dataclass
-class SyntheticSample:
-    image: np.ndarray
-    """(H, W, 3) uint8 RGB."""
-    semantic: np.ndarray
-    """(H, W) uint8: 0 background, class ids, 255 void band."""
-    instance: np.ndarray
-    """(H, W) uint8: 0 background, 1..n instances, 255 void band."""
-    objects: list[SyntheticObject]
-    part_masks: np.ndarray
-    """(n, H, W) bool: each object's discriminative part (for analysing CAM coverage)."""
-
-    @property
-    def class_ids(self) -> tuple[int, ...]:
-        return tuple(sorted({o.class_id for o in self.objects}))
-
-
 @dataclass
 class _Shape:
     """A blob in its own frame: mask, optional part, and its pixels (float RGB)."""
@@ -148,24 +104,13 @@ class _Placed:
 # Drawing
 
 
-def _smooth_noise(
-    rng: np.random.Generator, height: int, width: int, grid: tuple[int, int], channels: int = 3
-) -> np.ndarray:
-    """Low-frequency noise in [-1, 1]: a small random grid resized bicubically."""
-    small = rng.uniform(0, 255, size=(grid[0], grid[1], channels)).astype(np.uint8)
-    img = Image.fromarray(small if channels == 3 else small[..., 0])
-    big = np.asarray(img.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    big = big if channels == 3 else big[..., None]
-    return big / 127.5 - 1.0
-
-
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     base = rng.uniform(70, 190, size=3).astype(np.float32)
     gray = base.mean()
     base = gray + (base - gray) * 0.6  # less saturated than the bodies
-    field = _smooth_noise(rng, height, width, (int(rng.integers(2, 5)), int(rng.integers(2, 6))))
+    field = smooth_noise(rng, height, width, (int(rng.integers(2, 5)), int(rng.integers(2, 6))))
     field = field - field.mean(axis=(0, 1))
-    mid = _smooth_noise(rng, height, width, (max(2, height // 10), max(2, width // 10)), 1)
+    mid = smooth_noise(rng, height, width, (max(2, height // 10), max(2, width // 10)), 1)
     image = base + field * rng.uniform(20, 45) + mid * rng.uniform(6, 14)
     return image + rng.normal(0, rng.uniform(3, 7), size=image.shape).astype(np.float32)
 
@@ -250,19 +195,6 @@ def _inner_spot(
     return None
 
 
-def _body_pixels(rng: np.random.Generator, shape: tuple[int, int], colour: np.ndarray) -> np.ndarray:
-    height, width = shape
-    colour = np.clip(colour + rng.uniform(-14, 14, size=3), 0, 255).astype(np.float32)
-    yy, xx = np.indices(shape, dtype=np.float32)
-    yy = yy / max(1, height - 1) * 2 - 1
-    xx = xx / max(1, width - 1) * 2 - 1
-    direction = rng.uniform(0, 2 * np.pi)
-    shading = 1.0 + rng.uniform(0.06, 0.16) * (np.cos(direction) * xx + np.sin(direction) * yy)
-    blotches = _smooth_noise(rng, height, width, (3, 3), 1) * rng.uniform(4, 10)
-    fine = rng.normal(0, rng.uniform(3, 6), size=(height, width, 3)).astype(np.float32)
-    return colour * shading[..., None] + blotches + fine
-
-
 def _make_shape(
     rng: np.random.Generator,
     short_side: float,
@@ -273,7 +205,7 @@ def _make_shape(
 ) -> Optional[_Shape]:
     """A body; with ``style`` a patterned part (None if none fits), with ``decoy`` a plain disc."""
     mask = _blob_mask(rng, short_side, long_cap)
-    pixels = _body_pixels(rng, mask.shape, colour)
+    pixels = body_pixels(rng, mask.shape, colour)
     if style is None and decoy is None:
         return _Shape(mask, None, pixels, short_side)
     spot = _inner_spot(rng, mask, rng.uniform(0.12, 0.25))
@@ -577,8 +509,6 @@ def make_synthetic_voc(
     class names (default: the kind's own); their class ids are their VOC ids (so ``bird`` is
     3 in any subset). Ids are ``syn_000001``...: train first, then val.
     """
-    from ray_wsis.data.synthetic_scenes import SCENE_CLASSES, synthesize_scene
-
     if kind not in ("parts", "scenes"):
         raise ValueError(f"kind must be 'parts' or 'scenes', got {kind!r}")
     classes = classes or (DEFAULT_CLASSES if kind == "parts" else SCENE_CLASSES)

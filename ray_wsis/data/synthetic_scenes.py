@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from ray_wsis.classes import IGNORE, VOC_CLASSES
-from ray_wsis.data.synthetic import BODY_PALETTE, SyntheticObject, SyntheticSample, _body_pixels, _smooth_noise
+from ray_wsis.data.synthetic_common import BODY_PALETTE, SyntheticObject, SyntheticSample, body_pixels, smooth_noise
 
 SCENE_CLASSES: tuple[str, ...] = ("boat", "car", "cow", "person", "bird")
 
@@ -94,7 +94,7 @@ def _boat(rng: np.random.Generator, size: float) -> _Figure:
     mast_x = w * rng.uniform(0.4, 0.6)
     sail = _polygon(shape, [(1.0, mast_x), (top - 1, mast_x), (top - 1, mast_x - sail_h * rng.uniform(0.5, 0.8))])
     mask = hull | sail
-    pixels = _body_pixels(rng, shape, _colour(rng))
+    pixels = body_pixels(rng, shape, _colour(rng))
     stripe = _stripes(shape, rng.uniform(4.0, 6.0), rng.uniform(-0.3, 0.3), (250, 250, 246), (220, 40, 40))
     pixels = np.where(sail[..., None], stripe, pixels)
     return _Figure(mask, sail & ~hull, pixels)
@@ -113,7 +113,7 @@ def _car(rng: np.random.Generator, size: float) -> _Figure:
     for fx in (0.22, 0.78):
         wheels |= _ellipse(shape, cabin_h + body_h, w * fx, wheel_r, wheel_r)
     mask = body | cabin | wheels
-    pixels = _body_pixels(rng, shape, _colour(rng))
+    pixels = body_pixels(rng, shape, _colour(rng))
     yy, xx = np.indices(shape, dtype=np.float32)
     window = _box(shape, 3, w * 0.3, cabin_h - 1, w * 0.7)
     pixels = np.where(window[..., None], np.float32((170, 210, 235)) + rng.normal(0, 4, pixels.shape), pixels)
@@ -142,9 +142,9 @@ def _cow(rng: np.random.Generator, size: float) -> _Figure:
     head_x = x_body + w + head_r * 0.6 if facing > 0 else x_body + w - (w + head_r * 0.6)
     head = _ellipse(shape, head_r + 1, head_x, head_r, head_r * 0.9)
     mask = body | legs | head
-    pixels = _body_pixels(rng, shape, _colour(rng))
+    pixels = body_pixels(rng, shape, _colour(rng))
     yy, xx = np.indices(shape, dtype=np.float32)
-    spots = _smooth_noise(rng, h, wi, (4, 6), 1)[..., 0] > 0.25
+    spots = smooth_noise(rng, h, wi, (4, 6), 1)[..., 0] > 0.25
     face = np.where(spots[..., None], np.float32((24, 22, 22)), np.float32((246, 244, 240)))
     pixels = np.where(head[..., None], face + rng.normal(0, 4, pixels.shape), pixels)
     return _Figure(mask, head & ~body, pixels)
@@ -164,7 +164,7 @@ def _person(rng: np.random.Generator, size: float) -> _Figure:
         shape, 2 * head_r + torso_h * 0.8, cx + torso_w * 0.05, h - 1, cx + torso_w * 0.35
     )
     mask = head | torso | legs
-    pixels = _body_pixels(rng, shape, _colour(rng))
+    pixels = body_pixels(rng, shape, _colour(rng))
     yy, _ = np.indices(shape, dtype=np.float32)
     skin = np.float32((236, 190, 150)) + rng.uniform(-20, 10)
     hair = yy < head_r * rng.uniform(0.6, 1.0)
@@ -189,7 +189,7 @@ def _bird(rng: np.random.Generator, size: float) -> _Figure:
     base_x = x0 + w * 0.9 if facing > 0 else x0 + w * 0.1
     beak_mask = _polygon(shape, [(cy - body_h * 0.25, base_x), (cy, tip_x), (cy + body_h * 0.1, base_x)]) & ~body
     mask = body | wing | beak_mask
-    pixels = _body_pixels(rng, shape, _colour(rng))
+    pixels = body_pixels(rng, shape, _colour(rng))
     eye = _ellipse(shape, cy - body_h * 0.15, base_x - facing * w * 0.12, 1.6, 1.6)
     pixels = np.where(beak_mask[..., None], np.float32((255, 150, 0)) + rng.normal(0, 4, pixels.shape), pixels)
     pixels = np.where(eye[..., None], np.float32((10, 10, 10)), pixels)
@@ -208,7 +208,7 @@ _STANDS_ON = {"boat": "water", "car": "land", "cow": "land", "person": "land", "
 
 def _ground_pixels(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
     yy, xx = np.indices((height, width), dtype=np.float32)
-    noise = _smooth_noise(rng, height, width, (max(2, height // 8), max(2, width // 8)), 1)
+    noise = smooth_noise(rng, height, width, (max(2, height // 8), max(2, width // 8)), 1)
     fine = rng.normal(0, 5, size=(height, width, 3)).astype(np.float32)
     if kind == "water":
         base = np.float32((40, 96, 160)) + rng.uniform(-15, 15, 3)

@@ -1,19 +1,18 @@
 """torchvision DeepLabV3 and Mask R-CNN, built the same way for training, export and inference.
 
 Model files are ``torch.save`` of a plain dict (header + CPU tensors), loadable with
-``weights_only=True`` like ``ray_wsis.models.checkpoints``. The header records what the
+``weights_only=True``, written and read by ``ray_wsis.models.checkpoints`` (format
+``ray_wsis/downstream-1``). The header records what the
 architecture depends on (backbone, classes, frozen BatchNorm, detector sizes), so a file
 rebuilds its model without the config or the backbone weights it started from.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 import torchvision
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -26,7 +25,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ray_wsis.config import Config, ConfigError
 from ray_wsis.downstream.batches import detector_sizes
 from ray_wsis.models.backbone import load_backbone_weights
-from ray_wsis.models.checkpoints import CheckpointError
+from ray_wsis.models.checkpoints import check_header, load_state, load_weights_file, weights_file_bytes
 
 FORMAT = "ray_wsis/downstream-1"
 KINDS = ("deeplab", "maskrcnn")
@@ -129,27 +128,13 @@ def spec_for(kind: str, config: Config, num_classes: int) -> ModelSpec:
 
 
 def model_bytes(model: nn.Module, spec: ModelSpec, meta: Optional[dict[str, Any]] = None) -> bytes:
-    payload = {
-        "format": FORMAT,
-        **spec.header(),
-        "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    return weights_file_bytes(model, FORMAT, spec.header(), meta)
 
 
 def load_model(data: bytes, expect_kind: str, source: str = "model file") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from its file (weights-only load); CheckpointError when it does not fit."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{source} is not a loadable weights-only model file: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{source} is not a ray_wsis downstream model file")
-    if payload.get("kind") != expect_kind:
-        raise CheckpointError(f"{source} holds a {payload.get('kind')} model, expected {expect_kind}")
+    payload = load_weights_file(data, FORMAT, source, "a ray_wsis downstream model file")
+    check_header(payload, expect_kind, source=source)
     spec = ModelSpec(
         payload["kind"],
         payload["arch"],
@@ -158,9 +143,5 @@ def load_model(data: bytes, expect_kind: str, source: str = "model file") -> tup
         bool(payload["frozen_bn"]),
     )
     model = build(spec)
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source} does not fit {spec.kind}/{spec.arch}: missing {missing[:4]}, unexpected {unexpected[:4]}"
-        )
+    load_state(model, payload["state_dict"], f"{source} ({spec.kind}/{spec.arch})")
     return model, payload

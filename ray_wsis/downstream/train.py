@@ -14,10 +14,8 @@ so raising it trains only the extra epochs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
@@ -40,8 +38,8 @@ from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.model_files import fingerprint_location, write_model
 from ray_wsis.pipeline.training import (
-    STATE_FILE,
     checkpoint_folder,
+    final_state,
     latest_checkpoint_epoch,
     report_epoch,
     restore_state,
@@ -50,7 +48,7 @@ from ray_wsis.pipeline.training import (
 )
 from ray_wsis.stages.base import RunOptions, Stage, StageRun, run_stage
 from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
-from ray_wsis.train.loops import max_steps
+from ray_wsis.train.loops import max_steps, training_autocast
 from ray_wsis.train.optim import poly_sgd, set_poly_lr
 
 Step = Callable[[torch.nn.Module, Any], dict[str, torch.Tensor]]
@@ -67,12 +65,6 @@ def _check_task(task: str) -> str:
 
 
 # --------------------------------------------------------------------------- worker side
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def semantic_batches(shard: Any, batch_size: int, device: torch.device) -> Iterator[tuple[Any, int]]:
     """(image, label) tensors on the device; DeepLab's image-pooling BatchNorm needs 2+ images."""
     for batch in shard.iter_torch_batches(
@@ -118,7 +110,7 @@ def run_epoch(
     count, samples, start = 0, 0, time.perf_counter()
     for inputs, n in batches:
         set_poly_lr(optimizer, global_step, max_step)
-        with _autocast(device, amp):
+        with training_autocast(device, amp):
             losses = step(model, inputs)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -158,10 +150,7 @@ def downstream_train_loop(loop: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- driver side
 def _export(ctx: StageContext, result: Any, spec: ModelSpec) -> tuple[str, dict[str, Any]]:
     """The final checkpoint's weights -> <output>/models/<kind>.pt (weights-only file)."""
-    if result.checkpoint is None:
-        raise RuntimeError(f"training of {spec.kind} reported no checkpoint")
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    state = final_state(result, spec.kind)
     model = build(spec)
     model.load_state_dict(state["model"])
     location = ctx.layout.model(spec.kind)

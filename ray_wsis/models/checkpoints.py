@@ -3,6 +3,8 @@
 Our files are ``torch.save`` of plain dicts of tensors, strings and numbers, loaded with
 ``weights_only=True``: no pickled code ever runs. The header names the kind of model and its
 backbone so that a file of the wrong architecture fails with a clear message before use.
+``weights_file_bytes`` / ``load_weights_file`` are the one writer and reader of that shape, for
+the pipeline's networks (format ``ray_wsis/1``) and the downstream models (downstream/models.py).
 
 The reference files (irn ``res50_cam.pth``, ``res50_irn.pth``; also published by ReCAM,
 AMN, CLIMS...) register modules several times, so one tensor appears under several names
@@ -38,14 +40,14 @@ def checkpoint_header(kind: str, arch: str, num_classes: int) -> dict[str, Any]:
     return {"kind": kind, "arch": arch, "num_classes": int(num_classes)}
 
 
-def checkpoint_bytes(
-    model: nn.Module, kind: str, arch: str, num_classes: int, meta: Optional[dict[str, Any]] = None
+def weights_file_bytes(
+    model: nn.Module, file_format: str, header: dict[str, Any], meta: Optional[dict[str, Any]] = None
 ) -> bytes:
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    """A model file: ``torch.save`` of {format, the header's fields, meta (plain values only), the
+    state dict on the CPU}, all loadable with ``weights_only=True``."""
     payload = {
-        "format": FORMAT,
-        **checkpoint_header(kind, arch, num_classes),
+        "format": file_format,
+        **header,
         "meta": {str(k): v for k, v in (meta or {}).items() if isinstance(v, (str, int, float, bool))},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -54,19 +56,37 @@ def checkpoint_bytes(
     return buffer.getvalue()
 
 
+def load_weights_file(data: bytes, file_format: str, source: str, what: str) -> dict[str, Any]:
+    """The payload of a model file of ``file_format``, loaded weights-only (no pickled code runs);
+    CheckpointError when it cannot be loaded or is of another format (``what`` it is not, then)."""
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{source} is not a loadable weights-only model file: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise CheckpointError(f"{source} is not {what}")
+    return payload
+
+
+def checkpoint_bytes(
+    model: nn.Module, kind: str, arch: str, num_classes: int, meta: Optional[dict[str, Any]] = None
+) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return weights_file_bytes(model, FORMAT, checkpoint_header(kind, arch, num_classes), meta)
+
+
 def read_checkpoint(
     data: bytes, expect_kind: str, expect_arch: Optional[str] = None, source: str = "checkpoint"
 ) -> dict[str, Any]:
     """Parse and check a model file; raises CheckpointError naming what does not fit."""
-    try:
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{source} is not a loadable weights-only checkpoint: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{source} is not a ray_wsis model file (to use weights of jiwoon-ahn/irn, "
-            f"convert them with ray_wsis.models.checkpoints.import_reference_*)"
-        )
+    payload = load_weights_file(
+        data,
+        FORMAT,
+        source,
+        "a ray_wsis model file (to use weights of jiwoon-ahn/irn, "
+        "convert them with ray_wsis.models.checkpoints.import_reference_*)",
+    )
     check_header(payload, expect_kind, expect_arch, source)
     return payload
 

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import ray
-
 from ray_wsis import __version__
 from ray_wsis.config import Config, ConfigError
 from ray_wsis.data.records import DatasetSource, ImageRecord
@@ -146,7 +144,10 @@ def init_ray(config: Config, verbose: bool = False) -> None:
     """Connect to ray.address / RAY_ADDRESS, else start a local Ray sized by ray.num_cpus.
 
     Inside a Ray job RAY_ADDRESS is set; we pass no runtime_env so the job's own env is kept.
+    Ray is imported here, not at the top: commands that only plan or read never import it.
     """
+    import ray
+
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS", "")
@@ -167,7 +168,9 @@ def init_ray(config: Config, verbose: bool = False) -> None:
             runtime_env={"worker_process_setup_hook": "ray_wsis.pipeline.context.quiet_local_workers"},
         )
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = config.ray.progress_bars
+    # Ray's own dataset bars (and their "execution finished" lines) only with --verbose: our
+    # progress line (pipeline/progress.py) shows the stage, images done, images/s and the ETA.
+    context.enable_progress_bars = config.ray.progress_bars and verbose
     context.enable_operator_progress_bars = False  # one bar per stage execution, not one per operator
     context.print_on_execution_start = False
 

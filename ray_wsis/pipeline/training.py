@@ -158,11 +158,17 @@ def scaling_config(config: Config) -> ScalingConfig:
     return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=resources)
 
 
-def export_model(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
+def final_state(result: Any, kind: str) -> dict[str, Any]:
+    """The training state (model, optimizer, epoch, global_step) of a training's last checkpoint."""
     if result.checkpoint is None:
         raise RuntimeError(f"training of {kind} reported no checkpoint")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        state: dict[str, Any] = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    return state
+
+
+def export_model(ctx: StageContext, result: Any, kind: str, num_classes: int) -> str:
+    state = final_state(result, kind)
     model_state = state["model"]
     from ray_wsis.models.checkpoints import build_model  # local: keeps the import graph flat
 

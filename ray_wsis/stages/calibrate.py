@@ -11,15 +11,14 @@ labels: cut-labels cuts them at the recorded thresholds. No network runs: CPU ta
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
 from ray_wsis.masks import decode_label_png
 from ray_wsis.method.calibration import (
@@ -37,14 +36,11 @@ from ray_wsis.method.calibration import (
 from ray_wsis.method.scores import Thresholds
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
-from ray_wsis.pipeline.schema import (
-    walk_scores,
-)
+from ray_wsis.pipeline.schema import walk_scores
 from ray_wsis.pipeline.sink import committed_ids, shard_paths
-from ray_wsis.stages.base import Stage, StageRun, digest
-from ray_wsis.stages.evaluate import reference_thresholds, sweep
-from ray_wsis.storage import Location, exists, write_bytes_atomic
+from ray_wsis.stages.base import StageRun, digest
+from ray_wsis.stages.thresholds import map_rows, reference_thresholds, sweep
+from ray_wsis.storage import exists, write_bytes_atomic
 
 
 # --------------------------------------------------------------------------- CPU tasks
@@ -117,12 +113,6 @@ def expected_iou_task(
 
 
 # --------------------------------------------------------------------------- driver
-def _collect(ds: Optional[ray.data.Dataset], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    if ds is None:
-        return []
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1).take_all()
-
-
 def calibration_ids(ctx: StageContext) -> list[str]:
     split = ctx.config.dataset.calibration_split
     return [r.image_id for r in ctx.split(split).records] if split else []
@@ -170,7 +160,7 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
 
 def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float]) -> LabelFreeStats:
     stats = LabelFreeStats.empty(candidates)
-    for row in _collect(read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS), label_free_task, candidates=candidates):
+    for row in map_rows(ctx.layout.scores, ids, label_free_task, candidates=candidates):
         stats = stats.merge(LabelFreeStats.from_row(row))
     return stats
 
@@ -186,8 +176,9 @@ def _instance_by_agreement(
 
     n = ctx.num_classes
     confusions = np.zeros((len(candidates), n + 1, n + 1), np.int64)
-    for row in _collect(
-        read_stage(ctx.layout.scores, ids, READ_BLOCK_ROWS),
+    for row in map_rows(
+        ctx.layout.scores,
+        ids,
         agreement_task,
         semantic_threshold=semantic,
         candidates=candidates,
@@ -246,7 +237,6 @@ def _label_free_instance(
 
 
 def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
-
     stats, images = sweep(ctx, ids, candidates)
     if not images:
         raise DatasetError(
@@ -316,29 +306,3 @@ def calibrate(run: StageRun) -> dict[str, Any]:
         "instance": ins,
         "content": digest([json.dumps(calibration, sort_keys=True)]),
     }
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return (layout.calibration,)
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return committed_ids(ctx.layout.scores)
-
-
-STAGE = Stage(
-    name="calibrate",
-    about="choose the walk's background thresholds for this data (label-free or few-shot), no labels written",
-    kind="whole",
-    reads=(
-        "calibration",
-        "dataset.calibration_split",
-        "walk.sem_bg_threshold",
-        "walk.ins_bg_threshold",
-        "walk.min_fragment_fraction",
-    ),
-    consumes=("make-pseudo-labels",),
-    body=calibrate,
-    outputs=_outputs,
-    inputs=_inputs,
-)

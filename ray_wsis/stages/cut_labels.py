@@ -17,14 +17,13 @@ twin (left from an earlier walk) are deleted first.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
 from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
@@ -40,7 +39,7 @@ from ray_wsis.pipeline.schema import (
     walk_scores,
 )
 from ray_wsis.pipeline.sink import base_name, commit, committed_ids, shard_paths, split_rows
-from ray_wsis.stages.base import Stage, StageRun, digest
+from ray_wsis.stages.base import StageRun, digest
 from ray_wsis.storage import Location, read_bytes
 
 CUT_KEY = "ray_wsis.cut"
@@ -144,23 +143,3 @@ def cut(run: StageRun) -> dict[str, Any]:
         "thresholds": chosen,
         "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True)]),
     }
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return (layout.pseudo_labels,)
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return committed_ids(ctx.layout.scores)
-
-
-STAGE = Stage(
-    name="cut-labels",
-    about="cut the labels from the walk's scores at the chosen thresholds: the one writer of pseudo_labels/",
-    kind="whole",
-    reads=("walk.min_fragment_fraction",),
-    consumes=("calibrate",),
-    body=cut,
-    outputs=_outputs,
-    inputs=_inputs,
-)

@@ -12,37 +12,31 @@ whose functions run as CPU tasks.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import config_from_dict
 from ray_wsis.data.decode import inference_size, resize_label
 from ray_wsis.data.records import DatasetSource
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator, match_image
 from ray_wsis.eval.semantic import SemanticEvaluator, cam_to_label, confusion_matrix, precision_of_ir_labels
 from ray_wsis.masks import decode_label_png, decode_rle
-from ray_wsis.method.calibration import FewShotStats, ImageCut
-from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds, cut_labels
+from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.schema import at_original_size, cam_array, walk_scores
-from ray_wsis.stages.base import Stage, StageRun
-from ray_wsis.storage import Location, exists, read_bytes, write_bytes_atomic
+from ray_wsis.stages.base import StageRun
+from ray_wsis.stages.relation_labels import relation_labels_of
+from ray_wsis.stages.thresholds import map_rows, reference_thresholds, sweep
+from ray_wsis.storage import exists, read_bytes, write_bytes_atomic
 
 CAM_SWEEP = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60)
 """Background thresholds of the CAM mIoU sweep (from-scratch CAMs need others than ImageNet ones)."""
 
 
 # --------------------------------------------------------------------------- CPU tasks
-def _fit(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return resize_label(label, *shape)
-
-
 def eval_cams(batch: pa.Table, config: dict[str, Any], source: DatasetSource, num_classes: int) -> pa.Table:
     """Confusion of the CAM label at cam.eval_threshold (first) and at every CAM_SWEEP threshold."""
     cfg = config_from_dict(config)
@@ -57,7 +51,7 @@ def eval_cams(batch: pa.Table, config: dict[str, Any], source: DatasetSource, nu
         full = upsample_cams(cam_array(row), *inference)
         for k, threshold in enumerate(thresholds):
             label = cam_to_label(full, row["labels"], threshold)
-            conf[k] += confusion_matrix(_fit(label, gt.semantic.shape), gt.semantic, num_classes + 1)
+            conf[k] += confusion_matrix(resize_label(label, *gt.semantic.shape), gt.semantic, num_classes + 1)
         images += 1
     return pa.table({"confusion": [conf.tobytes()], "images": [images]})
 
@@ -69,7 +63,7 @@ def eval_ir_labels(batch: pa.Table, source: DatasetSource) -> pa.Table:
         gt = source.ground_truth(row["image_id"])
         if gt is None or gt.semantic is None:
             continue
-        stats = precision_of_ir_labels(_fit(decode_label_png(row["ir_label"]), gt.semantic.shape), gt.semantic)
+        stats = precision_of_ir_labels(resize_label(decode_label_png(row["ir_label"]), *gt.semantic.shape), gt.semantic)
         totals += (stats.correct, stats.labelled, stats.valid)
         images += 1
     return pa.table(
@@ -140,64 +134,7 @@ def eval_cut(
     )
 
 
-def relation_labels_of(layout: Layout, config: Config) -> Location:
-    """The relation labels the run trained on: IRN's, or psa's for AffinityNet (affinity.labels)."""
-    psa = config.method == "affinitynet" and config.affinity.labels == "psa"
-    return layout.affinity_labels if psa else layout.ir_labels
-
-
-def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
-    """The cut the reference code ships: irn's constant 0.25 planes, or psa's walked background."""
-    if config.method == "affinitynet":
-        return WALKED_BACKGROUND, WALKED_BACKGROUND
-    return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
-
-
-def eval_sweep(
-    batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int, min_fragment_fraction: float
-) -> pa.Table:
-    """Semantic confusions and instance matches at every candidate threshold, from the scores of
-    the batch's images with ground truth (evaluate's sweeps; calibrate's few-shot fit)."""
-    stats = FewShotStats.empty(candidates, num_classes)
-    images = 0
-    for row in batch.to_pylist():
-        gt = source.ground_truth(row["image_id"])
-        if gt is not None and gt.semantic is not None:
-            stats.add(ImageCut.of(walk_scores(row)), gt, candidates, min_fragment_fraction, num_classes)
-            images += 1
-    matches = [e.matches().as_dict() for e in stats.evaluators]
-    return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)], "images": [images]})
-
-
-def sweep(ctx: StageContext, ids: list[str], candidates: list[float]) -> tuple[FewShotStats, int]:
-    """eval_sweep over ``ids``, summed: the statistics and how many images had ground truth."""
-    n = ctx.num_classes
-    stats = FewShotStats.empty(candidates, n)
-    images = 0
-    for row in _rows(
-        ctx.layout.scores,
-        ids,
-        eval_sweep,
-        candidates=candidates,
-        source=ctx.source,
-        num_classes=n,
-        min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
-    ):
-        stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
-        for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
-            evaluator.add_matches(ImageMatches.from_dict(record))
-        images += int(row["images"])
-    return stats, images
-
-
 # --------------------------------------------------------------------------- driver
-def _rows(location: Location, ids: list[str], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    ds = read_stage(location, ids, READ_BLOCK_ROWS)
-    if ds is None:
-        return []
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1).take_all()
-
-
 def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEvaluator:
     """Sum the index-th confusion matrix of every task's row."""
     evaluator = SemanticEvaluator(n)
@@ -246,9 +183,9 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     ids = scored_ids(ctx)
     n = ctx.num_classes
     source, config = ctx.source, ctx.config.to_dict()
-    cam_rows = _rows(ctx.layout.cams, ids, eval_cams, config=config, source=source, num_classes=n)
-    ir_rows = _rows(relation_labels_of(ctx.layout, ctx.config), ids, eval_ir_labels, source=source)
-    label_rows = _rows(ctx.layout.pseudo_labels, ids, eval_pseudo_labels, source=source, num_classes=n)
+    cam_rows = map_rows(ctx.layout.cams, ids, eval_cams, config=config, source=source, num_classes=n)
+    ir_rows = map_rows(relation_labels_of(ctx.layout, ctx.config), ids, eval_ir_labels, source=source)
+    label_rows = map_rows(ctx.layout.pseudo_labels, ids, eval_pseudo_labels, source=source, num_classes=n)
 
     cams, semantic = _confusion(cam_rows, n + 1), _confusion(label_rows, n + 1)
     instances = InstanceEvaluator(n)
@@ -257,14 +194,14 @@ def evaluate(run: StageRun) -> dict[str, Any]:
             instances.add_matches(ImageMatches.from_dict(record))
     ir = np.sum([[r["correct"], r["labelled"], r["valid"]] for r in ir_rows], axis=0) if ir_rows else np.zeros(3)
     cam_result, sem_result, ins_result = cams.result(), semantic.result(), instances.result()
-    sweep = (
+    cam_sweep = (
         {f"{t:.2f}": _confusion(cam_rows, n + 1, k + 1).result()["miou"] for k, t in enumerate(CAM_SWEEP)}
         if cam_rows
         else {}
     )
     walk = _sweep(ctx, ids)
     sem_ref, ins_ref = reference_thresholds(ctx.config)
-    ref_rows = _rows(
+    ref_rows = map_rows(
         ctx.layout.scores,
         ids,
         eval_cut,
@@ -281,7 +218,7 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     calibrated = json.loads(read_bytes(ctx.layout.calibration)) if exists(ctx.layout.calibration) else None
     metrics: dict[str, Any] = {
         "cam_miou": cam_result["miou"],
-        "cam_miou_by_threshold": sweep,
+        "cam_miou_by_threshold": cam_sweep,
         "ir_label_precision": float(100.0 * ir[0] / ir[1]) if ir[1] else None,
         "ir_label_coverage": float(100.0 * ir[1] / ir[2]) if ir[2] else None,
         "sem_miou": sem_result["miou"],
@@ -321,60 +258,3 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     summary = {k: metrics[k] for k in ("cam_miou", "ir_label_precision", "sem_miou", "ins_map50")}
     run.log(", ".join(f"{k} {v:.1f}" for k, v in summary.items() if v is not None))
     return {**summary, "evaluated": True}
-
-
-def metrics_table(metrics: dict[str, Any]) -> str:
-    """The one-screen table `run` and `demo` end with: shipped labels beside the threshold sweep."""
-
-    def show(value: Optional[float]) -> str:
-        return "-" if value is None else f"{value:6.1f}"
-
-    lines = [f"{'':<28}{'mIoU':>8}{'mAP50':>8}"]
-    lines.append(f"{'CAM (cam.eval_threshold)':<28}{show(metrics.get('cam_miou')):>8}{'':>8}")
-    sem_ref, ins_ref = metrics.get("sem_miou_at_reference"), metrics.get("ins_map50_at_reference")
-    reference = (metrics.get("reference") or {}).get("semantic", {})
-    name = (
-        "walk, psa's background"
-        if reference.get("plane") == "walked"
-        else f"walk at {reference.get('default', 0.25):.2f} (reference)"
-    )
-    lines.append(f"{name:<28}{show(sem_ref):>8}{show(ins_ref):>8}")
-    calibrated = metrics.get("calibrated")
-    label = f"walk calibrated ({calibrated['mode']})" if calibrated else "walk as shipped"
-    lines.append(f"{label:<28}{show(metrics.get('sem_miou')):>8}{show(metrics.get('ins_map50')):>8}")
-    oracle = metrics.get("oracle") or {}
-    sem_o, ins_o = oracle.get("semantic"), oracle.get("instance")
-    lines.append(
-        f"{'oracle (best with masks)':<28}{show(sem_o and sem_o['value']):>8}{show(ins_o and ins_o['value']):>8}"
-    )
-    if calibrated:
-        lines.append(
-            f"thresholds: calibrated semantic {calibrated['semantic']['default']:.2f} / instance "
-            f"{calibrated['instance']['default']:.2f}; oracle "
-            f"{sem_o['threshold'] if sem_o else '-'} / {ins_o['threshold'] if ins_o else '-'}"
-        )
-    lines.append(
-        f"relation labels: {show(metrics.get('ir_label_precision')).strip()}% precise, "
-        f"{show(metrics.get('ir_label_coverage')).strip()}% of pixels labelled"
-    )
-    return "\n".join(lines)
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return (layout.metrics,)
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return scored_ids(ctx)
-
-
-STAGE = Stage(
-    name="evaluate",
-    about="CAM / relation-label / semantic mIoU, instance AP, threshold sweeps -> metrics.json (CPU tasks)",
-    kind="whole",
-    reads=("dataset.eval_split", "dataset.segmentation_class_dir", "cam.eval_threshold"),
-    consumes=("make-cams", "make-ir-labels", "cut-labels"),
-    body=evaluate,
-    outputs=_outputs,
-    inputs=_inputs,
-)

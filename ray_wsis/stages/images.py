@@ -24,6 +24,7 @@ import ray
 
 from ray_wsis.pipeline.context import SplitRecords, StageContext
 from ray_wsis.pipeline.decode_task import decode_images
+from ray_wsis.pipeline.progress import images_progress
 from ray_wsis.pipeline.schema import ERRORS
 from ray_wsis.pipeline.sink import (
     Output,
@@ -176,10 +177,11 @@ def run_images(
         run.log(f"{kept} images already committed, {len(pending)} to process")
     sink = ShardSink(outputs, errors, stage, ctx.config.ray.rows_per_file, metadata, retries)
     if pending:
-        with contextlib.nullcontext() if reserve_per_operator else without_operator_reservation():
+        showing = images_progress(stage, len(pending), ctx.config.ray.progress_bars, ctx.log)
+        with contextlib.nullcontext() if reserve_per_operator else without_operator_reservation(), showing as counted:
             ds = build(pending)
             if ds is not None:
-                ds.write_datasink(sink)
+                counted(ds).write_datasink(sink)
     ids = committed_ids(commit_table)
     done = set(ids)
     if len(done) != len(ids):

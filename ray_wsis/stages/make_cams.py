@@ -11,22 +11,19 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 import ray
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import config_from_dict
 from ray_wsis.pipeline.context import SplitRecords, StageContext
 from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
-from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.schema import CAMS, ERROR_COLUMN, cam_row, describe_error, error_row, error_text, rows_to_table
 from ray_wsis.pipeline.timings import actor_timings, with_timings
-from ray_wsis.stages.base import Stage, StageRun
+from ray_wsis.stages.base import StageRun
 from ray_wsis.stages.images import actor_op, blocks, decode_op, run_images
-from ray_wsis.storage import Location
 
 
 class CamActor:
@@ -90,23 +87,3 @@ def make_cams(run: StageRun) -> dict[str, Any]:
         return actor_op(ctx, decode_op(ctx, ds), CamActor)
 
     return run_images(run, [(ctx.layout.cams, CAMS)], records, build, ctx.parquet_metadata("cam"))
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return layout.cams, layout.errors("make-cams")
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return [r.image_id for r in cam_records(ctx).records]
-
-
-STAGE = Stage(
-    name="make-cams",
-    about="multi-scale CAMs of the train and infer images, stride 4, float16 (Ray Data actors; irn make_cam)",
-    kind="images",
-    reads=("cam.scales", "dataset.max_long_side"),
-    consumes=("train-cam",),
-    body=make_cams,
-    outputs=_outputs,
-    inputs=_inputs,
-)

@@ -16,17 +16,15 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import pyarrow as pa
 import ray
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import config_from_dict
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
-from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.reads import read_stage
 from ray_wsis.pipeline.schema import (
     CAMS,
@@ -40,9 +38,8 @@ from ray_wsis.pipeline.schema import (
     scores_row,
 )
 from ray_wsis.pipeline.timings import SECONDS, actor_timings, with_timings
-from ray_wsis.stages.base import Stage, StageRun
+from ray_wsis.stages.base import StageRun
 from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_images
-from ray_wsis.storage import Location
 
 NETWORK_MAPS = pa.schema(
     [SCORES.field(name) for name in ("image_id", "height", "width", "labels", "infer_height", "infer_width")]
@@ -188,47 +185,3 @@ def make_pseudo_labels(run: StageRun) -> dict[str, Any]:
     return run_images(
         run, [(ctx.layout.scores, SCORES)], records, build, ctx.parquet_metadata("cam", ctx.config.method)
     )
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return layout.scores, layout.errors("make-pseudo-labels")
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return [r.image_id for r in label_records(ctx).records]
-
-
-STAGE = Stage(
-    name="make-pseudo-labels",
-    about="boundaries -> random walk -> semantic labels; displacements -> instances (irn make_*_seg_labels)",
-    kind="images",
-    reads=(
-        "method",
-        "walk.radius",
-        "walk.beta",
-        "walk.exp_times",
-        "walk.centroid_iterations",
-        "walk.cluster_threshold",
-        "walk.flip",
-        "calibration.candidates",
-    ),
-    consumes=("make-cams", "train-irn"),
-    body=make_pseudo_labels,
-    outputs=_outputs,
-    inputs=_inputs,
-)
-
-AFFINITY_STAGE = dataclasses.replace(
-    STAGE,
-    about="feature affinities -> random walk with psa's background channel; instances are connected regions "
-    "(Ray Data actors; psa infer_aff)",
-    reads=(
-        "method",
-        "affinity.radius",
-        "affinity.beta",
-        "affinity.exp_times",
-        "affinity.bg_alpha",
-        "calibration.candidates",
-    ),
-)
-"""The same stage for ``method: affinitynet``."""

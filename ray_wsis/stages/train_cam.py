@@ -7,21 +7,15 @@ per-worker loop is pipeline/training.py's; the weights end in <output>/models/ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import ray
 from ray.train.torch import TorchTrainer
 
-from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
-from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
-from ray_wsis.stages.base import Stage, StageRun
-from ray_wsis.storage import Location
+from ray_wsis.stages.base import StageRun
 from ray_wsis.train.batches import classifier_batch, records_to_rows
 
 
@@ -66,48 +60,3 @@ def train_cam(run: StageRun) -> dict[str, Any]:
         "final_loss": metrics.get("loss"),
         "resumed_from_epoch": metrics.get("start_epoch"),
     }
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return (
-        layout.model("cam"),
-        fingerprint_location(layout.model("cam")),
-        layout.checkpoints.child(f"{config.run_name}-cam"),
-    )
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return [r.image_id for r in ctx.split(ctx.config.dataset.train_split).records]
-
-
-STAGE = Stage(
-    name="train-cam",
-    about="train the multi-label classifier on image-level labels (Ray Train; irn train_cam)",
-    kind="train",
-    reads=(
-        "dataset.format",
-        "dataset.root",
-        "dataset.coco_annotations",
-        "dataset.coco_image_dir",
-        "dataset.manifest",
-        "dataset.class_names_file",
-        "dataset.max_long_side",
-        "model",
-        "seed",
-        "cam.crop_size",
-        "cam.resize_long",
-        "cam.batch_size",
-        "cam.epochs",
-        "cam.learning_rate",
-        "cam.head_lr_scale",
-        "cam.weight_decay",
-        "cam.momentum",
-        "cam.optimizer",
-        "cam.frozen_stages",
-        "cam.color_jitter",
-    ),
-    consumes=(),
-    body=train_cam,
-    outputs=_outputs,
-    inputs=_inputs,
-)

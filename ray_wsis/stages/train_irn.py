@@ -9,26 +9,19 @@ per-worker loop of pipeline/training.py; the weights end in <output>/models/<met
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetError
-from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.layout import Layout
-from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.pipeline.progress import training_progress
 from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.pipeline.training import classifier_state, export_model, relation_train_loop, run_config, scaling_config
-from ray_wsis.stages.base import Stage, StageRun
-from ray_wsis.stages.evaluate import relation_labels_of
-from ray_wsis.storage import Location
+from ray_wsis.stages.base import StageRun
+from ray_wsis.stages.relation_labels import relation_labels_of
 from ray_wsis.train.batches import records_to_rows, relation_batch, top_left_batch
 
 
@@ -79,50 +72,3 @@ def train_irn(run: StageRun) -> dict[str, Any]:
         "final_loss": metrics.get("loss"),
         "resumed_from_epoch": metrics.get("start_epoch"),
     }
-
-
-def _outputs(layout: Layout, config: Config) -> tuple[Location, ...]:
-    return (
-        layout.model(config.method),
-        fingerprint_location(layout.model(config.method)),
-        layout.checkpoints.child(f"{config.run_name}-{config.method}"),
-    )
-
-
-def _inputs(ctx: StageContext) -> Sequence[str]:
-    return committed_ids(relation_labels_of(ctx.layout, ctx.config))
-
-
-STAGE = Stage(
-    name="train-irn",
-    about="train IRNet (boundaries + displacements) on the relation labels (Ray Train; irn train_irn)",
-    kind="train",
-    reads=("method", "model", "seed", "irn"),
-    consumes=("train-cam", "make-ir-labels"),
-    body=train_irn,
-    outputs=_outputs,
-    inputs=_inputs,
-)
-
-AFFINITY_STAGE = dataclasses.replace(
-    STAGE,
-    about="train AffinityNet (feature affinities) on psa's relation labels (Ray Train; psa train_aff)",
-    reads=(
-        "method",
-        "model",
-        "seed",
-        "affinity.labels",
-        "affinity.crop_size",
-        "affinity.batch_size",
-        "affinity.epochs",
-        "affinity.learning_rate",
-        "affinity.weight_decay",
-        "affinity.momentum",
-        "affinity.radius",
-        "affinity.color_jitter",
-        "affinity.rescale",
-        "affinity.batch_norm",
-    ),
-    consumes=("train-cam", "make-affinity-labels"),
-)
-"""The same stage for ``method: affinitynet``: other fields, psa's labels."""

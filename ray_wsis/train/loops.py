@@ -22,6 +22,7 @@ from ray_wsis.method.path_index import path_index
 from ray_wsis.method.relations import irn_loss, psa_loss
 from ray_wsis.models.backbone import freeze_batch_norm
 from ray_wsis.models.checkpoints import build_model
+from ray_wsis.models.precision import autocast
 from ray_wsis.train.optim import poly_optimizer, set_poly_lr
 
 Batch = dict[str, torch.Tensor]
@@ -98,26 +99,26 @@ def build_relation_net(
     )
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def training_autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """A training forward pass's autocast (models/precision.py): bfloat16 on CUDA when ``model.amp``
+    is set, nothing (float32) otherwise; the CPU always trains in float32."""
+    return autocast(device, torch.bfloat16 if amp and device.type == "cuda" else torch.float32)
 
 
 def classifier_step(model: nn.Module, batch: Batch, amp: bool = False) -> dict[str, torch.Tensor]:
-    with _autocast(batch["image"].device, amp):
+    with training_autocast(batch["image"].device, amp):
         logits = model(batch["image"])
     return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["target"])}
 
 
 def irn_step(model: nn.Module, batch: Batch, radius: int, amp: bool = False) -> dict[str, torch.Tensor]:
-    with _autocast(batch["image"].device, amp):
+    with training_autocast(batch["image"].device, amp):
         edge, dp = model(batch["image"])
     return irn_loss(edge.float(), dp.float(), batch["label"], path_index(radius))
 
 
 def affinity_step(model: nn.Module, batch: Batch, radius: int, amp: bool = False) -> dict[str, torch.Tensor]:
-    with _autocast(batch["image"].device, amp):
+    with training_autocast(batch["image"].device, amp):
         features = model(batch["image"])
     return psa_loss(features.float(), batch["label"], path_index(radius))
 

@@ -140,6 +140,18 @@ def read_metrics(root: Location) -> Optional[dict[str, Any]]:
     return metrics if isinstance(metrics, dict) else None
 
 
+def read_calibration(root: Location) -> Optional[dict[str, Any]]:
+    """calibration.json of the calibrate stage (the thresholds the labels were cut at), or None."""
+    location = root.child("calibration.json")
+    if not exists(location):
+        return None
+    try:
+        calibration = json.loads(read_bytes(location))
+    except ValueError:
+        return None
+    return calibration if isinstance(calibration, dict) else None
+
+
 def load_irnet(root: Location, config: Config) -> Optional[Any]:
     """An IRNetPredictor on CPU from models/irnet.pt, or None (AffinityNet run, not trained yet)."""
     location = root.child("models", "irnet.pt")
@@ -285,8 +297,11 @@ def bar_chart(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if not names or all(np.isnan(v).all() for _, v in series):
+    present = [i for i in range(len(names)) if any(not np.isnan(v[i]) for _, v in series)]
+    if not present:
         return False
+    names = [names[i] for i in present]  # only the dataset's classes: none without a value anywhere
+    series = [(label, values[present]) for label, values in series]
     fig = Figure(figsize=(min(max(6.0, 0.36 * len(names) + 2.5), 16.0), 4.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -341,6 +356,97 @@ def write_charts(metrics: Optional[dict[str, Any]], out: Path) -> list[str]:
     ):
         written.append("charts/ap50_per_class.png")
     return written
+
+
+def _curve(values: Optional[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """{"0.25": v, ...} -> sorted thresholds and values (missing values as NaN)."""
+    pairs = sorted((float(k), np.nan if v is None else float(v)) for k, v in (values or {}).items())
+    return np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
+
+
+def _threshold(part: dict[str, Any]) -> Optional[float]:
+    value = (part.get("threshold") or {}).get("default")
+    return None if value is None else float(value)
+
+
+def calibration_chart(calibration: dict[str, Any], metrics: Optional[dict[str, Any]], path: Path) -> bool:
+    """The criterion at every candidate threshold with the chosen one, and where ground truth exists
+    the sweep (semantic mIoU, instance mAP50) with the chosen and the best point; False when there
+    is no curve to draw (calibration off)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sweeps = {"semantic": "sem_miou_by_threshold", "instance": "ins_map50_by_threshold"}
+    parts = [p for p in ("semantic", "instance") if (calibration.get(p) or {}).get("values")]
+    if not parts:
+        return False
+    fig = Figure(figsize=(6.0 * len(parts), 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, name in enumerate(parts):
+        part = calibration[name]
+        ax = fig.add_subplot(1, len(parts), k + 1)
+        x, y = _curve(part["values"])
+        ax.plot(x, y, "o-", color="C0", markersize=3, label="criterion (no labels)")
+        ax.set_xlabel("background threshold")
+        ax.set_ylabel("criterion", color="C0")
+        chosen = _threshold(part)
+        if chosen is not None:
+            ax.axvline(chosen, color="C2", linestyle="--", linewidth=1, label=f"chosen {chosen:.2f}")
+        sx, sy = _curve((metrics or {}).get(sweeps[name]))
+        if len(sx) and not np.isnan(sy).all():
+            twin = ax.twinx()
+            twin.plot(sx, sy, "s-", color="C1", markersize=3, label="with ground truth")
+            twin.set_ylabel("mIoU (%)" if name == "semantic" else "mAP50 (%)", color="C1")
+            best = int(np.nanargmax(sy))
+            twin.plot([sx[best]], [sy[best]], "*", color="C3", markersize=12, label=f"best {sx[best]:.2f}")
+            if chosen is not None and np.isclose(sx, chosen).any():
+                at = int(np.argmin(np.abs(sx - chosen)))
+                twin.plot([sx[at]], [sy[at]], "D", color="C2", markersize=7, label=f"chosen: {sy[at]:.1f}")
+            twin.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(f"{name} threshold ({calibration.get('mode', '')})", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return True
+
+
+def calibration_section(
+    calibration: Optional[dict[str, Any]], metrics: Optional[dict[str, Any]], chart: Optional[str]
+) -> str:
+    """The thresholds the labels were cut at, how they were chosen, and the curve behind them."""
+    if calibration is None:
+        return "<h2>Thresholds</h2>\n<p>No calibration.json in this run (calibrate has not run).</p>"
+    rows = []
+    oracle = (metrics or {}).get("oracle") or {}
+    for name in ("semantic", "instance"):
+        part = calibration.get(name) or {}
+        threshold = part.get("threshold") or {}
+        value = threshold.get("plane") if threshold.get("plane") else _threshold(part)
+        text = value if isinstance(value, str) else ("-" if value is None else f"{value:.2f}")
+        if threshold.get("per_class"):
+            text += " (per class: " + ", ".join(f"{k}: {v:.2f}" for k, v in threshold["per_class"].items()) + ")"
+        best = oracle.get(name)
+        best_text = "-" if not best else f"{best['threshold']:.2f} ({best['value']:.1f})"
+        rows.append(
+            f'<tr><td>{name}</td><td class="value">{html.escape(text)}</td>'
+            f"<td>{html.escape(str(part.get('criterion', '')))}</td>"
+            f'<td class="value">{best_text}</td></tr>'
+        )
+    images = calibration.get("images")
+    head = (
+        f"<p>Mode <code>{html.escape(str(calibration.get('mode')))}</code>"
+        + (f", chosen on {images} images" if images else "")
+        + ". The oracle column is the best candidate by the ground truth (evaluate), for comparison.</p>"
+    )
+    table = (
+        "<table><tr><th>threshold</th><th>used</th><th>criterion</th><th>oracle (score)</th></tr>\n"
+        + "\n".join(rows)
+        + "\n</table>"
+    )
+    figure = f'<div class="charts"><img src="{quote(chart)}" alt="calibration curve"></div>' if chart else ""
+    return f"<h2>Thresholds</h2>\n{head}\n{table}\n{figure}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -416,11 +522,12 @@ def index_html(
     charts: Sequence[str],
     entries: Sequence[PanelEntry],
     contact: Optional[str],
+    thresholds: str = "",
 ) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{metrics_section(metrics, charts)}\n"
+        f"<h1>{html.escape(title)}</h1>\n{metrics_section(metrics, charts)}\n{thresholds}\n"
         f"{panels_section(entries, contact)}\n</body>\n</html>\n"
     )
 
@@ -461,7 +568,8 @@ def write_panel(
     _save_png(array, out / file)
     notes = ([] if image_id in inputs.cams else ["no CAM row"]) + ([problem] if problem else [])
     classes = [_name(c, inputs.names) for c in row["image_labels"]]
-    return PanelEntry(image_id, file, classes, len(row["masks"]), notes, image_found=problem is None), array
+    objects = int((np.asarray(row["scores"]) > 0).sum())  # score-0 fragments (under 1% of the image) are not objects
+    return PanelEntry(image_id, file, classes, objects, notes, image_found=problem is None), array
 
 
 def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> dict[str, Any]:
@@ -484,13 +592,20 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
         contact = "contact_sheet.png"
     metrics = read_metrics(root)
     charts = write_charts(metrics, out)
+    calibration = read_calibration(root)
+    curve = "charts/calibration.png"
+    drew_curve = calibration is not None and calibration_chart(calibration, metrics, out / curve)
+    thresholds = calibration_section(calibration, metrics, curve if drew_curve else None)
     index = out / "index.html"
-    index.write_text(index_html(f"ray_wsis report: {root.uri}", metrics, charts, entries, contact), encoding="utf-8")
+    index.write_text(
+        index_html(f"ray_wsis report: {root.uri}", metrics, charts, entries, contact, thresholds), encoding="utf-8"
+    )
     return {
         "panels": len(entries),
         "index": str(index),
         "contact_sheet": str(out / contact) if contact else None,
-        "charts": [str(out / c) for c in charts],
+        "charts": [str(out / c) for c in [*charts, *([curve] if drew_curve else [])]],
+        "thresholds": calibration is not None,
         "metrics": metrics is not None,
         "boundary_displacement": inputs.predictor is not None,
         "without_cams": [e.image_id for e in entries if e.image_id not in inputs.cams],

@@ -1,4 +1,8 @@
-"""`run`: the registry's stages in order, each planned against its marker (stages/base.py)."""
+"""`run`: the registry's stages in order, each planned against its marker (stages/base.py).
+
+Planning imports neither torch nor Ray (the registry is cheap); a stage's body imports what it
+needs when it runs, and Ray starts (``start``) only before the first stage that runs.
+"""
 
 from __future__ import annotations
 
@@ -45,17 +49,33 @@ def run_pipeline(
     names: Optional[Sequence[str]] = None,
     options: RunOptions = RunOptions(),
     announce: Optional[Announce] = None,
+    before_work: Optional[Callable[[], None]] = None,
 ) -> dict[str, Any]:
-    """Run the named stages (default: the whole pipeline of the config's method) in order."""
+    """Run the named stages (default: the whole pipeline of the config's method) in order.
+
+    ``before_work`` (e.g. starting Ray) is called once, before the first stage that does work:
+    a run with every stage done starts nothing."""
     save_output_config(ctx.config)
     stages = selected(ctx, names)
-    show = announce or (lambda s, p, pos: ctx.log(banner(s, p, pos)))
+    show = _starting(announce or (lambda s, p, pos: ctx.log(banner(s, p, pos))), before_work)
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for index, stage in enumerate(stages, start=1):
         results[stage.name] = run_stage(ctx, stage, options, (index, len(stages)), show)
     results["seconds"] = round(time.perf_counter() - start, 1)
     return results
+
+
+def _starting(show: Announce, before_work: Optional[Callable[[], None]]) -> Announce:
+    """The banner, then ``before_work`` once, ahead of the first stage that runs."""
+    pending = [before_work] if before_work is not None else []
+
+    def announce(stage: Stage, plan: Plan, position: tuple[int, int]) -> None:
+        show(stage, plan, position)
+        if pending and plan.action not in ("skip", "kept"):
+            pending.pop()()
+
+    return announce
 
 
 def run_named(ctx: StageContext, name: str, force: bool = False) -> dict[str, Any]:
@@ -66,7 +86,7 @@ def run_named(ctx: StageContext, name: str, force: bool = False) -> dict[str, An
 
 def summary_table(results: dict[str, Any], output: str, metrics: Optional[dict[str, Any]] = None) -> str:
     """One screen: what each stage did, image counts, metrics, and where the labels are."""
-    from ray_wsis.stages.evaluate import metrics_table
+    from ray_wsis.pipeline.metrics_table import metrics_table
 
     lines = [
         "",

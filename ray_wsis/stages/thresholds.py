@@ -1,0 +1,78 @@
+"""The walk's background thresholds, as calibrate and evaluate both see them.
+
+The reference cut (irn's constant planes, psa's walked background), and the sweep: semantic
+confusions and instance matches at every candidate threshold, from the stored walk scores of
+images with ground truth (evaluate's curves; calibrate's few-shot fit). Not a stage: the stage
+modules import it, never each other. This module imports no torch: every Ray worker that runs
+``eval_sweep`` imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_wsis.config import Config
+from ray_wsis.data.records import DatasetSource
+from ray_wsis.eval.instance import ImageMatches
+from ray_wsis.method.calibration import FewShotStats, ImageCut
+from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds
+from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
+from ray_wsis.pipeline.schema import walk_scores
+from ray_wsis.storage import Location
+
+
+def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
+    """The cut the reference code ships: irn's constant 0.25 planes, or psa's walked background."""
+    if config.method == "affinitynet":
+        return WALKED_BACKGROUND, WALKED_BACKGROUND
+    return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
+
+
+def map_rows(location: Location, ids: list[str], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """``fn`` as CPU tasks (one CPU, 32 rows a batch) over the stored rows of ``ids``: its rows, all of them."""
+    ds = read_stage(location, ids, READ_BLOCK_ROWS)
+    if ds is None:
+        return []
+    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1).take_all()
+
+
+def eval_sweep(
+    batch: pa.Table, candidates: list[float], source: DatasetSource, num_classes: int, min_fragment_fraction: float
+) -> pa.Table:
+    """CPU task: semantic confusions and instance matches at every candidate threshold, from the
+    scores of the batch's images with ground truth."""
+    stats = FewShotStats.empty(candidates, num_classes)
+    images = 0
+    for row in batch.to_pylist():
+        gt = source.ground_truth(row["image_id"])
+        if gt is not None and gt.semantic is not None:
+            stats.add(ImageCut.of(walk_scores(row)), gt, candidates, min_fragment_fraction, num_classes)
+            images += 1
+    matches = [e.matches().as_dict() for e in stats.evaluators]
+    return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)], "images": [images]})
+
+
+def sweep(ctx: StageContext, ids: list[str], candidates: list[float]) -> tuple[FewShotStats, int]:
+    """eval_sweep over the scores of ``ids``, summed: the statistics and how many images had ground truth."""
+    n = ctx.num_classes
+    stats = FewShotStats.empty(candidates, n)
+    images = 0
+    for row in map_rows(
+        ctx.layout.scores,
+        ids,
+        eval_sweep,
+        candidates=candidates,
+        source=ctx.source,
+        num_classes=n,
+        min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
+    ):
+        stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
+        for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
+            evaluator.add_matches(ImageMatches.from_dict(record))
+        images += int(row["images"])
+    return stats, images
