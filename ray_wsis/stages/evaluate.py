@@ -28,6 +28,7 @@ from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.schema import at_original_size, cam_array, walk_scores
 from ray_wsis.stages.base import StageRun
+from ray_wsis.stages.registry import scored_ids
 from ray_wsis.stages.relation_labels import relation_labels_of
 from ray_wsis.stages.thresholds import map_rows, reference_thresholds, sweep
 from ray_wsis.storage import exists, read_bytes, write_bytes_atomic
@@ -163,15 +164,6 @@ def _best(curve: dict[str, Optional[float]]) -> Optional[dict[str, float]]:
         return None
     key = max(scored, key=lambda k: scored[k])
     return {"threshold": float(key), "value": scored[key]}
-
-
-def scored_ids(ctx: StageContext) -> list[str]:
-    """The eval split, less the few-shot calibration images (their masks chose the thresholds)."""
-    d = ctx.config.dataset
-    held = set()
-    if d.calibration_split and ctx.config.calibration.enabled:
-        held = {r.image_id for r in ctx.split(d.calibration_split).records}
-    return [r.image_id for r in ctx.split(d.eval_split or d.infer_split).records if r.image_id not in held]
 
 
 def evaluate(run: StageRun) -> dict[str, Any]:

@@ -81,8 +81,8 @@ def scores_ids(ctx: StageContext) -> Sequence[str]:
     return committed_ids(ctx.layout.scores)
 
 
-def scored_ids(ctx: StageContext) -> Sequence[str]:
-    """The eval split, less the few-shot calibration images (evaluate.scored_ids)."""
+def scored_ids(ctx: StageContext) -> list[str]:
+    """The eval split, less the few-shot calibration images (their masks chose the thresholds)."""
     d = ctx.config.dataset
     held = set()
     if d.calibration_split and ctx.config.calibration.enabled:
