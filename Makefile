@@ -16,10 +16,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Label Studio, for the review loop's tests (a server of its own: it pins numpy < 2.3 and pyarrow < 25,
+# so it does not go into .venv; ray_wsis talks to any Label Studio over HTTP)
+LS_VENV ?= .venv-label-studio
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --upgrade pip
+	$(LS_VENV)/bin/pip install -q "label-studio==1.23.2"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/ray-wsis demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(LS_VENV)/.installed
 	$(PY) -m pytest -q
 
 test-fast: $(VENV)/.installed

@@ -37,7 +37,7 @@ STAGE_NAMES = (
 so that `--help` needs no torch import)."""
 
 
-READS_AN_OUTPUT = ("status", "export", "visualize", "train-downstream")
+READS_AN_OUTPUT = ("status", "export", "visualize", "train-downstream", "review")
 """Commands that read an existing output (a --config for them is compared with the output's own)."""
 
 
@@ -127,6 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--labels", default=None, help="the run's output URI (default: the config's output)")
     down.add_argument("--task", choices=("semantic", "instance"), required=True)
     down.add_argument("--force", action="store_true")
+    review = sub.add_parser("review", help="send the least certain labels to Label Studio and bring corrections back")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    push = review_sub.add_parser("push", help="the K least certain images, our labels as predictions, to Label Studio")
+    pull = review_sub.add_parser(
+        "pull", help="the submitted masks back: few-shot calibration on them, shipped as the labels of their images"
+    )
+    for part in (push, pull):
+        part.add_argument("output", help="the run's output folder or URI")
+        part.add_argument("--url", required=True, help="the Label Studio server, e.g. http://localhost:8080")
+        _common(part)
+    push.add_argument("--worst", type=int, default=20, help="how many images to push, least certain first (20)")
+    push.add_argument("--project", default=None, help="Label Studio project title (default: ray_wsis <run_name>)")
+    push.add_argument(
+        "--choose",
+        choices=("least-certain", "random"),
+        default="least-certain",
+        help="least certain first (default), or a random sample: an unbiased audit of the labels",
+    )
+    push.add_argument("--seed", type=int, default=0, help="the random sample's seed (--choose random)")
     return parser
 
 
@@ -439,7 +458,36 @@ def cmd_downstream(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace, config: Config) -> int:
+    from ray_wsis.pipeline.context import StageContext
+    from ray_wsis.review.client import KEY_VARIABLE, LabelStudio
+
+    client = LabelStudio(args.url, os.environ.get(KEY_VARIABLE, ""))
+    ctx = StageContext(config)
+    if args.review_command == "push":
+        from ray_wsis.review.push import push
+
+        push(ctx, client, args.worst, args.project or f"ray_wsis {config.run_name}", args.choose, args.seed)
+        return 0
+    from ray_wsis.data.reviewed import REVIEW_SPLIT
+    from ray_wsis.review.pull import pull
+
+    counts = pull(ctx, client)
+    if not counts["images"]:
+        print("no submitted annotations yet: nothing to calibrate or cut", flush=True)
+        return 0
+    split = config.dataset.calibration_split
+    if split not in ("", REVIEW_SPLIT):
+        print(f"note: dataset.calibration_split {split!r} -> {REVIEW_SPLIT!r} (the reviewed images)", flush=True)
+    if not config.calibration.enabled:
+        print("note: calibration is off: the reviewed images are shipped, the thresholds stay the configured ones")
+    reviewed = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, calibration_split=REVIEW_SPLIT))
+    as_run = {"command": "run", "force": None, "retrain": False, "retry_failed": False}
+    return cmd_run(argparse.Namespace(**{**vars(args), **as_run}), reviewed)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "review": cmd_review,
     "run": cmd_run,
     "demo": cmd_demo,
     "status": cmd_status,
@@ -459,7 +507,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     errors: tuple[type[BaseException], ...] = (ConfigError, DatasetError, StorageError, FileNotFoundError)
     checkpoints = sys.modules.get("ray_wsis.models.checkpoints")
-    return errors + ((checkpoints.CheckpointError,) if checkpoints is not None else ())
+    review = sys.modules.get("ray_wsis.review.client")
+    return (
+        errors
+        + ((checkpoints.CheckpointError,) if checkpoints is not None else ())
+        + ((review.ReviewError,) if review is not None else ())
+    )
 
 
 def reporting_user_errors(body: Callable[[], int]) -> int:

@@ -51,7 +51,7 @@ def shard_files(uri: str, storage: Optional[StorageConfig] = None) -> tuple[Loca
 def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
     """One Parquet row -> arrays: semantic (H, W) uint8, confidence (H, W) uint8 0..255 (how far
     each pixel's decision is from flipping; None in labels made before it existed), masks
-    (N, H, W) bool, boxes (N, 4) xyxy."""
+    (N, H, W) bool, boxes (N, 4) xyxy, source ("model", or "human" for a reviewer's masks)."""
     h, w = int(row["height"]), int(row["width"])
     instances = [i for i in (row.get("instances") or []) if i["score"] >= min_score]
     masks = np.stack([decode_rle(i["rle"]) for i in instances]) if instances else np.zeros((0, h, w), bool)
@@ -70,6 +70,7 @@ def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
         "boxes": boxes,
         "labels": np.asarray([i["category_id"] for i in instances], np.int64),
         "scores": np.asarray([i["score"] for i in instances], np.float32),
+        "source": row.get("source") or "model",
     }
 
 

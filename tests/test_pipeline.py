@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,8 @@ def test_metrics_file_has_the_contract_keys(finished_run):
     assert metrics["ins_map50_at_reference"] == pytest.approx(at["0.25"], abs=1e-9)
 
 
-def test_rerun_is_a_noop(finished_run):
-    config, results = finished_run
+def test_rerun_is_a_noop(rerun):
+    config = rerun
     logs: list[str] = []
     again = run_stages(config, log=logs.append)
     assert sum("done, nothing changed" in line for line in logs) == 8, logs
@@ -244,7 +245,23 @@ def test_cli_reports_unknown_key_and_missing_root(tmp_path, capsys):
     assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
-# -- re-runs of the finished run: these change its output, so they come last in this module ----------
+# -- re-runs of the finished run: each gets it as the fixture made it and puts it back after itself ----
+
+
+@pytest.fixture
+def rerun(finished_run, tmp_path):
+    """The finished run's config; its output and dataset are restored after the test, which may
+    change both (new settings, new images, a calibration split), so every test starts from the same
+    run whatever ran before it."""
+    config, _ = finished_run
+    keep = tmp_path / "pristine"
+    places = ((Path(config.output), keep / "out"), (Path(config.dataset.root), keep / "voc"))
+    for place, copy in places:
+        shutil.copytree(place, copy)
+    yield config
+    for place, copy in places:
+        shutil.rmtree(place)
+        shutil.copytree(copy, place)
 
 
 def _finished_at(config) -> dict[str, str]:
@@ -264,8 +281,8 @@ def _rerun_with(config, *settings: str):
     return changed, {name for name in after if after[name] != before.get(name)}, logs, results
 
 
-def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(finished_run):
-    config, _ = finished_run
+def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(rerun):
+    config = rerun
     split_dir = Path(config.dataset.root) / "ImageSets" / "Segmentation"
     train = (split_dir / "train.txt").read_text().split()
     (split_dir / "calib.txt").write_text("\n".join(train[:4]) + "\n")
@@ -279,8 +296,8 @@ def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(
     assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == 4  # the others
 
 
-def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk(finished_run):
-    config, _ = finished_run
+def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk(rerun):
+    config = rerun
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=semantic-agreement")
     assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
@@ -288,8 +305,8 @@ def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
 
 
-def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(finished_run):
-    config, _ = finished_run
+def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(rerun):
+    config = rerun
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=expected-iou")
     assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     calibration = json.load(open(os.path.join(config.output, "calibration.json")))
@@ -329,12 +346,12 @@ def test_expected_iou_says_why_it_cannot_apply(finished_run, tmp_path):
 
 
 def _walk_beta(config) -> float:
-    """The walk.beta the finished run's labels were made with (tests below may have changed it)."""
+    """The walk.beta the finished run's labels were made with."""
     return float(markers(config)["make-pseudo-labels"]["fields"]["walk.beta"])
 
 
-def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):
-    config, _ = finished_run
+def test_a_walk_change_reruns_only_the_walk_and_what_follows(rerun):
+    config = rerun
     before = _walk_beta(config)
     beta = 8.0 if before != 8.0 else 9.0
     _, rerun, logs, results = _rerun_with(config, f"walk.beta={beta}")
@@ -343,13 +360,13 @@ def test_a_walk_change_reruns_only_the_walk_and_what_follows(finished_run):
     assert results["train-cam"]["action"] == "skip" and results["make-pseudo-labels"]["action"] == "redo"
 
 
-def test_a_threshold_change_reruns_calibrate_and_the_cut_only(finished_run):
+def test_a_threshold_change_reruns_calibrate_and_the_cut_only(rerun):
     """Thresholds come from the stored scores: no network, no walk; the one writer re-cuts every shard."""
     import pyarrow.parquet as pq
 
     from ray_wsis.pipeline.schema import THRESHOLDS_KEY
 
-    config, _ = finished_run
+    config = rerun
     beta = f"walk.beta={_walk_beta(config)}"
     off = ("calibration.enabled=false", "walk.sem_bg_threshold=0.35", "walk.ins_bg_threshold=0.45", beta)
     _, rerun, logs, results = _rerun_with(config, *off)
@@ -408,8 +425,8 @@ def _add_images(root: str) -> None:
         f.write("new_000001\nnew_000002\n")
 
 
-def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(finished_run):
-    config, _ = finished_run
+def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(rerun):
+    config = rerun
     config = tiny_config(config.dataset.root, config.output, f"walk.beta={_walk_beta(config)}")
     _add_images(config.dataset.root)
     results = run_stages(config)

@@ -38,6 +38,7 @@ class StageContext:
     log: Callable[[str], None] = print
     _source: Optional[DatasetSource] = None
     _splits: dict[str, SplitRecords] = field(default_factory=dict)
+    _human: Optional[dict[str, str]] = None
 
     @property
     def layout(self) -> Layout:
@@ -45,9 +46,25 @@ class StageContext:
 
     @property
     def source(self) -> DatasetSource:
+        """The dataset's source; with the split of reviewed images when a review was pulled."""
         if self._source is None:
-            self._source = build_source(self.config.dataset, self.config.storage)
+            from ray_wsis.data.reviewed import REVIEW_SPLIT, ReviewedSource
+
+            source = build_source(self.config.dataset, self.config.storage)
+            reviewed = self.human_digests()
+            if reviewed or self.config.dataset.calibration_split == REVIEW_SPLIT:
+                location = self.layout.human_labels
+                source = ReviewedSource(source, location, self.config.dataset.infer_split, frozenset(reviewed))
+            self._source = source
         return self._source
+
+    def human_digests(self) -> dict[str, str]:
+        """image_id -> digest of the reviewers' masks pulled into this output (read once a run)."""
+        if self._human is None:
+            from ray_wsis.data.reviewed import human_digests
+
+            self._human = human_digests(self.layout.human_labels)
+        return self._human
 
     @property
     def num_classes(self) -> int:

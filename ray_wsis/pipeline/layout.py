@@ -24,6 +24,8 @@ class Layout:
     stages/<stage>.json                completion marker with the stage summary
     calibration.json                   the chosen background thresholds (calibrate)
     metrics.json                       evaluation
+    review/pushed.json                 what `review push` sent to Label Studio (tasks, image ids)
+    review/human_labels.parquet        the reviewers' masks `review pull` fetched (data/reviewed.py)
     """
 
     root: Location
@@ -72,3 +74,15 @@ class Layout:
     @property
     def metrics(self) -> Location:
         return self.root.child("metrics.json")
+
+    @property
+    def review(self) -> Location:
+        return self.root.child("review")
+
+    @property
+    def review_pushed(self) -> Location:
+        return self.root.child("review", "pushed.json")
+
+    @property
+    def human_labels(self) -> Location:
+        return self.root.child("review", "human_labels.parquet")

@@ -40,10 +40,12 @@ PSEUDO_LABELS = pa.schema(
         ("semantic", pa.binary()),
         ("confidence", pa.binary()),
         ("instances", pa.list_(INSTANCE_TYPE)),
+        ("source", pa.string()),
     ]
 )
 """semantic: PNG of the class map; confidence: grayscale PNG, 0..255, of each pixel's distance
-from flipping its decision (method/scores.py ``confidence``)."""
+from flipping its decision (method/scores.py ``confidence``); source: ``model`` (cut from the
+walk) or ``human`` (a reviewer's mask pulled by ``ray-wsis review pull``; confidence 255)."""
 
 SCORES = pa.schema(
     [
@@ -175,6 +177,7 @@ def pseudo_label_row(
     masks: np.ndarray,
     class_ids: np.ndarray,
     scores: np.ndarray,
+    source: str = "model",
 ) -> dict[str, Any]:
     return {
         "image_id": image_id,
@@ -184,6 +187,7 @@ def pseudo_label_row(
         "semantic": encode_label_png(semantic),
         "confidence": encode_gray_png(confidence),
         "instances": instances_column(masks, class_ids, scores),
+        "source": source,
         ERROR_COLUMN: "",
     }
 

@@ -251,6 +251,7 @@ def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dic
     return {
         "mode": "few-shot",
         "images": images,
+        "image_ids": sorted(ids),
         "semantic": {
             "threshold": Thresholds(semantic).as_dict(),
             "criterion": "semantic mIoU on the calibration split, averaged with the neighbouring candidates",

@@ -12,6 +12,10 @@ came from (this stage's plan identity: its thresholds, the scores it read, every
 upstream); a run killed half-way is continued by the next, which skips the shards already
 cut under the same identity and replaces the others in place. Label shards without a scores
 twin (left from an earlier walk) are deleted first.
+
+Reviewed images (``ray-wsis review pull``: <output>/review/human_labels.parquet) ship the
+reviewer's masks instead of the cut, with ``source: human`` and full confidence; their mask
+digests are inputs of this stage, so a new or changed correction re-cuts and the same one does not.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
-from ray_wsis.method.scores import Thresholds, cut_labels
+from ray_wsis.data.reviewed import HumanLabel, read_human_labels
+from ray_wsis.method.scores import LEVELS, Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_slow_cut
 from ray_wsis.pipeline.layout import Layout
@@ -46,12 +52,25 @@ CUT_KEY = "ray_wsis.cut"
 """Parquet metadata key of a label shard: the identity of the cut that wrote it."""
 
 
-def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, str]) -> pa.Table:
-    """Cut whole scores shards (one path a row) into their pseudo-label shards, same names."""
+def human_row(row: dict[str, Any], label: HumanLabel) -> dict[str, Any]:
+    """A reviewed image's shipped row: the reviewer's masks, full confidence, ``source: human``."""
+    h, w = int(row["height"]), int(row["width"])
+    n = len(label.class_ids)
+    full = np.full((h, w), LEVELS, np.uint8)
+    return pseudo_label_row(
+        row["image_id"], h, w, row["labels"], label.semantic, full, label.masks, label.class_ids, np.ones(n), "human"
+    )
+
+
+def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, str], reviewed: list[str]) -> pa.Table:
+    """Cut whole scores shards (one path a row) into their pseudo-label shards, same names.
+
+    A reviewed image (``reviewed``: ids with a reviewer's masks) ships the reviewer's masks."""
     cfg = config_from_dict(config)
     layout = Layout.of(cfg)
     thresholds = json.loads(metadata[THRESHOLDS_KEY])
     sem, ins = Thresholds.from_dict(thresholds["semantic"]), Thresholds.from_dict(thresholds["instance"])
+    wanted = set(reviewed)
     out = []
     for path in batch.column("path").to_pylist():
         target = layout.pseudo_labels.child(base_name(path))
@@ -59,10 +78,16 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             out.append({"path": path, "rows": 0, "cut": False})
             continue
         scores = pq.read_table(path, filesystem=layout.scores.fs)
+        here = wanted & set(scores.column("image_id").to_pylist())
+        human = read_human_labels(layout.human_labels, here) if here else {}
         rows = []
         for row in scores.to_pylist():
-            cut, found = cut_labels(walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction)
             h, w = int(row["height"]), int(row["width"])
+            label = human.get(row["image_id"])
+            if label is not None and label.semantic.shape == (h, w):
+                rows.append(human_row(row, label))
+                continue
+            cut, found = cut_labels(walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction)
             rows.append(
                 pseudo_label_row(
                     row["image_id"],
@@ -126,20 +151,24 @@ def cut(run: StageRun) -> dict[str, Any]:
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=1,
-        fn_kwargs={"config": ctx.config.to_dict(), "metadata": metadata},
+        fn_kwargs={"config": ctx.config.to_dict(), "metadata": metadata, "reviewed": sorted(ctx.human_digests())},
     ).take_all()
     ids = committed_ids(ctx.layout.pseudo_labels)
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"[cut-labels] duplicate image_ids in {ctx.layout.pseudo_labels.uri}")
+    human = len(set(ctx.human_digests()) & set(ids))
+    reviewed_masks = [f"{k}:{v}" for k, v in sorted(ctx.human_digests().items())]
     run.log(
         f"semantic {sem.default:.2f}, instance {ins.default:.2f} ({chosen['source']}): "
         f"{sum(bool(r['cut']) for r in done)} of {len(paths)} shards cut, {len(ids)} images"
+        + (f", {human} of them with a reviewer's masks" if human else "")
     )
     return {
         "shards": len(paths),
         "cut": sum(bool(r["cut"]) for r in done),
         "images": len(ids),
+        "human": human,
         "removed": len(stale),
         "thresholds": chosen,
-        "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True)]),
+        "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True), *reviewed_masks]),
     }

@@ -81,12 +81,32 @@ def scores_ids(ctx: StageContext) -> Sequence[str]:
     return committed_ids(ctx.layout.scores)
 
 
+def human_entries(ctx: StageContext) -> list[str]:
+    """One entry per reviewed image and version of its masks: a new or changed correction is a
+    changed input of the stages that read the masks."""
+    return [f"human:{image_id}:{sha}" for image_id, sha in sorted(ctx.human_digests().items())]
+
+
+def calibrate_inputs(ctx: StageContext) -> Sequence[str]:
+    """The scored images, and the reviewers' masks when they are the calibration split."""
+    from ray_wsis.data.reviewed import REVIEW_SPLIT
+
+    reviewed = ctx.config.dataset.calibration_split == REVIEW_SPLIT
+    return [*scores_ids(ctx), *(human_entries(ctx) if reviewed else [])]
+
+
+def cut_inputs(ctx: StageContext) -> Sequence[str]:
+    """The scored images and the reviewers' masks (a reviewed image ships its human mask)."""
+    return [*scores_ids(ctx), *human_entries(ctx)]
+
+
 def scored_ids(ctx: StageContext) -> list[str]:
-    """The eval split, less the few-shot calibration images (their masks chose the thresholds)."""
+    """The eval split, less the few-shot calibration images (their masks chose the thresholds) and
+    the reviewed images (their labels are the reviewers' masks)."""
     d = ctx.config.dataset
-    held = set()
+    held = set(ctx.human_digests())
     if d.calibration_split and ctx.config.calibration.enabled:
-        held = {r.image_id for r in ctx.split(d.calibration_split).records}
+        held |= {r.image_id for r in ctx.split(d.calibration_split).records}
     return [r.image_id for r in ctx.split(d.eval_split or d.infer_split).records if r.image_id not in held]
 
 
@@ -254,7 +274,7 @@ CALIBRATE = Stage(
     consumes=("make-pseudo-labels",),
     body=body("calibrate", "calibrate"),
     outputs=lambda layout, config: (layout.calibration,),
-    inputs=scores_ids,
+    inputs=calibrate_inputs,
 )
 
 CUT_LABELS = Stage(
@@ -265,7 +285,7 @@ CUT_LABELS = Stage(
     consumes=("calibrate",),
     body=body("cut_labels", "cut"),
     outputs=lambda layout, config: (layout.pseudo_labels,),
-    inputs=scores_ids,
+    inputs=cut_inputs,
 )
 
 EVALUATE = Stage(

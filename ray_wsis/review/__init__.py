@@ -1,0 +1,1 @@
+"""The review loop: the least certain labels to Label Studio, the corrections back (`ray-wsis review`)."""
