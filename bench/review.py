@@ -7,8 +7,8 @@ For a finished output whose dataset has ground truth (the built-in sets do):
 1. ranking: every image's uncertainty under each score of review/uncertainty.py against its
    true IoU (mean over the classes in its ground truth or labels): Spearman's rho, and the mean
    IoU of the K least certain images against all of them;
-2. the loop, twice, on two copies of the output: `ray-wsis review push` of the K least certain
-   images, and of K random ones; a reviewer (this script, through Label Studio's REST API)
+2. the loop on copies of the output: `ray-wsis review push` of the K least certain images, and of
+   K random ones (--random-draws draws, averaged); a reviewer (this script, through Label Studio's REST API)
    submits each pushed image's ground-truth masks, one region per object; `ray-wsis review pull`.
    Measured: push and pull wall time; the whole output's mIoU and mAP50 against the dataset's
    ground truth before and after (every image, the reviewed ones included), and on the images
@@ -20,6 +20,7 @@ The key comes from LABEL_STUDIO_API_KEY. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -114,16 +115,36 @@ def reviewer(url: str, key: str, output: str, source: Any, class_names: tuple[st
     return len(pushed["tasks"])
 
 
-def loop(output: str, choose: str, args: argparse.Namespace, source: Any, n: int) -> dict[str, Any]:
+def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over random draws of each number the draws report."""
+
+    def average(key: str, sub: str) -> float:
+        return round(float(np.mean([r[key][sub] for r in runs])), 2)
+
+    return {
+        "whole_output": {"miou": average("whole_output", "miou"), "map50": average("whole_output", "map50")},
+        "unreviewed_images": {
+            "miou": average("unreviewed_images", "miou"),
+            "map50": average("unreviewed_images", "map50"),
+        },
+        "mean_image_iou_of_pushed_before": round(
+            float(np.mean([r["mean_image_iou_of_pushed_before"] for r in runs])), 2
+        ),
+    }
+
+
+def loop(output: str, choose: str, seed: int, args: argparse.Namespace, source: Any, n: int) -> dict[str, Any]:
     key = os.environ[KEY_VARIABLE]
     start = time.perf_counter()
-    project = f"bench {Path(output).name} {choose} {int(time.time())}"
+    project = f"bench {Path(output).name} {int(time.time())}"
     push = ["review", "push", output, "--url", args.url, "--worst", str(args.worst), "--project", project]
-    assert cli_main([*push, "--choose", choose, "--seed", str(args.seed)]) == 0
+    with contextlib.redirect_stdout(sys.stderr):  # stdout holds the JSON only
+        assert cli_main([*push, "--choose", choose, "--seed", str(seed)]) == 0
     push_s = time.perf_counter() - start
     reviewed = reviewer(args.url, key, output, source, tuple(source.class_names))
     start = time.perf_counter()
-    assert cli_main(["review", "pull", output, "--url", args.url]) == 0
+    with contextlib.redirect_stdout(sys.stderr):
+        assert cli_main(["review", "pull", output, "--url", args.url]) == 0
     pull_s = time.perf_counter() - start
     pushed = {t["image_id"] for t in json.loads(Path(output, "review", "pushed.json").read_text())["tasks"]}
     after = quality(output, source, n)
@@ -139,6 +160,7 @@ def loop(output: str, choose: str, args: argparse.Namespace, source: Any, n: int
             "semantic": calibration["semantic"]["threshold"]["default"],
             "instance": calibration["instance"]["threshold"]["default"],
         },
+        "seed": seed if choose == "random" else None,
         "mean_image_iou_of_pushed_before": None,
     }
 
@@ -148,7 +170,8 @@ def main() -> None:
     parser.add_argument("--output", required=True, help="a finished run (it is copied, not changed)")
     parser.add_argument("--url", required=True)
     parser.add_argument("--worst", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first random draw's seed")
+    parser.add_argument("--random-draws", type=int, default=3, help="random pushes to average (3)")
     args = parser.parse_args()
     config = load_config(str(Path(args.output, "config.yaml")), [])
     source = build_source(config.dataset, config.storage)
@@ -172,15 +195,20 @@ def main() -> None:
         "ranking": ranking(before, args.worst),
     }
     with tempfile.TemporaryDirectory(prefix="bench-review-") as work:
-        for choose in ("least-certain", "random"):
-            copy = str(Path(work, choose))
+        draws = [("least-certain", 0)] + [("random", seed) for seed in range(args.seed, args.seed + args.random_draws)]
+        runs: dict[str, list[dict[str, Any]]] = {"least-certain": [], "random": []}
+        for choose, seed in draws:
+            copy = str(Path(work, f"{choose}-{seed}"))
             shutil.copytree(args.output, copy, ignore=shutil.ignore_patterns("review"))
-            run = loop(copy, choose, args, source, n)
+            run = loop(copy, choose, seed, args, source, n)
             pushed = [t["image_id"] for t in json.loads(Path(copy, "review", "pushed.json").read_text())["tasks"]]
             run["mean_image_iou_of_pushed_before"] = round(
                 100 * float(np.mean([before["per_image"][i] for i in pushed])), 2
             )
-            result[choose] = run
+            runs[choose].append(run)
+            shutil.rmtree(copy)
+        result["least-certain"] = runs["least-certain"][0]
+        result["random"] = {"draws": runs["random"], "mean": _mean(runs["random"])}
     print(json.dumps(result, indent=2))
 
 

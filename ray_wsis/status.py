@@ -86,7 +86,21 @@ def output_status(config: Config) -> dict[str, Any]:
     }
     for key, location in (("metrics", ctx.layout.metrics), ("calibration", ctx.layout.calibration)):
         report[key] = json.loads(read_bytes(location)) if exists(location) else None
+    report["review"] = _review(ctx)
     return report
+
+
+def _review(ctx: StageContext) -> dict[str, Any] | None:
+    """What was pushed to Label Studio and how many images came back reviewed (None: no review)."""
+    if not exists(ctx.layout.review_pushed):
+        return None
+    pushed = json.loads(read_bytes(ctx.layout.review_pushed))
+    return {
+        "url": pushed["url"],
+        "projects": [p["title"] for p in pushed["projects"]],
+        "pushed": len({t["image_id"] for t in pushed["tasks"]}),
+        "reviewed": len(ctx.human_digests()),
+    }
 
 
 def _count(summary: dict[str, Any], key: str) -> str:
@@ -135,6 +149,13 @@ def status_text(report: dict[str, Any]) -> str:
             "",
             f"calibration ({calibration['mode']}, {calibration['images']} images): semantic "
             f"{sem['default']:.2f}, instance {ins['default']:.2f}" + (" (per class)" if ins.get("per_class") else ""),
+        ]
+    review = report.get("review")
+    if review:
+        lines += [
+            "",
+            f"review: {review['pushed']} images pushed to {review['url']} ({', '.join(review['projects'])}), "
+            f"{review['reviewed']} reviewed and shipped with the reviewers' masks",
         ]
     metrics = report.get("metrics")
     if metrics:

@@ -110,10 +110,11 @@ class LocalCluster:
     dashboard: str
     env: dict[str, str]
     nodes: list[Node] = field(default_factory=list)
+    with_dashboard: bool = True
 
     def add_node(self, num_cpus: float, resources: dict[str, float], name: str = "") -> Node:
         """`ray start --address` a worker node; returns once Ray sees it."""
-        before = self.alive_nodes()
+        before = len(self.nodes)
         cmd = [
             ray_cli(),
             "start",
@@ -133,20 +134,27 @@ class LocalCluster:
         return node
 
     def alive_nodes(self) -> int:
-        import ray
+        """Alive nodes as this cluster's own GCS reports them, through its dashboard's state API; not
+        ``ray.nodes()``, which answers for whatever Ray this test process is connected to (another
+        module's local Ray, say). Without a dashboard: the nodes started and not killed here."""
+        if not self.with_dashboard:
+            return len(self.nodes)
+        from ray.util.state import list_nodes
 
-        return sum(1 for n in ray.nodes() if n["Alive"]) if ray.is_initialized() else len(self.nodes)
+        return sum(1 for n in list_nodes(address=self.dashboard, limit=1000) if n.state == "ALIVE")
 
     def wait_for_nodes(self, count: int, timeout: float = 120.0) -> None:
-        import ray
-
-        if not ray.is_initialized():
-            return
         deadline = time.monotonic() + timeout
-        while self.alive_nodes() != count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} alive nodes, Ray sees {self.alive_nodes()}")
+        seen: object = "nothing yet"
+        while time.monotonic() < deadline:
+            try:
+                seen = self.alive_nodes()
+            except Exception as exc:  # the head's dashboard may still be starting
+                seen = f"no answer ({type(exc).__name__})"
+            if seen == count:
+                return
             time.sleep(0.5)
+        raise AssertionError(f"expected {count} alive nodes, the cluster's GCS reports {seen}")
 
     def kill_node(self, node: Node) -> None:
         """SIGKILL every process of a worker node at once: a machine that vanished."""
@@ -216,6 +224,7 @@ def local_cluster(
         f"http://127.0.0.1:{dash}",
         env,
         [Node("head", starter.pid, head_resources or {}, marker=temp_dir)],
+        with_dashboard=dashboard,
     )
     survivors: list[int] = []
     try:

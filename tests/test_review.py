@@ -110,6 +110,9 @@ def test_push_review_pull(reviewed_run, monkeypatch, capsys):
     assert all(r["source"] == "model" for i, r in after.items() if i not in human)
     evaluated = markers(config)["evaluate"]["inputs_count"]
     assert evaluated == len(before) - WORST  # evaluation leaves the reviewed images out
+    capsys.readouterr()
+    assert cli_main(["status", output]) == 0
+    assert f"review: {WORST} images pushed to {server.url}" in capsys.readouterr().out
 
     table = Path(output, "review", "human_labels.parquet")
     stamp, finished = table.stat().st_mtime_ns, {k: m["finished_at"] for k, m in markers(config).items()}
