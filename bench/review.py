@@ -12,7 +12,8 @@ For a finished output whose dataset has ground truth (the built-in sets do):
    submits each pushed image's ground-truth masks, one region per object; `ray-wsis review pull`.
    Measured: push and pull wall time; the whole output's mIoU and mAP50 against the dataset's
    ground truth before and after (every image, the reviewed ones included), and on the images
-   nobody reviewed (what `evaluate` reports).
+   nobody reviewed (what `evaluate` reports) before and after: the same images, so what the
+   refitted thresholds changed.
 
 The key comes from LABEL_STUDIO_API_KEY. Prints one JSON object.
 """
@@ -127,6 +128,10 @@ def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "miou": average("unreviewed_images", "miou"),
             "map50": average("unreviewed_images", "map50"),
         },
+        "unreviewed_images_before": {
+            "miou": average("unreviewed_images_before", "miou"),
+            "map50": average("unreviewed_images_before", "map50"),
+        },
         "mean_image_iou_of_pushed_before": round(
             float(np.mean([r["mean_image_iou_of_pushed_before"] for r in runs])), 2
         ),
@@ -205,6 +210,9 @@ def main() -> None:
             run["mean_image_iou_of_pushed_before"] = round(
                 100 * float(np.mean([before["per_image"][i] for i in pushed])), 2
             )
+            rest = quality(args.output, source, n, only=set(before["per_image"]) - set(pushed))
+            run["unreviewed_images_before"] = {"miou": rest["miou"], "map50": rest["map50"]}
+            run["pushed"] = pushed
             runs[choose].append(run)
             shutil.rmtree(copy)
         result["least-certain"] = runs["least-certain"][0]

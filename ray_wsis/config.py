@@ -288,6 +288,12 @@ class DownstreamConfig:
     """0: all images of eval_split."""
 
 
+NOT_AFFECTING_OUTPUTS: tuple[str, ...] = ("output", "run_name", "ray", "storage", "downstream")
+"""Config sections no pipeline stage's output depends on (where things run and go; the downstream
+trainers have their own stages, downstream/train.py): left out of :meth:`Config.hash`, and claimed
+by no stage (stages/registry.py)."""
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole run: data, storage, Ray layout and every stage's hyper-parameters."""
@@ -312,9 +318,9 @@ class Config:
         return _to_plain(self)
 
     def hash(self) -> str:
-        """A short stable hash of the settings that change the labels (not of Ray layout)."""
+        """A short stable hash of the settings that change the labels (not of where things run and go)."""
         plain = self.to_dict()
-        for key in ("ray", "output", "run_name", "storage", "downstream"):
+        for key in NOT_AFFECTING_OUTPUTS:
             plain.pop(key, None)
         blob = json.dumps(plain, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -10,3 +10,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One full run on the tiny set, shared by the modules that need a finished run: test_pipeline
+    (whose re-run tests put it back as it was) and test_review (which works on a copy of its output)."""
+    from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
+
+    base = tmp_path_factory.mktemp("pipeline")
+    data = make_tiny_voc(base / "voc")
+    config = tiny_config(data, str(base / "out"))
+    start_local_ray()
+    return config, run_stages(config)

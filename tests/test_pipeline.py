@@ -33,14 +33,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """One full `run` shared by the tests of this module."""
-    base = tmp_path_factory.mktemp("pipeline")
-    data = make_tiny_voc(base / "voc")
-    config = tiny_config(data, str(base / "out"))
+def finished_run(tiny_run):
+    """One full `run` (conftest.py's, shared with other modules) and its stage results."""
     start_local_ray()
-    results = run_stages(config)
-    return config, results
+    return tiny_run
 
 
 def test_every_stage_ran_and_counts_add_up(finished_run):
@@ -481,14 +477,14 @@ def test_a_contradicting_config_is_reported_field_by_field(finished_run, tmp_pat
 
 def test_every_config_field_is_claimed_by_a_stage_or_marked():
     from ray_wsis.cli import STAGE_NAMES
-    from ray_wsis.config import Config, leaf_fields
+    from ray_wsis.config import NOT_AFFECTING_OUTPUTS, Config, leaf_fields
     from ray_wsis.downstream.train import STAGES as DOWNSTREAM_STAGES
     from ray_wsis.stages import registry
 
     config = Config()
     stages = [s for p in registry.PIPELINES for s in p] + list(DOWNSTREAM_STAGES.values())
     claimed = {name for s in stages for prefix in s.reads for name in leaf_fields(config, prefix)}
-    for prefix in (*registry.NOT_AFFECTING_OUTPUTS, *registry.INPUT_FIELDS):
+    for prefix in (*NOT_AFFECTING_OUTPUTS, *registry.INPUT_FIELDS):
         claimed |= set(leaf_fields(config, prefix))
     assert set(leaf_fields(config)) - claimed == set()
     assert set(STAGE_NAMES) == set(registry.NAMES)

@@ -19,7 +19,7 @@ from ray_wsis.review import brush_rle
 from ray_wsis.review.brush import decode_result, prediction_result, regions
 from ray_wsis.review.client import KEY_VARIABLE
 from tests.label_studio_server import launch, stop, wait_ready
-from tests.pipeline_helpers import make_tiny_voc, markers, run_stages, start_local_ray, tiny_config
+from tests.pipeline_helpers import markers, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +27,15 @@ WORST = 3
 
 
 @pytest.fixture(scope="module")
-def reviewed_run(tmp_path_factory):
-    """A finished tiny run and a Label Studio server of its own (it migrates while the run trains)."""
+def reviewed_run(tiny_run, tmp_path_factory):
+    """A copy of the finished tiny run's output (the dataset is shared, unchanged) and a Label Studio
+    server of its own."""
     base = tmp_path_factory.mktemp("review")
     server = launch(base / "label-studio")
     try:
-        data = make_tiny_voc(base / "voc")
-        config = tiny_config(data, str(base / "out"))
-        start_local_ray()
-        run_stages(config)
-        yield config, wait_ready(server)
+        config, _ = tiny_run
+        shutil.copytree(config.output, base / "out")
+        yield tiny_config(config.dataset.root, str(base / "out")), wait_ready(server)
     finally:
         stop(server)
 
@@ -133,6 +132,15 @@ def test_push_review_pull(reviewed_run, monkeypatch, capsys):
     assert cli_main(["review", "pull", output, "--url", server.url]) == 0
     assert "0 new, 1 changed" in capsys.readouterr().out
     assert shipped(output)[changed]["semantic"].max() == 0
+
+    # the same project again: the next least certain images, none pushed twice, none reviewed yet
+    assert cli_main(["review", "push", output, "--url", server.url, "--worst", "2"]) == 0
+    again = json.loads(Path(output, "review", "pushed.json").read_text())
+    assert [p["id"] for p in again["projects"]] == [project] and len(again["tasks"]) == WORST + 2
+    assert len({t["image_id"] for t in again["tasks"]}) == WORST + 2
+    capsys.readouterr()
+    assert cli_main(["review", "pull", output, "--url", server.url]) == 0
+    assert "0 changed, 3 unchanged; 2 pushed images not reviewed yet" in capsys.readouterr().out
 
 
 def test_user_errors_are_one_line(reviewed_run, tmp_path, monkeypatch, capsys):

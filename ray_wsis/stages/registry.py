@@ -335,10 +335,6 @@ AFFINITYNET_ON_IRN_LABELS: tuple[Stage, ...] = (
 )
 """AffinityNet trained on IRN's relation labels (``affinity.labels: irn``)."""
 
-NOT_AFFECTING_OUTPUTS: tuple[str, ...] = ("output", "run_name", "ray", "storage", "downstream")
-"""Config fields no pipeline stage's output depends on (where things run and go; the downstream
-trainers have their own stages, downstream/train.py)."""
-
 INPUT_FIELDS: tuple[str, ...] = ("dataset.train_split", "dataset.infer_split", "dataset.limit")
 """Fields that choose the input images: a change is a changed input set (new images are processed
 alone), not a changed setting."""
