@@ -28,6 +28,7 @@ STAGE_NAMES = (
     "make-ir-labels",
     "make-affinity-labels",
     "train-irn",
+    "train-affinitynet",
     "make-pseudo-labels",
     "calibrate",
     "cut-labels",

@@ -134,7 +134,7 @@ def test_affinitynet_runs_end_to_end(tmp_path):
         "train-cam",
         "make-cams",
         "make-affinity-labels",
-        "train-irn",
+        "train-affinitynet",
         "make-pseudo-labels",
         "calibrate",
         "cut-labels",

@@ -136,16 +136,22 @@ class StageContext:
         return meta
 
 
+def relation_net_stage(method: str) -> str:
+    """The stage that trains the method's relation network: irn's train_irn, or AffinityNet's."""
+    return "train-irn" if method == "irnet" else "train-affinitynet"
+
+
 def preflight(ctx: StageContext, stages: list[str]) -> None:
     """Check, before Ray starts, every model file a stage will read but no earlier stage makes."""
     method_model = ctx.config.method
+    trainer = relation_net_stage(method_model)
     uses_classifier = ctx.config.method == "affinitynet" or ctx.config.irn.backbone_init == "classifier"
     consumes: dict[str, list[str]] = {
         "make-cams": ["cam"],
-        "train-irn": ["cam"] if uses_classifier else [],
+        trainer: ["cam"] if uses_classifier else [],
         "make-pseudo-labels": [method_model],
     }
-    makers = {"cam": "train-cam", method_model: "train-irn"}
+    makers = {"cam": "train-cam", method_model: trainer}
     produced: set[str] = set()
     for stage in stages:
         for kind in consumes.get(stage, []):
@@ -153,7 +159,7 @@ def preflight(ctx: StageContext, stages: list[str]) -> None:
                 ctx.check_model(kind, makers[kind])
         if stage == "train-cam":
             produced.add("cam")
-        if stage == "train-irn":
+        if stage == trainer:
             produced.add(method_model)
 
 

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from ray_wsis.config import Config
 from ray_wsis.storage import Location, resolve
 
-STAGES = ("train-cam", "make-cams", "make-ir-labels", "train-irn", "make-pseudo-labels", "evaluate")
-
 
 @dataclass(frozen=True)
 class Layout:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import ray
 
 from ray_wsis.config import config_from_dict
-from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.context import StageContext, relation_net_stage
 from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
 from ray_wsis.pipeline.reads import read_stage
@@ -175,7 +175,7 @@ def label_records(ctx: StageContext):  # type: ignore[no-untyped-def]
 
 def make_pseudo_labels(run: StageRun) -> dict[str, Any]:
     ctx = run.ctx
-    ctx.check_model(ctx.config.method, "train-irn")
+    ctx.check_model(ctx.config.method, relation_net_stage(ctx.config.method))
     records = from_previous(ctx.layout.cams, label_records(ctx))
 
     def build(pending: list[str]) -> Optional[ray.data.Dataset]:

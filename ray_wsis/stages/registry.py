@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ray_wsis.config import Config, ConfigError
-from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.context import StageContext, relation_net_stage
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.stages.base import Stage, StageRun
@@ -194,7 +194,7 @@ MAKE_AFFINITY_LABELS = Stage(
 )
 
 TRAIN_IRN = Stage(
-    name="train-irn",
+    name=relation_net_stage("irnet"),
     about="train IRNet (boundaries + displacements) on the relation labels (Ray Train; irn train_irn)",
     kind="train",
     reads=("method", "model", "seed", "irn"),
@@ -206,6 +206,7 @@ TRAIN_IRN = Stage(
 
 TRAIN_AFFINITYNET = dataclasses.replace(
     TRAIN_IRN,
+    name=relation_net_stage("affinitynet"),
     about="train AffinityNet (feature affinities) on psa's relation labels (Ray Train; psa train_aff)",
     reads=(
         "method",
@@ -240,7 +241,7 @@ MAKE_PSEUDO_LABELS = Stage(
         "walk.flip",
         "calibration.candidates",
     ),
-    consumes=("make-cams", "train-irn"),
+    consumes=("make-cams", TRAIN_IRN.name),
     body=body("make_pseudo_labels", "make_pseudo_labels"),
     outputs=lambda layout, config: (layout.scores, layout.errors("make-pseudo-labels")),
     inputs=label_ids,
@@ -248,6 +249,7 @@ MAKE_PSEUDO_LABELS = Stage(
 
 MAKE_PSEUDO_LABELS_AFFINITY = dataclasses.replace(
     MAKE_PSEUDO_LABELS,
+    consumes=("make-cams", TRAIN_AFFINITYNET.name),
     about="feature affinities -> random walk with psa's background channel; instances are connected regions "
     "(Ray Data actors; psa infer_aff)",
     reads=(
