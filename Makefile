@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PYTHON ?= python3
 
-.PHONY: demo test test-fast check bench install clean
+.PHONY: demo test test-random test-fast check bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,14 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/ray-wsis demo
 
 test: $(VENV)/.installed $(LS_VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:randomly --durations=15
+
+# the same suite in a random order (pytest-randomly; the seed is printed: --randomly-seed=N repeats it)
+test-random: $(VENV)/.installed $(LS_VENV)/.installed
+	$(PY) -m pytest -p randomly
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -p no:randomly -m "not slow"
 
 check: $(VENV)/.installed
 	$(VENV)/bin/ruff check ray_wsis tests bench

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 
 try:
     import psutil
@@ -107,3 +108,39 @@ def kill_tree(process: subprocess.Popen, timeout: float = 30.0) -> list[int]:
             return []
         time.sleep(0.1)
     return sorted(pid for pid, proc in frozen.items() if _running(proc))
+
+
+TOKEN_VARIABLE = "RAY_WSIS_TEST_TOKEN"
+"""An environment variable whose value (a fresh uuid) marks every process a launched driver starts."""
+
+
+def tagged(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """``env`` plus a fresh token that the launched process and everything it starts inherit.
+
+    A driver that exits normally leaves nothing to find by parent links: a Ray worker that outlived
+    its raylet (a TrainController, seen once) has been handed to init, in a session of its own.
+    Its environment still carries the token, which nobody else has."""
+    token = uuid.uuid4().hex
+    return {**env, TOKEN_VARIABLE: token}, token
+
+
+def kill_tagged(token: str, timeout: float = 30.0) -> list[int]:
+    """SIGKILL every process whose environment carries ``token``; return the pids still running."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(TOKEN_VARIABLE) == token:
+                found[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    for proc in found.values():
+        _signal(proc, signal.SIGSTOP)
+    for proc in found.values():
+        _signal(proc, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        survivors = [pid for pid, proc in found.items() if _running(proc)]
+        if not survivors:
+            return []
+        time.sleep(0.1)
+    return sorted(pid for pid, proc in found.items() if _running(proc))

@@ -21,7 +21,7 @@ from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import resolve, write_bytes_atomic
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc, run_stages, start_local_ray, tiny_config
-from tests.processes import exited, kill_tree
+from tests.processes import exited, kill_tagged, kill_tree, tagged
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,11 @@ def cli():
     """Launch `python -m ray_wsis ...` in a session of its own. At the end, whatever a launched
     driver left running (it timed out, the test failed half-way) is killed by pid, with its Ray."""
     launched: list[subprocess.Popen] = []
+    tokens: list[str] = []
 
     def launch(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        env, token = tagged(env)
+        tokens.append(token)
         process = subprocess.Popen(
             [sys.executable, "-m", "ray_wsis", *args],
             env=env,
@@ -111,6 +114,8 @@ def cli():
         if process.returncode is None:  # not reaped: its pid still names only our processes
             kill_tree(process)
             process.wait(timeout=30)
+    for token in tokens:  # what a driver that exited normally left behind
+        kill_tagged(token)
 
 
 def _sets(config_args: list[str]) -> list[str]:

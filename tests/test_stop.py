@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
-from tests.processes import exited, kill_tree
+from tests.processes import exited, kill_tagged, kill_tree, tagged
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +22,10 @@ def test_sigterm_stops_a_run_with_one_line(tmp_path: Path) -> None:
     data = make_tiny_voc(tmp_path / "voc")
     output = tmp_path / "out"
     settings = [f"dataset.root={data}", f"output={output}", "run_name=tiny", *TINY_SETTINGS, "cam.epochs=5"]
+    env, token = tagged({k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     process = subprocess.Popen(
         [sys.executable, "-m", "ray_wsis", "run", *(item for s in settings for item in ("--set", s))],
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        env=env,
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -46,6 +47,7 @@ def test_sigterm_stops_a_run_with_one_line(tmp_path: Path) -> None:
         left = kill_tree(process) if process.returncode is None else []
         out = process.stdout.read() if process.stdout else ""
         process.wait(timeout=30)
+        left += kill_tagged(token)
     assert not left, left
     assert process.returncode == 143, out
     stopped = [line for line in out.splitlines() if line.startswith("stopped (SIGTERM)")]
