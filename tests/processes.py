@@ -99,12 +99,16 @@ def kill_tree(process: subprocess.Popen, timeout: float = 30.0) -> list[int]:
         for proc in new.values():
             _signal(proc, signal.SIGSTOP)
         frozen.update(new)
+    return _kill_frozen(frozen, timeout)
+
+
+def _kill_frozen(frozen: dict[int, psutil.Process], timeout: float) -> list[int]:
+    """SIGKILL stopped processes by pid; the pids still running after ``timeout``."""
     for proc in frozen.values():
         _signal(proc, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        survivors = [pid for pid, proc in frozen.items() if _running(proc)]
-        if not survivors:
+        if not any(_running(proc) for proc in frozen.values()):
             return []
         time.sleep(0.1)
     return sorted(pid for pid, proc in frozen.items() if _running(proc))
@@ -135,12 +139,4 @@ def kill_tagged(token: str, timeout: float = 30.0) -> list[int]:
             continue
     for proc in found.values():
         _signal(proc, signal.SIGSTOP)
-    for proc in found.values():
-        _signal(proc, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        survivors = [pid for pid, proc in found.items() if _running(proc)]
-        if not survivors:
-            return []
-        time.sleep(0.1)
-    return sorted(pid for pid, proc in found.items() if _running(proc))
+    return _kill_frozen(found, timeout)
