@@ -28,19 +28,9 @@ from ray_wsis.data.synthetic import make_synthetic_voc
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.stages import registry
 from ray_wsis.storage import Location, exists, is_remote, read_bytes
+from ray_wsis.visualize.report import METRIC_KEYS
 
-QUALITY = (
-    "cam_miou",
-    "ir_label_precision",
-    "ir_label_coverage",
-    "sem_miou",
-    "ins_map25",
-    "ins_map50",
-    "ins_map70",
-    "ins_map75",
-    "sem_miou_at_reference",
-    "ins_map50_at_reference",
-)
+QUALITY = (*METRIC_KEYS, "sem_miou_at_reference", "ins_map50_at_reference")
 """The scalar metrics of metrics.json a row reports."""
 
 CURVES = ("sem_miou_by_threshold", "ins_map50_by_threshold", "cam_miou_by_threshold")

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
 
+from ray_wsis.data.reviewed import HumanLabel
 from ray_wsis.review import brush_rle
 from ray_wsis.review.client import ReviewError
 
@@ -86,16 +86,7 @@ def prediction_result(parts: list[tuple[int, np.ndarray]], class_names: Sequence
     return out
 
 
-@dataclass
-class HumanMask:
-    """A reviewer's labels of one image: semantic (H, W) uint8 and one instance per region."""
-
-    semantic: np.ndarray
-    masks: np.ndarray
-    class_ids: np.ndarray
-
-
-def decode_result(result: list[dict[str, Any]], class_names: Sequence[str], height: int, width: int) -> HumanMask:
+def decode_result(result: list[dict[str, Any]], class_names: Sequence[str], height: int, width: int) -> HumanLabel:
     """A submitted annotation's brush regions as labels; ReviewError for a region we cannot read."""
     index = {name: k + 1 for k, name in enumerate(class_names)}
     semantic = np.zeros((height, width), np.uint8)
@@ -122,4 +113,4 @@ def decode_result(result: list[dict[str, Any]], class_names: Sequence[str], heig
         masks.append(mask)
         classes.append(index[names[0]])
     stacked = np.stack(masks) if masks else np.zeros((0, height, width), bool)
-    return HumanMask(semantic, stacked, np.asarray(classes, np.int64))
+    return HumanLabel(semantic, stacked, np.asarray(classes, np.int64))

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ray_wsis.data.reviewed import HUMAN_LABELS, HumanLabel, human_label_row, read_human_table
+from ray_wsis.data.reviewed import HUMAN_LABELS, human_label_row, read_human_table
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.review.brush import decode_result
 from ray_wsis.review.client import LabelStudio, ReviewError
@@ -33,7 +33,7 @@ def latest_submission(task: dict[str, Any]) -> dict[str, Any] | None:
     return max(done, key=lambda a: (str(a.get("updated_at") or ""), int(a["id"]))) if done else None
 
 
-def fetch(ctx: StageContext, client: LabelStudio, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def fetch(ctx: StageContext, client: LabelStudio) -> list[dict[str, Any]]:
     """Rows of :data:`HUMAN_LABELS`, one per reviewed image, sorted by image_id."""
     pushed = read_pushed(ctx)
     if not pushed["tasks"]:
@@ -65,8 +65,7 @@ def fetch(ctx: StageContext, client: LabelStudio, log: Callable[[str], None] = p
                     "annotation_id": int(annotation["id"]),
                     "updated_at": str(annotation.get("updated_at") or ""),
                 }
-                human = HumanLabel(label.semantic, label.masks, label.class_ids)
-                best[image_id] = (key, human_label_row(image_id, human, origin))
+                best[image_id] = (key, human_label_row(image_id, label, origin))
     return [best[i][1] for i in sorted(best)]
 
 
@@ -92,7 +91,7 @@ def store(ctx: StageContext, rows: list[dict[str, Any]]) -> dict[str, int]:
 def pull(ctx: StageContext, client: LabelStudio, log: Callable[[str], None] = print) -> dict[str, int]:
     """Fetch and store the submitted masks; the counts (``images``: reviewed images in total)."""
     start = time.perf_counter()
-    rows = fetch(ctx, client, log)
+    rows = fetch(ctx, client)
     counts = store(ctx, rows)
     pending = len(read_pushed(ctx)["tasks"]) - counts["images"]
     log(

@@ -52,9 +52,9 @@ def rank(ctx: StageContext, leave_out: set[str], score: str = DEFAULT) -> list[R
     location, paths = shard_files(ctx.config.output, ctx.config.storage)
     out = []
     for path in paths:
-        table = pq.read_table(path, filesystem=location.fs)
-        names = set(table.column_names)
-        for row in table.select([c for c in SCORE_COLUMNS if c in names]).to_pylist():
+        names = set(pq.read_schema(path, filesystem=location.fs).names)  # labels made before `source` lack it
+        columns = [c for c in SCORE_COLUMNS if c in names]
+        for row in pq.read_table(path, columns=columns, filesystem=location.fs).to_pylist():
             if row["image_id"] in leave_out or row.get("source") == "human" or not row.get("confidence"):
                 continue
             doubt = image_uncertainty(decode_label_png(row["confidence"]), decode_label_png(row["semantic"]), score)
@@ -172,7 +172,7 @@ def push(
 
 def _rows(ctx: StageContext, chosen: list[Ranked]) -> dict[str, dict[str, Any]]:
     """The chosen images' decoded label rows."""
-    location = resolve(ctx.config.output, ctx.config.storage).child("pseudo_labels")
+    location = ctx.layout.pseudo_labels
     wanted = {r.image_id for r in chosen}
     out: dict[str, dict[str, Any]] = {}
     for path in sorted({r.path for r in chosen}):

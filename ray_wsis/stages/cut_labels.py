@@ -157,7 +157,6 @@ def cut(run: StageRun) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"[cut-labels] duplicate image_ids in {ctx.layout.pseudo_labels.uri}")
     human = len(set(ctx.human_digests()) & set(ids))
-    reviewed_masks = [f"{k}:{v}" for k, v in sorted(ctx.human_digests().items())]
     run.log(
         f"semantic {sem.default:.2f}, instance {ins.default:.2f} ({chosen['source']}): "
         f"{sum(bool(r['cut']) for r in done)} of {len(paths)} shards cut, {len(ids)} images"
@@ -170,5 +169,5 @@ def cut(run: StageRun) -> dict[str, Any]:
         "human": human,
         "removed": len(stale),
         "thresholds": chosen,
-        "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True), *reviewed_masks]),
+        "content": digest([*(base_name(p) for p in paths), json.dumps(chosen, sort_keys=True), run.plan.inputs_digest]),
     }

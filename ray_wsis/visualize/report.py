@@ -128,28 +128,17 @@ def read_cams(root: Location, ids: Sequence[str]) -> dict[str, tuple[list[int], 
     }
 
 
-def read_metrics(root: Location) -> Optional[dict[str, Any]]:
-    """metrics.json of the evaluate stage, or None when the run was not evaluated."""
-    location = root.child("metrics.json")
+def read_json_object(root: Location, name: str) -> Optional[dict[str, Any]]:
+    """A JSON object file of the run (metrics.json of evaluate, calibration.json of calibrate: the
+    thresholds the labels were cut at), or None when the stage has not run or the file is unreadable."""
+    location = root.child(name)
     if not exists(location):
         return None
     try:
-        metrics = json.loads(read_bytes(location))
+        content = json.loads(read_bytes(location))
     except ValueError:
         return None
-    return metrics if isinstance(metrics, dict) else None
-
-
-def read_calibration(root: Location) -> Optional[dict[str, Any]]:
-    """calibration.json of the calibrate stage (the thresholds the labels were cut at), or None."""
-    location = root.child("calibration.json")
-    if not exists(location):
-        return None
-    try:
-        calibration = json.loads(read_bytes(location))
-    except ValueError:
-        return None
-    return calibration if isinstance(calibration, dict) else None
+    return content if isinstance(content, dict) else None
 
 
 def load_irnet(root: Location, config: Config) -> Optional[Any]:
@@ -590,9 +579,9 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
     if drawn:
         _save_png(contact_sheet([array for _, array in drawn]), out / "contact_sheet.png")
         contact = "contact_sheet.png"
-    metrics = read_metrics(root)
+    metrics = read_json_object(root, "metrics.json")
     charts = write_charts(metrics, out)
-    calibration = read_calibration(root)
+    calibration = read_json_object(root, "calibration.json")
     curve = "charts/calibration.png"
     drew_curve = calibration is not None and calibration_chart(calibration, metrics, out / curve)
     thresholds = calibration_section(calibration, metrics, curve if drew_curve else None)
