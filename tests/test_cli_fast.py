@@ -91,6 +91,7 @@ def test_read_only_commands_import_no_torch_and_no_ray(finished_output: str, tmp
         ("config", "show", "--config", str(ROOT / "configs" / "demo.yaml")),
         ("export", "--labels", finished_output, "--format", "coco", "--out", str(tmp_path / "labels.json")),
         ("export", "--labels", finished_output, "--format", "voc", "--out", str(tmp_path / "voc")),
+        ("visualize", "--labels", finished_output, "--out", str(tmp_path / "report"), "--n", "2"),
     ):
         code, out, err, heavy = cli(*args)
         assert code == 0, (args, err)
@@ -98,6 +99,7 @@ def test_read_only_commands_import_no_torch_and_no_ray(finished_output: str, tmp
     document = json.loads((tmp_path / "labels.json").read_text())
     assert len(document["images"]) == 3 and len(document["annotations"]) == 6
     assert len(os.listdir(tmp_path / "voc" / "SegmentationClass")) == 3
+    assert len(os.listdir(tmp_path / "report" / "panels")) == 2  # no network, no model file: none in this output
 
 
 def test_the_registry_and_the_run_chain_are_cheap() -> None:

@@ -1,4 +1,4 @@
-"""The synthetic VOC dataset: layout, ground-truth consistency, touching pairs, determinism, speed."""
+"""The synthetic VOC dataset: layout, ground-truth consistency, touching pairs, determinism, speed; the contexts set."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from ray_wsis.classes import VOC_CLASSES, voc_palette
 from ray_wsis.data.synthetic import DEFAULT_CLASSES, make_synthetic_voc, synthesize
+from ray_wsis.data.synthetic_contexts import CONTEXT_CLASSES, CONTEXT_OF, CONTEXTS, ContextSample, synthesize_contexts
 from ray_wsis.data.voc import VOCSource
 
 N_TRAIN, N_VAL = 30, 10
@@ -141,3 +142,92 @@ def test_other_classes_and_sizes(tmp_path):
     assert all(set(r.class_ids) <= {8, 12} for r in records)
     with pytest.raises(ValueError, match="zebra"):
         make_synthetic_voc(str(tmp_path / "e"), classes=("zebra",))
+
+
+# ----------------------------------------------------------------------------------------
+# The "contexts" set
+
+
+CONTEXT_IDS = tuple(VOC_CLASSES.index(c) + 1 for c in CONTEXT_CLASSES)
+
+
+def _context_sample(seed: int, index: int) -> ContextSample:
+    rng = np.random.default_rng([seed, 0, index])
+    for _ in range(100):
+        sample = synthesize_contexts(rng, CONTEXT_IDS)
+        if sample is not None:
+            return sample
+    raise AssertionError("no layout in 100 attempts")
+
+
+@pytest.fixture(scope="module")
+def context_samples() -> list[ContextSample]:
+    return [_context_sample(5, index) for index in range(200)]
+
+
+def test_contexts_deterministic_and_sizes_vary(tmp_path):
+    make_synthetic_voc(str(tmp_path / "a"), n_train=3, n_val=1, seed=11, kind="contexts")
+    make_synthetic_voc(str(tmp_path / "b"), n_train=3, n_val=1, seed=11, kind="contexts")
+    for sub in ("JPEGImages/syn_000001.jpg", "SegmentationClass/syn_000002.png", "Annotations/syn_000004.xml"):
+        assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes()
+    sizes = {Image.open(p).size for p in (tmp_path / "a" / "JPEGImages").glob("*.jpg")}
+    assert len(sizes) >= 3 and all(96 <= side <= 200 for size in sizes for side in size)
+    assert _context_sample(4, 0).image.tobytes() != _context_sample(4, 1).image.tobytes()
+    with pytest.raises(ValueError, match="'parts', 'scenes' or 'contexts'"):
+        make_synthetic_voc(str(tmp_path / "c"), kind="rooms")
+    with pytest.raises(ValueError, match="contexts kind draws only"):
+        make_synthetic_voc(str(tmp_path / "c"), classes=("boat",), kind="contexts")
+
+
+def test_contexts_statistics(context_samples):
+    samples = context_samples
+    empty = sum(not s.objects for s in samples) / len(samples)
+    assert 0.05 <= empty <= 0.15, empty
+    for name in CONTEXT_CLASSES:
+        class_id, context = VOC_CLASSES.index(name) + 1, CONTEXT_OF[name]
+        with_class = [context in s.contexts for s in samples if class_id in s.class_ids]
+        without = [context in s.contexts for s in samples if class_id not in s.class_ids]
+        assert len(with_class) >= 25, name
+        assert np.mean(with_class) >= 0.65 and np.mean(without) <= 0.25, (name, np.mean(with_class), np.mean(without))
+    fill: dict[int, list[float]] = {}
+    for s in samples:
+        for k, obj in enumerate(s.objects, start=1):
+            x0, y0, x1, y1 = obj.bbox
+            box = s.instance[y0 - 1 : y1, x0 - 1 : x1]
+            fill.setdefault(obj.class_id, []).append(float(((box == k) | (box == 255)).mean()))  # an upper bound
+    assert min(np.mean(fill[VOC_CLASSES.index(c) + 1]) for c in ("aeroplane", "bicycle")) < 0.35
+
+
+def test_contexts_ground_truth_and_geometry(context_samples):
+    branches = CONTEXTS.index("branches") + 1
+    perched = birds = 0
+    for s in context_samples:
+        assert set(np.unique(s.semantic).tolist()) <= {0, 255, *CONTEXT_IDS}
+        np.testing.assert_array_equal(s.semantic == 255, s.instance == 255)
+        assert set(np.unique(s.instance).tolist()) - {0, 255} == set(range(1, len(s.objects) + 1))
+        assert s.part_masks.shape == (len(s.objects), *s.semantic.shape)
+        assert {CONTEXTS[v - 1] for v in np.unique(s.context_map).tolist() if v} <= set(s.contexts)
+        for k, obj in enumerate(s.objects, start=1):
+            assert (s.instance == k).sum() >= 12 and s.part_masks[k - 1].any()
+            if obj.class_id == 3 and "branches" in s.contexts:  # a bird sits on a branch
+                birds += 1
+                around = ndimage.binary_dilation(s.instance == k, iterations=3)
+                perched += bool((around & (s.context_map == branches)).any())
+    assert birds >= 10 and perched == birds
+
+
+def test_context_only_image_is_written_and_read_as_unlabelled(tmp_path):
+    index = next(i for i in range(60) if not _context_sample(2, i).objects)
+    root = tmp_path / "ctx"
+    make_synthetic_voc(str(root), n_train=index + 1, n_val=0, seed=2, kind="contexts")
+    image_id = f"syn_{index + 1:06d}"
+    assert not np.array(Image.open(root / "SegmentationClass" / f"{image_id}.png")).any()
+    assert not np.array(Image.open(root / "SegmentationObject" / f"{image_id}.png")).any()
+    tree = ET.parse(root / "Annotations" / f"{image_id}.xml")
+    assert tree.findall("object") == [] and tree.findtext("size/width")
+    source = VOCSource(str(root))
+    records, invalid = source.scan("train")
+    assert invalid == [] and len(records) == index + 1
+    assert next(r for r in records if r.image_id == image_id).class_ids == ()
+    gt = source.ground_truth(image_id)
+    assert gt.instance_masks.shape[0] == 0 and not gt.semantic.any()

@@ -85,6 +85,7 @@ def _decoded_row(rng: np.random.Generator, h: int = 40, w: int = 50) -> dict:
         "masks": masks,
         "boxes": np.asarray([[5, 5, 25, 20], [30, 22, 48, 38], [0, 0, 2, 2]], np.float32),
         "labels": np.asarray([1, 2, 3]),
+        "category_ids": np.asarray([1, 2, 3]),
         "scores": np.asarray([0.9, 0.3, 0.0], np.float32),
     }
 
@@ -174,7 +175,7 @@ def test_reader_dataset_from_local_disk(tmp_path):
     assert sorted(dataset[i]["image_id"] for i in range(len(dataset))) == sorted(ids)
     sample = dataset[0]
     assert sample["masks"].dtype == bool and sample["masks"].shape[1:] == sample["semantic"].shape
-    assert (sample["scores"] >= 0.5).all() and sample["boxes"].shape == (len(sample["labels"]), 4)
+    assert (sample["scores"] >= 0.5).all() and sample["boxes"].shape == (len(sample["category_ids"]), 4)
 
 
 def test_too_few_images_for_a_batch_is_a_config_error(tmp_path):

@@ -118,6 +118,9 @@ def test_evaluator_merge_equals_single_and_result():
     union = conf.sum(0) + conf.sum(1) - np.diag(conf)
     assert result["fp_rate"][1] == pytest.approx((1 - conf[1].sum() / union[1]) * 100)
     assert result["fn_rate"][1] == pytest.approx((1 - conf[:, 1].sum() / union[1]) * 100)
+    assert result["precision"][1] == pytest.approx(conf[1, 1] / conf[:, 1].sum() * 100)  # rows: ground truth
+    assert result["recall"][1] == pytest.approx(conf[1, 1] / conf[1].sum() * 100)
+    assert result["precision"][4] is None and result["recall"][4] is None
     with pytest.raises(ValueError, match="other"):
         single.merge(SemanticEvaluator(4))
 

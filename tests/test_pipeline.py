@@ -31,6 +31,9 @@ from tests.pipeline_helpers import (
 
 pytestmark = pytest.mark.slow
 
+IMAGES = 9
+"""Images of the shared run: the tiny set's 8 and one without classes (NO_CLASS_IMAGE)."""
+
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_run):
@@ -46,16 +49,16 @@ def test_every_stage_ran_and_counts_add_up(finished_run):
         assert s["input"] == s["processed"] + s["kept"] + s["skipped"] + s["failed"]
         assert s["unaccounted"] == 0
         assert s["processed"] > 0
-    assert results["train-cam"]["images"] == 8
+    assert results["train-cam"]["images"] == IMAGES  # the image without classes trains as a negative
     for stage, parts in (
         ("make-cams", {"model", "actor", "decode", "write"}),
         ("make-pseudo-labels", {"walk", "post"}),
     ):
         timing = results[stage]["timing"]  # where the time went, in the stage's marker too
-        assert parts <= set(timing["seconds"]) and timing["images"] == 8, timing
+        assert parts <= set(timing["seconds"]) and timing["images"] == IMAGES, timing
         assert 1 <= timing["images_per_forward"] <= 2 and 0 < timing["forward_share"] <= 1  # 2 rows a batch
     assert markers(config)["make-cams"]["summary"]["timing"] == results["make-cams"]["timing"]
-    assert results["cut-labels"]["images"] == 8 and results["cut-labels"]["cut"] == results["cut-labels"]["shards"]
+    assert results["cut-labels"]["images"] == IMAGES and results["cut-labels"]["cut"] == results["cut-labels"]["shards"]
     for name in (
         "models/cam.pt",
         "models/irnet.pt",
@@ -87,7 +90,7 @@ def test_pseudo_label_schema_with_plain_pyarrow(finished_run):
         assert fingerprint(model) is not None
         assert meta[f"ray_wsis.checkpoint.{kind}".encode()].decode() == digest(read_bytes(model))
     ids = table.column("image_id").to_pylist()
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == IMAGES
     row = table.slice(0, 1).to_pylist()[0]
     semantic = np.asarray(Image.open(__import__("io").BytesIO(row["semantic"])))
     assert semantic.shape == (row["height"], row["width"])
@@ -107,7 +110,7 @@ def test_metrics_file_has_the_contract_keys(finished_run):
     for key in ("cam_miou", "ir_label_precision", "sem_miou", "ins_map25", "ins_map50", "ins_map70", "ins_map75"):
         assert key in metrics
         assert metrics[key] is None or 0.0 <= metrics[key] <= 100.0
-    assert metrics["images"]["semantic"] == 8
+    assert metrics["images"]["semantic"] == IMAGES
     assert len(metrics["per_class"]["sem_iou"]) == 21
     sweep = metrics["sem_miou_by_threshold"]
     assert len(sweep) == len(config.calibration.candidates) and set(metrics["ins_map50_by_threshold"]) == set(sweep)
@@ -133,7 +136,32 @@ def test_rerun_is_a_noop(rerun):
     assert {name: s.get("action") for name, s in again.items() if isinstance(s, dict)} == {
         name: "skip" for name in again if name != "seconds"
     }
-    assert again["make-pseudo-labels"]["kept"] == 8 and again["make-pseudo-labels"]["processed"] == 0
+    assert again["make-pseudo-labels"]["kept"] == IMAGES and again["make-pseudo-labels"]["processed"] == 0
+
+
+def test_an_image_without_classes_goes_through_every_stage(finished_run):
+    """A background-only image (an XML without objects): trained on as a negative, its relation
+    labels all background, and shipped as an all-background label, certain everywhere."""
+    from ray_wsis.masks import decode_label_png
+    from ray_wsis.pipeline.sink import read_table
+    from tests.pipeline_helpers import NO_CLASS_IMAGE
+
+    config, results = finished_run
+    layout = StageContext(config).layout
+
+    def row(location):
+        rows = [r for r in read_table(location).to_pylist() if r["image_id"] == NO_CLASS_IMAGE]
+        assert len(rows) == 1, location.uri
+        return rows[0]
+
+    assert row(layout.cams)["labels"] == [] and row(layout.cams)["cam"] == b""
+    assert not decode_label_png(row(layout.ir_labels)["ir_label"]).any()  # all background, nothing ignored
+    shipped = row(layout.pseudo_labels)
+    assert (shipped["labels"], shipped["instances"], shipped["source"]) == ([], [], "model")
+    assert not decode_label_png(shipped["semantic"]).any()
+    assert (decode_label_png(shipped["confidence"]) == 255).all()
+    for stage in ("make-cams", "make-ir-labels", "make-pseudo-labels"):
+        assert results[stage]["skipped"] == 0 and results[stage]["failed"] == 0
 
 
 def test_export_coco_opens_in_pycocotools(finished_run, tmp_path):
@@ -143,7 +171,7 @@ def test_export_coco_opens_in_pycocotools(finished_run, tmp_path):
     out = tmp_path / "coco.json"
     assert cli_main(["export", "--labels", config.output, "--format", "coco", "--out", str(out)]) == 0
     coco = COCO(str(out))
-    assert len(coco.getImgIds()) == 8
+    assert len(coco.getImgIds()) == IMAGES
     assert sorted(coco.getCatIds()) == list(range(1, 21))
     for ann in coco.loadAnns(coco.getAnnIds()):
         assert coco.annToMask(ann).sum() == ann["area"]
@@ -155,7 +183,7 @@ def test_export_voc_writes_palette_pngs(finished_run, tmp_path):
     assert cli_main(["export", "--labels", config.output, "--format", "voc", "--out", str(tmp_path)]) == 0
     for sub in ("SegmentationClass", "SegmentationObject"):
         files = os.listdir(tmp_path / sub)
-        assert len(files) == 8
+        assert len(files) == IMAGES
         img = Image.open(tmp_path / sub / files[0])
         assert img.mode == "P" and img.getpalette()[3:6] == [128, 0, 0]
 
@@ -165,11 +193,11 @@ def test_reader_api_plain_and_ray(finished_run):
 
     config, _ = finished_run
     rows = list(iter_pseudo_labels(config.output))
-    assert len(rows) == 8
+    assert len(rows) == IMAGES
     dataset = PseudoLabelDataset(config.output)
     sample = dataset[3]
     assert sample["semantic"].dtype == np.uint8 and sample["masks"].dtype == bool
-    assert sample["boxes"].shape == (len(sample["labels"]), 4)
+    assert sample["boxes"].shape == (len(sample["category_ids"]), 4)
     assert sample["confidence"].dtype == np.uint8 and sample["confidence"].shape == sample["semantic"].shape
     ds = read_pseudo_labels(config.output, min_score=0.0, with_images=True, dataset_config=config)
     batch = ds.take_batch(8)
@@ -205,7 +233,7 @@ def test_stored_scores_recut_to_exactly_the_shipped_labels(finished_run):
             assert np.array_equal(decode_label_png(row["confidence"]), confidence)
             assert [i["score"] for i in row["instances"]] == pytest.approx(found.scores.tolist())
             compared += 1
-    assert compared == 8
+    assert compared == IMAGES
 
 
 @pytest.mark.parametrize(
@@ -273,7 +301,7 @@ def _rerun_with(config, *settings: str):
     results = run_stages(changed, log=logs.append)
     after = _finished_at(changed)
     ids = committed_ids(StageContext(changed).layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 8
+    assert len(ids) == len(set(ids)) == IMAGES
     return changed, {name for name in after if after[name] != before.get(name)}, logs, results
 
 
@@ -289,7 +317,7 @@ def test_few_shot_calibration_on_a_labelled_split_recalibrates_without_the_walk(
     assert "neighbouring candidates" in calibration["semantic"]["criterion"]
     assert calibration["semantic"]["threshold"]["default"] in calibration["candidates"]
     metrics = json.load(open(os.path.join(config.output, "metrics.json")))
-    assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == 4  # the others
+    assert metrics["calibrated"]["mode"] == "few-shot" and metrics["images"]["semantic"] == IMAGES - 4  # the others
 
 
 def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk(rerun):
@@ -367,7 +395,7 @@ def test_a_threshold_change_reruns_calibrate_and_the_cut_only(rerun):
     off = ("calibration.enabled=false", "walk.sem_bg_threshold=0.35", "walk.ins_bg_threshold=0.45", beta)
     _, rerun, logs, results = _rerun_with(config, *off)
     assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
-    assert results["cut-labels"]["cut"] == results["cut-labels"]["shards"] and results["cut-labels"]["images"] == 8
+    assert results["cut-labels"]["cut"] == results["cut-labels"]["shards"] and results["cut-labels"]["images"] == IMAGES
     folder = Path(config.output) / "pseudo_labels"
     for shard in folder.glob("part-*.parquet"):
         recorded = json.loads(pq.read_schema(shard).metadata[THRESHOLDS_KEY.encode()])
@@ -428,12 +456,18 @@ def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(rerun):
     results = run_stages(config)
     assert results["train-cam"]["action"] == "kept" and results["train-irn"]["action"] == "kept"
     cams = results["make-cams"]
-    assert (cams["action"], cams["input"], cams["processed"], cams["kept"], cams["failed"]) == ("new", 10, 1, 8, 1)
+    assert (cams["action"], cams["input"], cams["processed"], cams["kept"], cams["failed"]) == (
+        "new",
+        IMAGES + 2,
+        1,
+        IMAGES,
+        1,
+    )
     labels = results["make-pseudo-labels"]
-    assert (labels["action"], labels["processed"], labels["kept"], labels["failed"]) == ("new", 1, 8, 1)
+    assert (labels["action"], labels["processed"], labels["kept"], labels["failed"]) == ("new", 1, IMAGES, 1)
     layout = StageContext(config).layout
     ids = committed_ids(layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 9 and "new_000002" not in ids
+    assert len(ids) == len(set(ids)) == IMAGES + 1 and "new_000002" not in ids
 
     _add_images_fix = os.path.join(config.dataset.root, "JPEGImages")
     with open(os.path.join(_add_images_fix, "syn_000001.jpg"), "rb") as f:
@@ -445,7 +479,7 @@ def test_new_images_are_labelled_alone_and_a_fixed_one_on_retry(rerun):
     assert retried["make-cams"]["action"] == "retry" and retried["make-cams"]["processed"] == 1
     assert retried["make-pseudo-labels"]["processed"] == 1 and retried["make-pseudo-labels"]["failed"] == 0
     ids = committed_ids(layout.pseudo_labels)
-    assert len(ids) == len(set(ids)) == 10
+    assert len(ids) == len(set(ids)) == IMAGES + 2
     assert {s["unaccounted"] for s in retried.values() if isinstance(s, dict) and "unaccounted" in s} == {0}
 
 

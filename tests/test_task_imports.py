@@ -14,6 +14,7 @@ import sys
 from ray_wsis.downstream.batches import instance_batch, semantic_batch
 from ray_wsis.labels import _decode_batch
 from ray_wsis.pipeline.decode_task import decode_images
+from ray_wsis.pipeline.progress import count_rows, counted_task
 from ray_wsis.pipeline.reads import keep_ids
 from ray_wsis.pipeline.sink import ShardSink
 from ray_wsis.stages.calibrate import agreement_task, expected_iou_task, label_free_task, relation_task
@@ -48,6 +49,8 @@ TASK_CODE = [
     semantic_batch,
     instance_batch,
     ShardSink,
+    count_rows,
+    counted_task,
 ]
 
 

@@ -1,4 +1,5 @@
-"""The visualizer on a hand-made run folder (no pipeline): files, links, charts, and a real browser."""
+"""The visualizer on a hand-made run folder (no pipeline, no model file): files, links, charts, the
+panels' tiles drawn from the stored maps, and a real browser."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from PIL import Image
 from ray_wsis.config import Config, load_config
 from ray_wsis.data.synthetic import make_synthetic_voc
 from ray_wsis.data.voc import VOCSource
-from ray_wsis.pipeline.schema import CAMS, PSEUDO_LABELS, pseudo_label_row, rows_to_table
+from ray_wsis.method.scores import WalkScores
+from ray_wsis.pipeline.schema import CAMS, PSEUDO_LABELS, SCORES, pseudo_label_row, rows_to_table, scores_row
 from ray_wsis.storage import resolve
 from ray_wsis.visualize.panels import display_size
 from ray_wsis.visualize.report import METRIC_KEYS, write_report
@@ -26,6 +28,8 @@ from ray_wsis.visualize.report import METRIC_KEYS, write_report
 HEIGHT, WIDTH = 64, 80
 NO_CAM_ID = "syn_000002"
 """The image whose CAM row the fake run lacks."""
+NO_SCORES_ID = "syn_000003"
+"""The image whose scores row the fake run lacks."""
 
 
 def _cam_row(image_id: str, labels: tuple[int, ...], rng: np.random.Generator) -> dict[str, Any]:
@@ -42,6 +46,16 @@ def _cam_row(image_id: str, labels: tuple[int, ...], rng: np.random.Generator) -
         "cam": cam.tobytes(),
         "error": "",
     }
+
+
+def _scores_row(image_id: str, labels: tuple[int, ...], rng: np.random.Generator) -> dict[str, Any]:
+    """Walked maps, made up: a bright square per class on a dark field."""
+    h, w = -(-HEIGHT // 4), -(-WIDTH // 4)
+    semantic = rng.integers(0, 40, (len(labels), h, w), dtype=np.uint8)
+    for k in range(len(labels)):
+        semantic[k, 2 + 2 * k : 8 + 2 * k, 3:10] = 255
+    classes = np.asarray(labels, np.int16)
+    return scores_row(image_id, HEIGHT, WIDTH, WalkScores(HEIGHT, WIDTH, classes, semantic, classes, semantic.copy()))
 
 
 def _label_row(source: VOCSource, image_id: str, labels: tuple[int, ...]) -> dict[str, Any]:
@@ -84,7 +98,8 @@ def _metrics(names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _write_run(run: Path, data: str, with_extras: bool) -> None:
-    """pseudo_labels/ and cams/ shards (one image without a CAM row) [+ metrics.json, models/irnet.pt]."""
+    """pseudo_labels/ and cams/ shards (one image without a CAM row) [+ scores/ (one image without a
+    row) and metrics.json]. No models/: the report must not need them."""
     from ray_wsis.pipeline.sink import commit
 
     source = VOCSource(data)
@@ -95,12 +110,9 @@ def _write_run(run: Path, data: str, with_extras: bool) -> None:
     commit(resolve(str(run / "pseudo_labels")), rows_to_table(labels, PSEUDO_LABELS), retries=0)
     commit(resolve(str(run / "cams")), rows_to_table(cams, CAMS), retries=0)
     if with_extras:
-        from ray_wsis.models.checkpoints import build_model, checkpoint_bytes
-
+        scores = [_scores_row(r.image_id, r.class_ids, rng) for r in records if r.image_id != NO_SCORES_ID]
+        commit(resolve(str(run / "scores")), rows_to_table(scores, SCORES), retries=0)
         (run / "metrics.json").write_text(json.dumps(_metrics(source.class_names)))
-        (run / "models").mkdir()
-        model = build_model("irnet", "resnet18", 20)
-        (run / "models" / "irnet.pt").write_bytes(checkpoint_bytes(model, "irnet", "resnet18", 20))
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +169,15 @@ def _png_size(path: Path, modes: tuple[str, ...] = ("RGB",)) -> tuple[int, int]:
         return image.size
 
 
-def test_report_writes_panels_charts_and_index(full_report: tuple[Path, dict]) -> None:
+def _classes(dataset: str) -> dict[str, int]:
+    return {r.image_id: len(r.class_ids) for r in VOCSource(dataset).records("train")}
+
+
+def test_report_writes_panels_charts_and_index(full_report: tuple[Path, dict], dataset: str) -> None:
     out, result = full_report
-    assert result["panels"] == 3 and result["metrics"] and result["boundary_displacement"]
-    assert result["without_cams"] == [NO_CAM_ID] and result["without_images"] == []
+    assert result["panels"] == 3 and result["metrics"]
+    assert result["without_cams"] == [NO_CAM_ID] and result["without_scores"] == [NO_SCORES_ID]
+    assert result["without_images"] == []
     assert sorted(p.name for p in (out / "panels").iterdir()) == [f"syn_00000{k}.png" for k in (1, 2, 3)]
     tile_h, tile_w = display_size(HEIGHT, WIDTH)
     widths = {}
@@ -168,8 +185,11 @@ def test_report_writes_panels_charts_and_index(full_report: tuple[Path, dict]) -
         width, height = _png_size(path)
         assert height == tile_h + 16 and (width + 4) % (tile_w + 4) == 0
         widths[path.stem] = (width + 4) // (tile_w + 4)
-    # image, boundary, displacement, semantic, instances, ground truth (+ one CAM per class)
-    assert widths[NO_CAM_ID] == 6 and all(w > 6 for k, w in widths.items() if k != NO_CAM_ID)
+    # image, confidence, semantic, instances, ground truth, and per class a CAM and a walk (where stored)
+    classes = _classes(dataset)
+    assert widths == {
+        k: 5 + classes[k] * ((k != NO_CAM_ID) + (k != NO_SCORES_ID)) for k in ("syn_000001", NO_CAM_ID, NO_SCORES_ID)
+    }
     sheet_w, sheet_h = _png_size(out / "contact_sheet.png")
     assert sheet_h >= 3 * (tile_h + 16) and sheet_w == max(widths.values()) * (tile_w + 4) - 4
     for chart in ("iou_per_class", "ap50_per_class"):
@@ -179,20 +199,35 @@ def test_report_writes_panels_charts_and_index(full_report: tuple[Path, dict]) -
     assert {"charts/iou_per_class.png", "charts/ap50_per_class.png", "contact_sheet.png"} <= set(links)
     assert sum(link.startswith("panels/") for link in links) == 3
     text = Path(result["index"]).read_text()
-    assert all(key in text for key in METRIC_KEYS) and "80.25" in text and "no CAM row" in text
+    assert all(key in text for key in METRIC_KEYS) and "80.25" in text
+    assert "no CAM row" in text and "no scores row" in text and "walk per class" in text
 
 
-def test_report_without_metrics_model_or_cams(tmp_path: Path, dataset: str, config: Config) -> None:
+def test_walked_tiles_show_the_stored_maps(full_report: tuple[Path, dict], dataset: str) -> None:
+    """A walk tile is the stored map upsampled: its bright square lands where the row put it."""
+    out, _ = full_report
+    panel = np.asarray(Image.open(out / "panels" / "syn_000001.png").convert("RGB"), np.int16)
+    tile_h, tile_w = display_size(HEIGHT, WIDTH)
+    cams = _classes(dataset)["syn_000001"]
+    x = (1 + cams) * (tile_w + 4)  # image, then the CAMs; the first walk tile next
+    walk = panel[16:, x : x + tile_w]
+    sy, sx = tile_h / HEIGHT, tile_w / WIDTH
+    inside = walk[int(4 * 3 * sy) : int(4 * 7 * sy), int(4 * 4 * sx) : int(4 * 9 * sx)]
+    outside = walk[int(50 * sy) :, int(60 * sx) :]
+    assert inside[..., 0].mean() > 180 and outside[..., 2].mean() > outside[..., 0].mean()  # red peak, blue field
+
+
+def test_report_without_metrics_scores_or_cams(tmp_path: Path, dataset: str, config: Config) -> None:
     run = tmp_path / "run"
     _write_run(run, dataset, with_extras=False)
     shutil.rmtree(run / "cams")
     result = write_report(str(run / "pseudo_labels"), str(tmp_path / "out"), config, n=32)
     assert result["panels"] == 4 and not result["metrics"] and not result["charts"]
-    assert not result["boundary_displacement"] and len(result["without_cams"]) == 4
+    assert len(result["without_cams"]) == 4 and len(result["without_scores"]) == 4
     assert not (tmp_path / "out" / "charts").exists()
     tile_h, tile_w = display_size(HEIGHT, WIDTH)
     for path in (tmp_path / "out" / "panels").iterdir():
-        assert _png_size(path) == (4 * (tile_w + 4) - 4, tile_h + 16)  # image, semantic, instances, truth
+        assert _png_size(path) == (5 * (tile_w + 4) - 4, tile_h + 16)  # image, confidence, semantic, instances, truth
     links = _assert_links_exist(Path(result["index"]))
     assert not any("charts" in link for link in links)
     assert "No metrics.json" in Path(result["index"]).read_text()
@@ -265,4 +300,4 @@ def test_index_renders_in_headless_chromium(full_report: tuple[Path, dict]) -> N
     text = re.sub(r"\s+", " ", dom.stdout)
     for key in METRIC_KEYS:
         assert key in text, f"{key} missing from the rendered page"
-    assert "pseudo semantic mIoU" in text and "syn_000001" in text
+    assert "pseudo semantic mIoU" in text and "syn_000001" in text and "walk per class" in text

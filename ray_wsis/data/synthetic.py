@@ -37,10 +37,12 @@ from scipy import ndimage
 from ray_wsis.classes import IGNORE, VOC_CLASSES, voc_palette
 from ray_wsis.config import StorageConfig
 from ray_wsis.data.synthetic_common import BODY_PALETTE, SyntheticObject, SyntheticSample, body_pixels, smooth_noise
+from ray_wsis.data.synthetic_contexts import CONTEXT_CLASSES, synthesize_contexts
 from ray_wsis.data.synthetic_scenes import SCENE_CLASSES, synthesize_scene
 from ray_wsis.storage import Location, resolve, write_bytes_atomic
 
 DEFAULT_CLASSES: tuple[str, ...] = ("aeroplane", "bicycle", "bird", "boat")
+SYNTHETIC_KINDS: tuple[str, ...] = ("parts", "scenes", "contexts")
 
 _PART_COLOURS = [
     ((252, 226, 36), (28, 28, 32)),  # 1 stripes: yellow / black
@@ -504,21 +506,24 @@ def make_synthetic_voc(
     """Write a synthetic dataset as a VOC 2012 folder (local path or URI) with train and val splits.
 
     ``kind`` "parts" (this module: blobs with a class-specific part, every image ``size``,
-    (height, width)) or "scenes" (:mod:`ray_wsis.data.synthetic_scenes`: outdoor scenes with
-    co-occurring context, each image its own size; ``size`` is ignored). ``classes`` are VOC
+    (height, width)), "scenes" (:mod:`ray_wsis.data.synthetic_scenes`: outdoor scenes with
+    co-occurring context, each image its own size; ``size`` is ignored) or "contexts"
+    (:mod:`ray_wsis.data.synthetic_contexts`: a context per class, above, around or below it,
+    and images of context alone with no label; each image its own size). ``classes`` are VOC
     class names (default: the kind's own); their class ids are their VOC ids (so ``bird`` is
     3 in any subset). Ids are ``syn_000001``...: train first, then val.
     """
-    if kind not in ("parts", "scenes"):
-        raise ValueError(f"kind must be 'parts' or 'scenes', got {kind!r}")
-    classes = classes or (DEFAULT_CLASSES if kind == "parts" else SCENE_CLASSES)
+    if kind not in SYNTHETIC_KINDS:
+        raise ValueError(f"kind must be 'parts', 'scenes' or 'contexts', got {kind!r}")
+    own = {"parts": DEFAULT_CLASSES, "scenes": SCENE_CLASSES, "contexts": CONTEXT_CLASSES}[kind]
+    classes = classes or own
     unknown = [c for c in classes if c not in VOC_CLASSES]
     if unknown or not classes:
         raise ValueError(f"classes must be VOC class names, got unknown {unknown or 'none'}")
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes must not repeat: {classes}")
-    if kind == "scenes" and any(c not in SCENE_CLASSES for c in classes):
-        raise ValueError(f"the scenes kind draws only {SCENE_CLASSES}, got {classes}")
+    if kind != "parts" and any(c not in own for c in classes):
+        raise ValueError(f"the {kind} kind draws only {own}, got {classes}")
     if n_train < 0 or n_val < 0 or min(size) < 32:
         raise ValueError("n_train and n_val must be >= 0 and both sides of size >= 32")
     class_ids = tuple(VOC_CLASSES.index(c) + 1 for c in classes)
@@ -534,7 +539,7 @@ def make_synthetic_voc(
             if kind == "parts":
                 sample = synthesize(rng, size, class_ids)
             else:
-                sample = _first_scene(rng, class_ids, synthesize_scene)
+                sample = _first_scene(rng, class_ids, synthesize_scene if kind == "scenes" else synthesize_contexts)
             _write_sample(location, image_id, sample, palette)
             splits[split].append(image_id)
     write_split_lists(root, splits, storage)
@@ -550,6 +555,7 @@ def _first_scene(rng: np.random.Generator, class_ids: tuple[int, ...], draw) -> 
 
 __all__ = [
     "DEFAULT_CLASSES",
+    "SYNTHETIC_KINDS",
     "BODY_PALETTE",
     "PartStyle",
     "SyntheticObject",

@@ -141,7 +141,7 @@ def instance_batch(batch: dict[str, Any], crop_size: int, min_score: float) -> d
             image,
             masks[keep],
             np.asarray(batch["boxes"][i])[keep],
-            np.asarray(batch["labels"][i])[keep],
+            np.asarray(batch["category_ids"][i])[keep],
             crop_size,
             rng,
         )

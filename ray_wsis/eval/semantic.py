@@ -128,7 +128,8 @@ class SemanticEvaluator:
 
         ``fp_rate``/``fn_rate`` follow IRNet ``eval_sem_seg``: the share of a class's union
         made of false positives / false negatives (``1 - GT/union`` and ``1 - Pred/union``).
-        ``fg_fp_rate``/``fg_fn_rate`` average them over foreground classes (1..).
+        ``fg_fp_rate``/``fg_fn_rate`` average them over foreground classes (1..). ``precision`` is
+        the share of a class's predicted pixels that are right, ``recall`` of its true pixels found.
         """
         conf = self.confusion.astype(np.float64)
         tp = np.diag(conf)
@@ -140,6 +141,8 @@ class SemanticEvaluator:
             iou = np.where(union > 0, tp / safe, np.nan)
             fp = np.where(union > 0, 1.0 - gt_total / safe, np.nan)
             fn = np.where(union > 0, 1.0 - pred_total / safe, np.nan)
+            precision = np.where(pred_total > 0, tp / np.where(pred_total > 0, pred_total, 1), np.nan)
+            recall = np.where(gt_total > 0, tp / np.where(gt_total > 0, gt_total, 1), np.nan)
         total = conf.sum()
 
         def nanmean(values: np.ndarray) -> float | None:
@@ -152,6 +155,8 @@ class SemanticEvaluator:
             "pixel_accuracy": float(tp.sum() / total) * 100.0 if total > 0 else None,
             "fp_rate": _percent_list(fp),
             "fn_rate": _percent_list(fn),
+            "precision": _percent_list(precision),
+            "recall": _percent_list(recall),
             "fg_fp_rate": nanmean(fp[1:]),
             "fg_fn_rate": nanmean(fn[1:]),
             "images": self.images,

@@ -8,6 +8,9 @@ keeps its stride 2. Both the classifier and IRNet read five stages:
 
 With pretrained weights the BatchNorm statistics stay fixed (irn's FixedBatchNorm: running
 stats always, affine still trainable); from scratch they must be learned.
+
+``efficientnet_lite0`` (models/efficientnet_lite.py) provides the same five stages at the same
+strides; docs/pretrained.md says what another backbone must provide.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import torch
 import torchvision
 from torch import nn
 
+from ray_wsis.models import efficientnet_lite
+
 STAGES: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3", "layer4")
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+ARCHITECTURES = RESNETS + (efficientnet_lite.ARCH,)
 
 
 class FixedStatsBatchNorm2d(nn.BatchNorm2d):
@@ -95,7 +101,7 @@ def load_backbone_weights(model: nn.Module, weights: str, arch: str = "") -> Non
 
 
 class Backbone(nn.Module):
-    """A ResNet split into IRN's five stages; returns every stage's features."""
+    """A ResNet (or EfficientNet-Lite0) split into IRN's five stages; returns every stage's features."""
 
     def __init__(
         self,
@@ -112,17 +118,31 @@ class Backbone(nn.Module):
         unknown = [s for s in frozen_stages if s not in STAGES]
         if unknown:
             raise ValueError(f"frozen_stages: unknown stages {unknown}; valid: {STAGES}")
-        resnet = getattr(torchvision.models, arch)(weights=None)
-        if weights:
-            load_backbone_weights(resnet, weights, arch)
-        _set_layer4_stride_one(resnet)
-        if batch_norm == "frozen" or (batch_norm == "auto" and weights):
-            _fix_batch_norm(resnet)
         self.arch = arch
-        self.conv1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
-        self.channels: tuple[int, ...] = _stage_channels(resnet)
+        fix_statistics = batch_norm == "frozen" or (batch_norm == "auto" and bool(weights))
+        if arch == efficientnet_lite.ARCH:
+            stages = efficientnet_lite.build_stages(weights)  # output stride 16, weights loaded
+            if fix_statistics:
+                _fix_batch_norm(stages)
+            for name in STAGES:
+                setattr(self, name, stages[name])
+            self.channels: tuple[int, ...] = efficientnet_lite.CHANNELS
+        else:
+            if weights.lower() == efficientnet_lite.IMAGENET_WEIGHTS:
+                raise ValueError(
+                    f"model.weights {weights!r} are EfficientNet-Lite0 weights: "
+                    f"set model.backbone: {efficientnet_lite.ARCH}"
+                )
+            resnet = getattr(torchvision.models, arch)(weights=None)
+            if weights:
+                load_backbone_weights(resnet, weights, arch)
+            _set_layer4_stride_one(resnet)
+            if fix_statistics:
+                _fix_batch_norm(resnet)
+            self.conv1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+            self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+            self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+            self.channels = _stage_channels(resnet)
         self.frozen_stages = tuple(frozen_stages)
         self.freeze(self.frozen_stages)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, overload
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +26,20 @@ class CAMNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(backbone.channels[-1], num_classes, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @overload
+    def forward(self, x: torch.Tensor, maps: Literal[False] = False) -> torch.Tensor: ...
+
+    @overload
+    def forward(self, x: torch.Tensor, maps: Literal[True]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def forward(self, x: torch.Tensor, maps: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Logits (B, num_classes); with ``maps`` also the stride-16 features and the raw class maps
+        before the ReLU, for negative mining (method/negatives.py). The logits are the same either
+        way: the 1x1 head is linear, so pooling the maps is pooling the features first."""
         features = self.backbone(x)[-1]
+        if maps:
+            raw = F.conv2d(features, self.classifier.weight)
+            return raw.mean(dim=(2, 3)), features, raw
         pooled = features.mean(dim=(2, 3), keepdim=True)
         return self.classifier(pooled).flatten(1)
 

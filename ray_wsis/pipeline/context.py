@@ -71,7 +71,8 @@ class StageContext:
         return len(self.source.class_names)
 
     def split(self, name: str) -> SplitRecords:
-        """Records with labels to process; images without labels are skipped, broken ones failed.
+        """Records to process (images without classes too, unless dataset.images_without_classes
+        is skip: then they are skipped), broken ones failed.
 
         Listed once per run: planning and the stages all ask for the same splits."""
         if name not in self._splits:
@@ -79,9 +80,12 @@ class StageContext:
             records, invalid = scan(name) if scan else (self.source.records(name), [])
             if self.config.dataset.limit:
                 records = records[: self.config.dataset.limit]
-            labelled = [r for r in records if r.class_ids]
-            skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
-            self._splits[name] = SplitRecords(labelled, skipped, list(invalid))
+            if self.config.dataset.images_without_classes == "negatives":
+                self._splits[name] = SplitRecords(records, [], list(invalid))
+            else:
+                labelled = [r for r in records if r.class_ids]
+                skipped = [(r.image_id, "no image-level labels") for r in records if not r.class_ids]
+                self._splits[name] = SplitRecords(labelled, skipped, list(invalid))
         return self._splits[name]
 
     def splits(self, *names: str) -> SplitRecords:

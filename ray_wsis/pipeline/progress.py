@@ -1,15 +1,19 @@
 """What a running stage shows: one progress display for training and Ray Data stages alike.
 
 ``[make-cams] 120/240 images, 3.2 images/s, ETA 0:37``: the stage, what is done of the total,
-the rate and the time left. In a terminal the line is redrawn in place (on stderr); when the
-output is a file or a pipe, a plain line is printed every ``every_s`` seconds or every
-``every_pct`` percent instead, and never a carriage return (:class:`ProgressLine`).
+the rate and the time left (``[evaluate] CAMs: 120/240 images, ...`` for one of a stage's passes).
+In a terminal the line is redrawn in place (on stderr); when the output is a file or a pipe, a
+plain line is printed every ``every_s`` seconds or every ``every_pct`` percent, and when a pass
+ends, instead, and never a carriage return (:class:`ProgressLine`).
 
 Training: Ray Train runs the loop in worker processes whose output a normal run does not forward
 (console.py), so rank 0 posts its state to a small actor after every step, and a driver thread
-draws it, printing one line per finished epoch. Ray Data stages: a pass-through operator before
-the write counts the rows that reach it on the same kind of actor (``count_rows``). Ray's own
-dataset bars stay off unless ``--verbose`` (pipeline/context.py).
+draws it, printing one line per finished epoch. Per-image Ray Data stages, whose rows go to the
+shard sink in the workers: a pass-through operator before the write counts the rows that reach it
+on the same kind of actor (``count_rows``). Whole-result stages (calibrate, cut-labels, evaluate),
+whose tasks return a few rows each to the driver: each task adds the images it covered to its
+rows (``counted``), and the driver counts them as they arrive (:meth:`Progress.take_all`); no actor.
+Ray's own dataset bars stay off unless ``--verbose`` (pipeline/context.py).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Optional, TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 
@@ -58,8 +64,11 @@ class ProgressLine:
         every_s: float = 10.0,
         every_pct: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        what: str = "",
     ) -> None:
         self.name, self.total, self.unit, self.log = name, max(0, total), unit, log
+        self.what = what
+        """Which of the stage's passes this is ("CAMs"); empty for a stage of one pass."""
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = is_terminal(self.stream) if terminal is None else terminal
         self.every_s, self.every_pct, self.clock = every_s, every_pct, clock
@@ -72,7 +81,8 @@ class ProgressLine:
 
     def text(self) -> str:
         now = self.clock()
-        parts = [f"[{self.name}] {self.done:.0f}/{self.total} {self.unit}"]
+        head = f"[{self.name}] {self.what}: " if self.what else f"[{self.name}] "
+        parts = [f"{head}{self.done:.0f}/{self.total} {self.unit}"]
         if self.first is not None and now > self.first[0] and self.done > self.first[1]:
             rate = (self.done - self.first[1]) / (now - self.first[0])
             parts.append(f"{rate:.1f} {self.unit}/s")
@@ -96,7 +106,8 @@ class ProgressLine:
             return
         percent = 100.0 * done / self.total if self.total else 100.0
         last_time, last_percent = self.last_line
-        if changed and (now - last_time >= self.every_s or percent - last_percent >= self.every_pct):
+        finished = percent >= 100.0 > last_percent  # the end of a pass always gets its line
+        if changed and (now - last_time >= self.every_s or percent - last_percent >= self.every_pct or finished):
             self.last_line = (now, percent)
             self.log(self.text())
 
@@ -270,3 +281,70 @@ def training_progress(name: str, enabled: bool, log: Callable[[str], None]) -> I
             shown["line"].close()
         with contextlib.suppress(Exception):
             ray.kill(board)
+
+
+# --------------------------------------------------------------------------- whole-result stages
+COVERED = "progress_images"
+"""The column :func:`counted` adds to a task's rows: the images its batch covered (first row)."""
+
+
+def counted_task(
+    batch: pa.Table, fn: Callable[..., pa.Table], kwargs: dict[str, Any], weight: Optional[str]
+) -> pa.Table:
+    """``fn(batch, **kwargs)``, its rows told how many images the batch covered: one a row, or the
+    sum of the batch's ``weight`` column (a task per shard: its rows). ``fn`` returns at least one
+    row per batch, as every whole-result task does (its sums)."""
+    out = fn(batch, **kwargs)
+    images = int(pc.sum(batch.column(weight)).as_py() or 0) if weight else batch.num_rows
+    covered = [images] + [0] * (out.num_rows - 1) if out.num_rows else []
+    return out.append_column(COVERED, pa.array(covered, pa.int64()))
+
+
+def counted(
+    ds: ray.data.Dataset,
+    fn: Callable[..., pa.Table],
+    kwargs: dict[str, Any],
+    weight: Optional[str] = None,
+    **options: Any,
+) -> ray.data.Dataset:
+    """``ds.map_batches(fn, fn_kwargs=kwargs, **options)`` whose rows count the images they covered
+    (:func:`counted_task`), for :meth:`Progress.take_all`."""
+
+    def task(batch: pa.Table, **fn_kwargs: Any) -> pa.Table:
+        return counted_task(batch, fn, fn_kwargs, weight)
+
+    task.__name__ = task.__qualname__ = fn.__name__  # Ray names the operator after it: MapBatches(eval_cams)
+    return ds.map_batches(task, fn_kwargs=kwargs, batch_format="pyarrow", **options)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A whole-result stage's progress: one line per pass over its images, drawn by the driver as
+    the tasks' rows arrive."""
+
+    name: str
+    enabled: bool = False
+    log: Callable[[str], None] = print
+
+    def take_all(self, ds: ray.data.Dataset, total: int, what: str = "") -> list[dict[str, Any]]:
+        """Every row of a :func:`counted` dataset, less the count, while a line shows the images
+        covered of ``total`` (``what``: which pass, when the stage makes several)."""
+        line = ProgressLine(self.name, total, "images", self.log, what=what) if self.enabled and total > 0 else None
+        rows: list[dict[str, Any]] = []
+        done = 0
+        try:
+            if line is not None:
+                line.update(0)  # a terminal shows the pass before its first rows
+            for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                done += int(pc.sum(block.column(COVERED)).as_py() or 0)
+                rows.extend(block.drop_columns([COVERED]).to_pylist())
+                if line is not None:
+                    line.update(min(done, total))
+        finally:
+            if line is not None:
+                line.close()
+        return rows
+
+
+QUIET = Progress("")
+"""No lines (a stage's helpers called on their own: tests, benchmarks)."""

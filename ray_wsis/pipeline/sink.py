@@ -169,6 +169,11 @@ def shard_paths(location: Location) -> list[str]:
     return list_files(location, suffix=".parquet", prefix=PART_PREFIX)
 
 
+def shard_rows(location: Location) -> dict[str, int]:
+    """Path -> rows of every committed shard in a stage folder (read from the files' footers)."""
+    return {path: pq.read_metadata(path, filesystem=location.fs).num_rows for path in shard_paths(location)}
+
+
 def shard_names(location: Location) -> list[str]:
     """File names of the committed shards: they name their ids, so they stand for the row set."""
     return [base_name(p) for p in shard_paths(location)]

@@ -134,7 +134,7 @@ def push(
         name = f"{item.image_id}{posixpath.splitext(record.uri)[1] or '.png'}"
         file = client.upload(project_id, name, read_bytes(resolve(record.uri, ctx.config.storage)))
         image_url = file if file.startswith(("/", "http://", "https://")) else f"/data/{file}"
-        result = prediction_result(regions(row["semantic"], row["masks"], row["labels"]), class_names)
+        result = prediction_result(regions(row["semantic"], row["masks"], row["category_ids"]), class_names)
         tasks.append(
             {
                 "data": {"image": image_url, "image_id": item.image_id, "uncertainty": round(item.uncertainty, 4)},

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
@@ -36,10 +35,12 @@ from ray_wsis.method.calibration import (
 from ray_wsis.method.scores import Thresholds
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
 from ray_wsis.pipeline.sink import committed_ids, shard_paths
 from ray_wsis.stages.base import StageRun, digest
-from ray_wsis.stages.thresholds import map_rows, reference_thresholds, sweep
+from ray_wsis.stages.thresholds import reference_thresholds, sweep
+from ray_wsis.stages.whole import map_rows, map_shards
 from ray_wsis.storage import exists, write_bytes_atomic
 
 
@@ -118,16 +119,14 @@ def calibration_ids(ctx: StageContext) -> list[str]:
     return [r.image_id for r in ctx.split(split).records] if split else []
 
 
-def _per_shard(ctx: StageContext, fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
+def _per_shard(ctx: StageContext, fn: Any, progress: Progress, what: str, **kwargs: Any) -> list[dict[str, Any]]:
     """``fn`` over the scores shards, one CPU task a shard (its path in a "path" column)."""
-    paths = shard_paths(ctx.layout.scores)
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    return ds.map_batches(
-        fn, batch_size=1, batch_format="pyarrow", num_cpus=1, fn_kwargs={"config": ctx.config.to_dict(), **kwargs}
-    ).take_all()
+    return map_shards(ctx.layout.scores, fn, progress, what, config=ctx.config.to_dict(), **kwargs)
 
 
-def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> dict[str, Any] | str:
+def _instance_by_relation_labels(
+    ctx: StageContext, candidates: list[float], progress: Progress = QUIET
+) -> dict[str, Any] | str:
     """The instance threshold of highest expected IoU, or why it cannot be read off the relation
     labels (the caller falls back to agreement and records the reason)."""
     if ctx.config.method != "irnet":
@@ -135,7 +134,7 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
     if not shard_paths(ctx.layout.ir_labels):
         return f"no relation labels under {ctx.layout.ir_labels.uri}"
     stats = RelationStats.empty()
-    for row in _per_shard(ctx, relation_task):
+    for row in _per_shard(ctx, relation_task, progress, "relation labels"):
         stats = stats.merge(RelationStats(np.asarray(row["labelled"]), np.asarray(row["same_class"])))
     if stats.labelled.sum() == 0:
         return "no relation-labelled pixel under an instance score (no image has an instance channel)"
@@ -144,7 +143,13 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
     total = np.zeros((n + 1, len(candidates)))
     instances = 0
     for row in _per_shard(
-        ctx, expected_iou_task, probability=probability.tolist(), candidates=candidates, num_classes=n
+        ctx,
+        expected_iou_task,
+        progress,
+        "expected IoU",
+        probability=probability.tolist(),
+        candidates=candidates,
+        num_classes=n,
     ):
         total += np.frombuffer(row["iou_sum"], np.float64).reshape(total.shape)
         instances += int(row["instances"])
@@ -158,9 +163,11 @@ def _instance_by_relation_labels(ctx: StageContext, candidates: list[float]) -> 
     }
 
 
-def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float]) -> LabelFreeStats:
+def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> LabelFreeStats:
     stats = LabelFreeStats.empty(candidates)
-    for row in map_rows(ctx.layout.scores, ids, label_free_task, candidates=candidates):
+    for row in map_rows(
+        ctx.layout.scores, ids, label_free_task, progress, "label-free criteria", candidates=candidates
+    ):
         stats = stats.merge(LabelFreeStats.from_row(row))
     return stats
 
@@ -169,7 +176,7 @@ AGREEMENT = "mIoU of the united instances against the calibrated semantic labels
 
 
 def _instance_by_agreement(
-    ctx: StageContext, ids: list[str], semantic: float, candidates: list[float]
+    ctx: StageContext, ids: list[str], semantic: float, candidates: list[float], progress: Progress
 ) -> tuple[Thresholds, dict[str, float]]:
     """The instance threshold whose united instances agree best with the semantic labels."""
     from ray_wsis.eval.semantic import mean_iou
@@ -180,6 +187,8 @@ def _instance_by_agreement(
         ctx.layout.scores,
         ids,
         agreement_task,
+        progress,
+        "agreement",
         semantic_threshold=semantic,
         candidates=candidates,
         num_classes=n,
@@ -189,8 +198,8 @@ def _instance_by_agreement(
     return instance, dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions)))
 
 
-def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
-    stats = _label_free_stats(ctx, ids, candidates)
+def _label_free(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> dict[str, Any]:
+    stats = _label_free_stats(ctx, ids, candidates, progress)
     criterion = stats.criterion()
     semantic = choose_semantic(criterion, candidates)
     semantic_part = {
@@ -199,28 +208,39 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float]) -> d
         "values": dict(zip(map(str, candidates), map(float, criterion))),
     }
     result: dict[str, Any] = {"mode": "label-free", "images": stats.images, "semantic": semantic_part}
-    instance = _label_free_instance(ctx, ids, stats, semantic, candidates)
+    instance = _label_free_instance(ctx, ids, stats, semantic, candidates, progress)
     return {**result, "instance": instance}
 
 
 def _by_agreement(
-    ctx: StageContext, ids: list[str], semantic: float, candidates: list[float], reason: str = "", **extra: Any
+    ctx: StageContext,
+    ids: list[str],
+    semantic: float,
+    candidates: list[float],
+    progress: Progress,
+    reason: str = "",
+    **extra: Any,
 ) -> dict[str, Any]:
     """The agreement choice as calibration.json records it; ``reason`` says why a rule fell back."""
-    instance, agreement = _instance_by_agreement(ctx, ids, semantic, candidates)
+    instance, agreement = _instance_by_agreement(ctx, ids, semantic, candidates, progress)
     criterion = f"{reason}, so: {AGREEMENT}" if reason else AGREEMENT
     return {"threshold": instance.as_dict(), "criterion": criterion, "values": agreement, **extra}
 
 
 def _label_free_instance(
-    ctx: StageContext, ids: list[str], stats: LabelFreeStats, semantic: float, candidates: list[float]
+    ctx: StageContext,
+    ids: list[str],
+    stats: LabelFreeStats,
+    semantic: float,
+    candidates: list[float],
+    progress: Progress,
 ) -> dict[str, Any]:
     chosen_by = ctx.config.calibration.instance_criterion
     if chosen_by == "expected-iou":
-        by_relation = _instance_by_relation_labels(ctx, candidates)
+        by_relation = _instance_by_relation_labels(ctx, candidates, progress)
         if isinstance(by_relation, dict):
             return by_relation
-        return _by_agreement(ctx, ids, semantic, candidates, by_relation)
+        return _by_agreement(ctx, ids, semantic, candidates, progress, by_relation)
     if chosen_by == "contour-steepness":
         steepness = stats.steepness()
         steepest = choose_by_steepness(steepness, candidates)
@@ -232,12 +252,12 @@ def _label_free_instance(
                 "values": values,
             }
         edge = "no edge step (steepest contour at an end of the candidates)"
-        return _by_agreement(ctx, ids, semantic, candidates, edge, steepness=values)
-    return _by_agreement(ctx, ids, semantic, candidates)
+        return _by_agreement(ctx, ids, semantic, candidates, progress, edge, steepness=values)
+    return _by_agreement(ctx, ids, semantic, candidates, progress)
 
 
-def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dict[str, Any]:
-    stats, images = sweep(ctx, ids, candidates)
+def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> dict[str, Any]:
+    stats, images = sweep(ctx, ids, candidates, progress)
     if not images:
         raise DatasetError(
             f"dataset.calibration_split {ctx.config.dataset.calibration_split!r} has no image with "
@@ -265,7 +285,7 @@ def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float]) -> dic
     }
 
 
-def choose(ctx: StageContext) -> dict[str, Any]:
+def choose(ctx: StageContext, progress: Progress = QUIET) -> dict[str, Any]:
     """calibration.json's content: the chosen thresholds and the criterion at every candidate."""
     c, walk = ctx.config.calibration, ctx.config.walk
     candidates = [float(t) for t in c.candidates]
@@ -282,9 +302,9 @@ def choose(ctx: StageContext) -> dict[str, Any]:
         few = calibration_ids(ctx)
         labelled = set(committed_ids(ctx.layout.scores))
         if few:
-            result = _few_shot(ctx, [i for i in few if i in labelled], candidates)
+            result = _few_shot(ctx, [i for i in few if i in labelled], candidates, progress)
         else:
-            result = _label_free(ctx, sorted(labelled), candidates)
+            result = _label_free(ctx, sorted(labelled), candidates, progress)
     return {**result, "candidates": candidates, "reference": reference}
 
 
@@ -292,7 +312,7 @@ def calibrate(run: StageRun) -> dict[str, Any]:
     ctx = run.ctx
     if not shard_paths(ctx.layout.scores):
         raise DatasetError(f"no walk scores under {ctx.layout.scores.uri}: run make-pseudo-labels first")
-    calibration = choose(ctx)
+    calibration = choose(ctx, Progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log))
     write_bytes_atomic(ctx.layout.calibration, json.dumps(calibration, indent=2).encode())
     sem = calibration["semantic"]["threshold"]
     ins = calibration["instance"]["threshold"]

@@ -26,7 +26,6 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
@@ -35,6 +34,7 @@ from ray_wsis.method.scores import LEVELS, Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_slow_cut
 from ray_wsis.pipeline.layout import Layout
+from ray_wsis.pipeline.progress import Progress
 from ray_wsis.pipeline.schema import (
     PSEUDO_LABELS,
     THRESHOLDS_KEY,
@@ -46,6 +46,7 @@ from ray_wsis.pipeline.schema import (
 )
 from ray_wsis.pipeline.sink import base_name, commit, committed_ids, shard_paths, split_rows
 from ray_wsis.stages.base import StageRun, digest
+from ray_wsis.stages.whole import map_shards
 from ray_wsis.storage import Location, read_bytes
 
 CUT_KEY = "ray_wsis.cut"
@@ -145,14 +146,14 @@ def cut(run: StageRun) -> dict[str, Any]:
     stale = [p for p in shard_paths(ctx.layout.pseudo_labels) if base_name(p) not in names]
     for path in stale:
         ctx.layout.pseudo_labels.fs.delete_file(path)
-    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(paths))
-    done = ds.map_batches(
+    done = map_shards(
+        ctx.layout.scores,
         cut_shard_task,
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=1,
-        fn_kwargs={"config": ctx.config.to_dict(), "metadata": metadata, "reviewed": sorted(ctx.human_digests())},
-    ).take_all()
+        Progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log),
+        config=ctx.config.to_dict(),
+        metadata=metadata,
+        reviewed=sorted(ctx.human_digests()),
+    )
     ids = committed_ids(ctx.layout.pseudo_labels)
     if len(set(ids)) != len(ids):
         raise RuntimeError(f"[cut-labels] duplicate image_ids in {ctx.layout.pseudo_labels.uri}")

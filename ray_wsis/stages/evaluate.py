@@ -26,11 +26,13 @@ from ray_wsis.masks import decode_label_png, decode_rle
 from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.context import StageContext
+from ray_wsis.pipeline.progress import Progress
 from ray_wsis.pipeline.schema import at_original_size, cam_array, walk_scores
 from ray_wsis.stages.base import StageRun
 from ray_wsis.stages.registry import scored_ids
 from ray_wsis.stages.relation_labels import relation_labels_of
-from ray_wsis.stages.thresholds import map_rows, reference_thresholds, sweep
+from ray_wsis.stages.thresholds import reference_thresholds, sweep
+from ray_wsis.stages.whole import map_rows
 from ray_wsis.storage import exists, read_bytes, write_bytes_atomic
 
 CAM_SWEEP = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60)
@@ -146,10 +148,10 @@ def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEv
     return evaluator
 
 
-def _sweep(ctx: StageContext, ids: list[str]) -> dict[str, dict[str, Optional[float]]]:
+def _sweep(ctx: StageContext, ids: list[str], progress: Progress) -> dict[str, dict[str, Optional[float]]]:
     """sem_miou_by_threshold and ins_map50_by_threshold over the calibration candidates."""
     candidates = [float(t) for t in ctx.config.calibration.candidates]
-    stats, _ = sweep(ctx, ids, candidates)
+    stats, _ = sweep(ctx, ids, candidates, progress)
     keys = [f"{t:.2f}" for t in candidates]
     clean = [None if not np.isfinite(v) else float(v) for v in stats.instance_map50()]
     return {
@@ -175,9 +177,13 @@ def evaluate(run: StageRun) -> dict[str, Any]:
     ids = scored_ids(ctx)
     n = ctx.num_classes
     source, config = ctx.source, ctx.config.to_dict()
-    cam_rows = map_rows(ctx.layout.cams, ids, eval_cams, config=config, source=source, num_classes=n)
-    ir_rows = map_rows(relation_labels_of(ctx.layout, ctx.config), ids, eval_ir_labels, source=source)
-    label_rows = map_rows(ctx.layout.pseudo_labels, ids, eval_pseudo_labels, source=source, num_classes=n)
+    progress = Progress(run.stage.name, ctx.config.ray.progress_bars, ctx.log)
+    cam_rows = map_rows(ctx.layout.cams, ids, eval_cams, progress, "CAMs", config=config, source=source, num_classes=n)
+    relation = relation_labels_of(ctx.layout, ctx.config)
+    ir_rows = map_rows(relation, ids, eval_ir_labels, progress, "relation labels", source=source)
+    label_rows = map_rows(
+        ctx.layout.pseudo_labels, ids, eval_pseudo_labels, progress, "pseudo-labels", source=source, num_classes=n
+    )
 
     cams, semantic = _confusion(cam_rows, n + 1), _confusion(label_rows, n + 1)
     instances = InstanceEvaluator(n)
@@ -191,12 +197,14 @@ def evaluate(run: StageRun) -> dict[str, Any]:
         if cam_rows
         else {}
     )
-    walk = _sweep(ctx, ids)
+    walk = _sweep(ctx, ids, progress)
     sem_ref, ins_ref = reference_thresholds(ctx.config)
     ref_rows = map_rows(
         ctx.layout.scores,
         ids,
         eval_cut,
+        progress,
+        "reference cut",
         semantic=sem_ref.as_dict(),
         instance=ins_ref.as_dict(),
         source=source,
@@ -235,6 +243,8 @@ def evaluate(run: StageRun) -> dict[str, Any]:
             "names": ["background", *source.class_names],
             "cam_iou": cam_result["iou"],
             "sem_iou": sem_result["iou"],
+            "sem_precision": sem_result["precision"],
+            "sem_recall": sem_result["recall"],
             "ins_ap50": ins_result["ap50"],
         },
         "images": {

@@ -144,6 +144,9 @@ TRAIN_CAM = Stage(
         "cam.optimizer",
         "cam.frozen_stages",
         "cam.color_jitter",
+        "cam.negative_peak_weight",
+        "cam.negative_top",
+        "cam.context_prototype_weight",
     ),
     consumes=(),
     body=body("train_cam", "train_cam"),
@@ -337,7 +340,12 @@ AFFINITYNET_ON_IRN_LABELS: tuple[Stage, ...] = (
 )
 """AffinityNet trained on IRN's relation labels (``affinity.labels: irn``)."""
 
-INPUT_FIELDS: tuple[str, ...] = ("dataset.train_split", "dataset.infer_split", "dataset.limit")
+INPUT_FIELDS: tuple[str, ...] = (
+    "dataset.train_split",
+    "dataset.infer_split",
+    "dataset.limit",
+    "dataset.images_without_classes",
+)
 """Fields that choose the input images: a change is a changed input set (new images are processed
 alone), not a changed setting."""
 

@@ -10,7 +10,6 @@ modules import it, never each other. This module imports no torch: every Ray wor
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,9 +20,9 @@ from ray_wsis.eval.instance import ImageMatches
 from ray_wsis.method.calibration import FewShotStats, ImageCut
 from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.reads import READ_BLOCK_ROWS, read_stage
+from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
-from ray_wsis.storage import Location
+from ray_wsis.stages.whole import map_rows
 
 
 def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
@@ -31,14 +30,6 @@ def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
     if config.method == "affinitynet":
         return WALKED_BACKGROUND, WALKED_BACKGROUND
     return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
-
-
-def map_rows(location: Location, ids: list[str], fn: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """``fn`` as CPU tasks (one CPU, 32 rows a batch) over the stored rows of ``ids``: its rows, all of them."""
-    ds = read_stage(location, ids, READ_BLOCK_ROWS)
-    if ds is None:
-        return []
-    return ds.map_batches(fn, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=32, num_cpus=1).take_all()
 
 
 def eval_sweep(
@@ -57,7 +48,9 @@ def eval_sweep(
     return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)], "images": [images]})
 
 
-def sweep(ctx: StageContext, ids: list[str], candidates: list[float]) -> tuple[FewShotStats, int]:
+def sweep(
+    ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress = QUIET
+) -> tuple[FewShotStats, int]:
     """eval_sweep over the scores of ``ids``, summed: the statistics and how many images had ground truth."""
     n = ctx.num_classes
     stats = FewShotStats.empty(candidates, n)
@@ -66,6 +59,8 @@ def sweep(ctx: StageContext, ids: list[str], candidates: list[float]) -> tuple[F
         ctx.layout.scores,
         ids,
         eval_sweep,
+        progress,
+        "threshold sweep",
         candidates=candidates,
         source=ctx.source,
         num_classes=n,

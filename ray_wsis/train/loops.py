@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_wsis.config import Config
+from ray_wsis.method.negatives import ContextPrototypes, negative_peak_loss
 from ray_wsis.method.path_index import path_index
 from ray_wsis.method.relations import irn_loss, psa_loss
 from ray_wsis.models.backbone import freeze_batch_norm
@@ -111,6 +112,34 @@ def classifier_step(model: nn.Module, batch: Batch, amp: bool = False) -> dict[s
     return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["target"])}
 
 
+class NegativeMiningStep:
+    """The classifier's step with negative mining (method/negatives.py): irn's multi-label loss
+    plus ``cam.negative_peak_weight`` x the negative-peak loss and ``cam.context_prototype_weight``
+    x the context-prototype loss. The prototypes live here, one set per training worker."""
+
+    def __init__(self, config: Config, amp: bool = False) -> None:
+        self.cam, self.amp = config.cam, amp
+        self.prototypes: Optional[ContextPrototypes] = None
+
+    def __call__(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        image, target = batch["image"], batch["target"]
+        with training_autocast(image.device, self.amp):
+            logits, features, raw = model(image, maps=True)
+        logits, raw = logits.float(), raw.float()
+        losses = {"classification_loss": F.multilabel_soft_margin_loss(logits, target)}
+        total = losses["classification_loss"]
+        if self.cam.negative_peak_weight > 0:
+            losses["negative_peak_loss"] = negative_peak_loss(raw, target, self.cam.negative_top)
+            total = total + self.cam.negative_peak_weight * losses["negative_peak_loss"]
+        if self.cam.context_prototype_weight > 0:
+            if self.prototypes is None:
+                self.prototypes = ContextPrototypes(target.shape[1], features.shape[1])
+            self.prototypes.update(features.detach(), raw.detach(), target)
+            losses["context_loss"] = self.prototypes.loss(features, raw, target)
+            total = total + self.cam.context_prototype_weight * losses["context_loss"]
+        return {"loss": total, **losses}
+
+
 def irn_step(model: nn.Module, batch: Batch, radius: int, amp: bool = False) -> dict[str, torch.Tensor]:
     with training_autocast(batch["image"].device, amp):
         edge, dp = model(batch["image"])
@@ -126,6 +155,8 @@ def affinity_step(model: nn.Module, batch: Batch, radius: int, amp: bool = False
 def step_function(kind: str, config: Config) -> Callable[[nn.Module, Batch], dict[str, torch.Tensor]]:
     amp = config.model.amp
     if kind == "cam":
+        if config.cam.negative_peak_weight > 0 or config.cam.context_prototype_weight > 0:
+            return NegativeMiningStep(config, amp)
         return lambda model, batch: classifier_step(model, batch, amp)
     if kind == "irnet":
         return lambda model, batch: irn_step(model, batch, config.irn.radius, amp)

@@ -1,7 +1,8 @@
 """Pictures of what the pipeline made: colour maps and one panel per image.
 
-Panel: image | CAM of each class | boundary | displacement (hue = angle, value = magnitude)
-| semantic label | instances (colour per instance, class and score) [| ground truth].
+Panel: image | CAM of each class | walked score of each class | confidence | semantic label
+| instances (colour per instance, class and score) [| ground truth]. Every tile is drawn from
+what a run stores; no network runs (docs/architecture.md, "The report").
 
 Tiles are shown at a display size (long side between ``min_long`` and ``max_long``) so that
 tiny test images get readable captions and huge ones do not make 20000-pixel-wide strips.
@@ -38,26 +39,6 @@ def colorize_score(score: np.ndarray) -> np.ndarray:
     low = np.floor(pos).astype(int).clip(0, len(stops) - 2)
     frac = (pos - low)[..., None]
     return (stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
-
-
-def colorize_displacement(displacement: np.ndarray) -> np.ndarray:
-    """(2, h, w) (dy, dx) -> RGB: hue from the direction, brightness from the length."""
-    dy, dx = np.nan_to_num(displacement[0]), np.nan_to_num(displacement[1])
-    angle = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
-    magnitude = np.sqrt(dy**2 + dx**2)
-    value = np.clip(magnitude / max(float(magnitude.max(initial=0.0)), 1e-6), 0, 1)
-    h6 = angle * 6.0
-    sector = np.floor(h6).astype(int) % 6
-    f = h6 - np.floor(h6)
-    p, q, t = np.zeros_like(value), value * (1 - f), value * f
-    rgb = np.select(
-        [sector[..., None] == k for k in range(6)],
-        [
-            np.stack(c, -1)
-            for c in ((value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value), (value, p, q))
-        ],
-    )
-    return (rgb * 255).astype(np.uint8)
 
 
 def instance_colours(n: int) -> np.ndarray:
@@ -147,42 +128,54 @@ def instance_tile(
     return np.asarray(image)
 
 
+def _score_tiles(
+    prefix: str, maps: np.ndarray, class_ids: Sequence[int], class_names: Sequence[str], h: int, w: int
+) -> list[tuple[str, np.ndarray]]:
+    """One ramp-coloured tile per map, captioned with its class (id 0: the background channel)."""
+    tiles = []
+    for k, values in enumerate(maps):
+        cid = int(class_ids[k]) if k < len(class_ids) else -1
+        name = "background" if cid == 0 else _class_name(cid, class_names) if cid > 0 else f"class {k}"
+        tiles.append((f"{prefix} {name}", _fit(colorize_score(values), h, w)))
+    return tiles
+
+
 def panel(
     image: np.ndarray,
     cams: Optional[np.ndarray] = None,
-    boundary: Optional[np.ndarray] = None,
-    displacement: Optional[np.ndarray] = None,
+    walked: Optional[np.ndarray] = None,
+    confidence: Optional[np.ndarray] = None,
     semantic: Optional[np.ndarray] = None,
     instances: Optional[tuple[np.ndarray, Sequence[int], Sequence[float]]] = None,
     ground_truth: Optional[np.ndarray] = None,
     class_names: Sequence[str] = (),
     class_ids: Sequence[int] = (),
+    walked_ids: Sequence[int] = (),
     extra: Sequence[tuple[str, np.ndarray]] = (),
     min_long: int = 192,
     max_long: int = 512,
 ) -> np.ndarray:
     """One row of captioned tiles, each the image's display size (see :func:`display_size`).
 
-    Maps of any resolution (stride-4 CAMs, boundary, displacement) are resized onto the
-    tile: bilinear for scores, nearest for labels.
+    ``cams``: (K, H, W) CAMs of ``class_ids``; ``walked``: the walked scores of ``walked_ids``
+    (0: a walked background channel), both in [0, 1]; ``confidence``: (H, W) in [0, 1]. Maps of
+    any resolution are resized onto the tile: bilinear for scores, nearest for labels.
     """
     h, w = display_size(image.shape[0], image.shape[1], min_long, max_long)
-    class_ids = [int(c) for c in class_ids]
     tiles: list[tuple[str, np.ndarray]] = [("image", _fit(image[..., :3], h, w))]
     if cams is not None:
-        for k, cam in enumerate(cams):
-            name = _class_name(class_ids[k], class_names) if k < len(class_ids) else f"class {k}"
-            tiles.append((f"CAM {name}", _fit(colorize_score(cam), h, w)))
-    if boundary is not None:
-        tiles.append(("boundary", _fit(colorize_score(boundary), h, w)))
-    if displacement is not None and displacement.size:
-        tiles.append(("displacement", _fit(colorize_displacement(displacement), h, w)))
+        tiles += _score_tiles("CAM", cams, class_ids, class_names, h, w)
+    if walked is not None:
+        tiles += _score_tiles("walk", walked, walked_ids, class_names, h, w)
+    if confidence is not None:
+        tiles.append(("confidence", _fit(colorize_score(confidence), h, w)))
     tiles.extend((name, _fit(tile, h, w, nearest=True)) for name, tile in extra)
     if semantic is not None:
         tiles.append(("semantic", _fit(colorize_label(semantic), h, w, nearest=True)))
     if instances is not None:
         masks, ids, scores = instances
-        tiles.append((f"instances ({len(masks)})", instance_tile(masks, ids, scores, class_names, h, w)))
+        objects = sum(float(s) > 0 for s in scores)  # score-0 fragments (under 1% of the image) are no objects
+        tiles.append((f"instances ({objects})", instance_tile(masks, ids, scores, class_names, h, w)))
     if ground_truth is not None:
         tiles.append(("ground truth", _fit(colorize_label(ground_truth), h, w, nearest=True)))
     return _strip(tiles, h, w)

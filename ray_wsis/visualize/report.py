@@ -1,10 +1,11 @@
 """`ray-wsis visualize`: panels, a contact sheet, charts and an index.html for one run.
 
 Everything is read from the run's output URI (local or object store) through
-:mod:`ray_wsis.storage`; images and ground truth come from the configured dataset. Boundary
-and displacement maps are not stored by the pipeline, so they are recomputed on CPU with the
-run's ``models/irnet.pt`` (AffinityNet runs have none: those tiles are left out). The report
-is written to a local folder and references only files it wrote, by relative path.
+:mod:`ray_wsis.storage`; images and ground truth come from the configured dataset. A panel is
+drawn from what the run stored: the CAMs (cams/), the walked scores the labels were cut from
+(scores/), the labels and their confidence (pseudo_labels/). No network runs and no model file
+is read, so the report needs neither torch nor the run's models (docs/architecture.md, "The
+report"). It is written to a local folder and references only files it wrote, by relative path.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ray_wsis.config import Config
-from ray_wsis.data.decode import ImageDecodeError, inference_size, resize_long_side
+from ray_wsis.data.decode import ImageDecodeError, inference_size
 from ray_wsis.data.records import DatasetError, DatasetSource, ImageRecord
 from ray_wsis.data.sources import build_source, load_image
 from ray_wsis.labels import PART_PREFIX, decode_row, shard_location
-from ray_wsis.pipeline.schema import cam_array
+from ray_wsis.method.scores import WalkScores
+from ray_wsis.method.upsample import upsample_cams
+from ray_wsis.pipeline.schema import cam_array, walk_scores
 from ray_wsis.storage import Location, exists, list_files, read_bytes, resolve
 from ray_wsis.visualize.panels import contact_sheet, panel
 
@@ -128,6 +131,15 @@ def read_cams(root: Location, ids: Sequence[str]) -> dict[str, tuple[list[int], 
     }
 
 
+def read_scores(root: Location, ids: Sequence[str]) -> dict[str, WalkScores]:
+    """image_id -> the walked maps its labels were cut from, for the ids that have a scores row
+    (none in outputs made before make-pseudo-labels stored them)."""
+    folder = root.child("scores")
+    if not ids or not exists(folder):
+        return {}
+    return {r["image_id"]: walk_scores(r) for r in rows_with_ids(folder, ids) if r.get("semantic_scores") is not None}
+
+
 def read_json_object(root: Location, name: str) -> Optional[dict[str, Any]]:
     """A JSON object file of the run (metrics.json of evaluate, calibration.json of calibrate: the
     thresholds the labels were cut at), or None when the stage has not run or the file is unreadable."""
@@ -139,18 +151,6 @@ def read_json_object(root: Location, name: str) -> Optional[dict[str, Any]]:
     except ValueError:
         return None
     return content if isinstance(content, dict) else None
-
-
-def load_irnet(root: Location, config: Config) -> Optional[Any]:
-    """An IRNetPredictor on CPU from models/irnet.pt, or None (AffinityNet run, not trained yet)."""
-    location = root.child("models", "irnet.pt")
-    if not exists(location):
-        return None
-    from ray_wsis.method.predictors import IRNetPredictor
-    from ray_wsis.models.checkpoints import model_from_checkpoint
-
-    model, _ = model_from_checkpoint(read_bytes(location), "irnet", None, source=location.uri)
-    return IRNetPredictor(model, config.walk)  # type: ignore[arg-type]
 
 
 class ImageLookup:
@@ -202,48 +202,52 @@ def ground_truth(source: DatasetSource, image_id: str) -> Optional[np.ndarray]:
 
 def upsample_stride4(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, ceil(H/4), ceil(W/4)) -> (C, H, W), the pipeline's own bilinear x4 and crop."""
-    from ray_wsis.method.upsample import upsample_cams
-
     if maps.shape[1:] != (math.ceil(height / 4), math.ceil(width / 4)):
         height, width = maps.shape[1] * 4, maps.shape[2] * 4  # another max_long_side: keep it whole
     return upsample_cams(maps, height, width)
 
 
-def boundary_displacement(predictor: Any, image: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Boundary (H', W') and displacement (2, H', W') at the inference resolution."""
-    small = resize_long_side(image, config.dataset.max_long_side)
-    boundary, displacement = predictor.boundary_displacement(small)
-    h, w = small.shape[:2]
-    return (upsample_stride4(boundary.cpu().numpy()[None], h, w)[0], upsample_stride4(displacement.cpu().numpy(), h, w))
+def walked_maps(scores: WalkScores) -> tuple[list[int], np.ndarray]:
+    """(class ids, (C, H, W) maps) of the walk at the inference size, on the scale the cut compares
+    with its thresholds (over the top class value); psa's walked background channel first, as 0."""
+    ids = [int(c) for c in scores.class_ids]
+    if not ids:
+        return [], np.zeros((0, scores.height, scores.width), np.float32)
+    semantic = upsample_cams(scores.semantic.astype(np.float32), scores.height, scores.width, scores.scale)
+    peak = max(float(semantic.max()), 1e-6)
+    if scores.background is None:
+        return ids, semantic / peak
+    background = upsample_cams(scores.background.astype(np.float32), scores.height, scores.width, scores.scale)
+    return [0, *ids], np.concatenate([background, semantic]) / peak
 
 
 def render_panel(
     row: dict[str, Any],
     image: np.ndarray,
     cams: Optional[tuple[list[int], np.ndarray]],
-    predictor: Optional[Any],
+    scores: Optional[WalkScores],
     truth: Optional[np.ndarray],
     class_names: Sequence[str],
     config: Config,
 ) -> np.ndarray:
-    """The panel of one decoded pseudo-label row."""
+    """The panel of one decoded pseudo-label row, from the maps the run stored for it."""
     height, width = row["height"], row["width"]
     cam_ids, cam_maps = cams if cams is not None else ([], None)
     if cam_maps is not None:
         cam_maps = upsample_stride4(cam_maps, *inference_size(height, width, config.dataset.max_long_side))
-    boundary = displacement = None
-    if predictor is not None:
-        boundary, displacement = boundary_displacement(predictor, image, config)
+    walked_ids, walked = walked_maps(scores) if scores is not None else ([], None)
+    confidence = row.get("confidence")
     return panel(
         image,
         cam_maps,
-        boundary,
-        displacement,
+        walked,
+        None if confidence is None else confidence / 255.0,
         row["semantic"],
-        (row["masks"], row["labels"].tolist(), row["scores"].tolist()),
+        (row["masks"], row["category_ids"].tolist(), row["scores"].tolist()),
         truth,
         class_names,
         cam_ids,
+        walked_ids,
     )
 
 
@@ -499,8 +503,10 @@ def panels_section(entries: Sequence[PanelEntry], contact: Optional[str]) -> str
             f'alt="{html.escape(e.image_id)}"><figcaption>{" · ".join(parts)}</figcaption></figure>'
         )
     legend = (
-        "<p>Each row: image | CAM per class | boundary | displacement (hue: direction, brightness: "
-        "length) | semantic pseudo-label | instances (class, score) | ground truth.</p>"
+        "<p>Each row: image | CAM per class | walk per class (the walked scores the labels are cut "
+        "from, over the top class value: a pixel is the class where its walk beats the threshold) | "
+        "confidence (blue: near flipping its decision, red: far from it) | semantic pseudo-label | "
+        "instances (class, score) | ground truth. Drawn from the run's stored maps; no network runs.</p>"
     )
     return f"<h2>Panels ({len(entries)})</h2>\n{head}\n{legend}\n" + "\n".join(figures)
 
@@ -531,7 +537,7 @@ class RunInputs:
     source: DatasetSource
     lookup: ImageLookup
     cams: dict[str, tuple[list[int], np.ndarray]]
-    predictor: Optional[Any]
+    scores: dict[str, WalkScores]
 
     @property
     def names(self) -> list[str]:
@@ -548,15 +554,19 @@ def write_panel(
         row,
         image,
         inputs.cams.get(image_id),
-        None if problem else inputs.predictor,
+        inputs.scores.get(image_id),
         ground_truth(inputs.source, image_id),
         inputs.names,
         config,
     )
     file = f"panels/{safe_name(image_id, taken)}.png"
     _save_png(array, out / file)
-    notes = ([] if image_id in inputs.cams else ["no CAM row"]) + ([problem] if problem else [])
-    classes = [_name(c, inputs.names) for c in row["image_labels"]]
+    notes = [
+        *([] if image_id in inputs.cams else ["no CAM row"]),
+        *([] if image_id in inputs.scores else ["no scores row"]),
+        *([problem] if problem else []),
+    ]
+    classes = [_name(c, inputs.names) for c in row["labels"]]
     objects = int((np.asarray(row["scores"]) > 0).sum())  # score-0 fragments (under 1% of the image) are not objects
     return PanelEntry(image_id, file, classes, objects, notes, image_found=problem is None), array
 
@@ -569,9 +579,8 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
     rows = [decode_row(r) for r in first_label_rows(shards, n)]
     source = build_source(config.dataset, config.storage)
     splits = [config.dataset.infer_split, config.dataset.train_split, config.dataset.eval_split]
-    inputs = RunInputs(
-        source, ImageLookup(source, splits), read_cams(root, [r["image_id"] for r in rows]), load_irnet(root, config)
-    )
+    ids = [r["image_id"] for r in rows]
+    inputs = RunInputs(source, ImageLookup(source, splits), read_cams(root, ids), read_scores(root, ids))
     taken: set[str] = set()
     drawn = [write_panel(row, inputs, config, out, taken) for row in rows]
     entries = [entry for entry, _ in drawn]
@@ -596,8 +605,8 @@ def write_report(labels_uri: str, out_dir: str, config: Config, n: int = 32) -> 
         "charts": [str(out / c) for c in [*charts, *([curve] if drew_curve else [])]],
         "thresholds": calibration is not None,
         "metrics": metrics is not None,
-        "boundary_displacement": inputs.predictor is not None,
         "without_cams": [e.image_id for e in entries if e.image_id not in inputs.cams],
+        "without_scores": [e.image_id for e in entries if e.image_id not in inputs.scores],
         "without_images": [e.image_id for e in entries if not e.image_found],
     }
 
