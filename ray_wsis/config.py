@@ -148,6 +148,9 @@ class CamConfig:
     context_prototype_weight: float = 0.0
     """Weight of the context-prototype loss (method/negatives.py, after FPR): a present class's
     CAM on pixels nearer its negative (context) prototype than its positive one. 0: off."""
+    context_rectify: bool = False
+    """Mine per-class context and object prototypes while training (into the model file) and zero
+    each CAM where a pixel's feature is nearer the context (method/negatives.py). False: irn's CAMs."""
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     eval_threshold: float = 0.15
     """Constant background score for CAM mIoU (irn cam_eval_thres)."""

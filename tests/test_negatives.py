@@ -50,7 +50,7 @@ def test_negative_peak_loss_is_zero_without_absent_classes_and_keeps_the_graph()
 
 def test_prototypes_are_the_brute_force_weighted_means():
     features, raw, targets = _batch(1)
-    mined = ContextPrototypes(3, 6, momentum=0.9, peak_share=0.1)
+    mined = ContextPrototypes.empty(3, 6, momentum=0.9, peak_share=0.1)
     mined.update(features, raw, targets)
     d, n = features.shape[1], features.shape[2] * features.shape[3]
     for c in range(3):
@@ -80,7 +80,7 @@ def test_prototypes_are_the_brute_force_weighted_means():
 
 
 def test_prototypes_blend_with_momentum():
-    mined = ContextPrototypes(1, 2, momentum=0.75)
+    mined = ContextPrototypes.empty(1, 2, momentum=0.75)
     first = torch.tensor([1.0, 0.0])
     second = torch.tensor([0.0, 1.0])
     for direction in (first, second):
@@ -94,7 +94,7 @@ def test_prototypes_blend_with_momentum():
 
 def test_context_loss_is_the_normalised_cam_on_pixels_nearer_the_negative_prototype():
     features, raw, targets = _batch(2)
-    mined = ContextPrototypes(3, 6)
+    mined = ContextPrototypes.empty(3, 6)
     mined.update(features, raw, targets)
     terms = []
     for b in range(4):
@@ -121,7 +121,7 @@ def test_context_loss_pushes_down_the_cam_on_context_pixels_only():
     features = torch.stack([torch.stack([obj, ctx], -1), torch.stack([ctx, ctx], -1)]).view(2, 2, 1, 2)
     raw = torch.tensor([[[[2.0, 1.0]]], [[[1.0, 1.0]]]], requires_grad=True)
     targets = torch.tensor([[1.0], [0.0]])
-    mined = ContextPrototypes(1, 2, peak_share=0.5)
+    mined = ContextPrototypes.empty(1, 2, peak_share=0.5)
     mined.update(features, raw.detach(), targets)
     assert mined.context_mask(features[:1], 0).tolist() == [[[False, True]]]
     mined.loss(features, raw, targets).backward()
@@ -155,3 +155,71 @@ def test_the_classifier_step_with_mining_keeps_irn_logits_and_adds_its_terms():
     assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
     losses["loss"].backward()
     assert model.classifier.weight.grad is not None
+
+
+def test_context_gate_is_the_brute_force_nearer_prototype_rule():
+    from ray_wsis.method.negatives import context_gate
+
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 4, 3, 5, generator=g)
+    negative = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    positive = torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    negative[2] = 0  # class 2: nothing mined, gates nothing
+    gate = context_gate(features, negative, positive)
+    assert gate.shape == (2, 3, 3, 5)
+    for b in range(2):
+        for k in range(3):
+            for y in range(3):
+                for x in range(5):
+                    f = torch.tensor(_unit(features[b, :, y, x].tolist()))
+                    context = k < 2 and float(f @ negative[k]) > float(f @ positive[k])
+                    assert gate[b, k, y, x].item() == (0.0 if context else 1.0)
+
+
+def test_rectified_cams_are_zero_on_context_features_and_batched_equals_per_image():
+    from ray_wsis.method.cam import batched_cams, multiscale_cams
+    from ray_wsis.method.negatives import context_gate
+    from ray_wsis.models.checkpoints import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cam", "resnet18", 3).eval()
+    images = [torch.randn(3, 48, 64), torch.randn(3, 48, 64), torch.randn(3, 40, 56)]
+    plain = [multiscale_cams(model, image, [1, 3], scales=(1.0,), flip=False) for image in images]
+    with torch.no_grad():
+        features = model.backbone(images[0][None])[-1]
+        unit = torch.nn.functional.normalize(features, dim=1)[0]
+        model.context_negative[0] = unit[:, 0, 0]  # class 1's context: the top-left pixel's feature
+        model.context_positive[0] = unit[:, -1, -1]
+    gate = context_gate(features, model.context_negative[[0, 2]], model.context_positive[[0, 2]])[0]
+    assert 0 < int((gate[0] == 0).sum()) < gate[0].numel() and bool((gate[1] == 1).all())
+    rectified = [multiscale_cams(model, image, [1, 3], scales=(1.0,), flip=False) for image in images]
+    raw = torch.relu(torch.nn.functional.conv2d(features, model.classifier.weight[[0, 2]]))[0] * gate
+    expected = torch.nn.functional.interpolate(raw[None], size=rectified[0].shape[-2:], mode="bilinear")[0]
+    expected = expected / (expected.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
+    torch.testing.assert_close(rectified[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rectified[0][1], plain[0][1])  # class 3 has no prototypes: unchanged
+    batched = batched_cams(model, images, [[1, 3]] * 3, scales=(1.0, 0.5), images_per_forward=2)
+    for image, cams in zip(images, batched):
+        torch.testing.assert_close(cams, multiscale_cams(model, image, [1, 3], scales=(1.0, 0.5)), rtol=1e-4, atol=1e-4)
+
+
+def test_rectify_mines_into_the_model_file_and_old_files_load_without_prototypes():
+    from ray_wsis.config import load_config
+    from ray_wsis.models.checkpoints import build_model
+    from ray_wsis.train.loops import step_function
+
+    torch.manual_seed(0)
+    model = build_model("cam", "resnet18", 3)
+    batch = {"image": torch.randn(2, 3, 48, 64), "target": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}
+    step = step_function("cam", load_config(None, ["cam.context_rectify=true"]))
+    losses = step(model, batch)
+    assert set(losses) == {"loss", "classification_loss"}  # mining alone adds no loss
+    # every class is absent from an image (its context mined); class 3 is in none (no object)
+    assert (model.context_negative.norm(dim=1) > 0).tolist() == [True, True, True]
+    assert (model.context_positive.norm(dim=1) > 0).tolist() == [True, True, False]
+    state = model.state_dict()
+    assert "context_negative" in state and "context_positive" in state
+    old = {k: v for k, v in state.items() if not k.startswith("context_")}
+    fresh = build_model("cam", "resnet18", 3)
+    fresh.load_state_dict(old)  # a file from before the prototypes: none mined, CAMs ungated
+    assert not fresh.context_negative.any() and not fresh.context_positive.any()

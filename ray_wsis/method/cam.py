@@ -3,7 +3,9 @@
 Per scale s in (1.0, 0.5, 1.5, 2.0) the image is resized (bicubic) and run together with its
 mirror; the two maps are summed after un-flipping, resized bilinearly to the stride-4 size
 ceil(H/4) x ceil(W/4), and summed over scales. Only the image's classes are computed
-(a 1x1 conv with their weight rows), and each is divided by its spatial max + 1e-5.
+(a 1x1 conv with their weight rows), and each is divided by its spatial max + 1e-5. A classifier
+trained with cam.context_rectify also zeroes each class's map where a stride-16 feature is nearer
+its context prototype than its object one (method/negatives.py), at every scale and mirror.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_wsis.method.batching import ForwardStats, shape_groups
+from ray_wsis.method.negatives import context_gate
 from ray_wsis.models.cam_net import CAMNet
 from ray_wsis.models.precision import autocast
 
@@ -49,6 +52,15 @@ def check_class_ids(class_ids: Sequence[int], num_classes: int, name: str = "cla
     return ids
 
 
+def _prototypes(model: CAMNet, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classifier's (context, object) prototypes of the 1-based classes ``ids`` (all: None);
+    zero rows, which gate nothing, unless it was trained with cam.context_rectify."""
+    negative, positive = torch.as_tensor(model.context_negative), torch.as_tensor(model.context_positive)
+    if ids is None:
+        return negative, positive
+    return negative[ids - 1], positive[ids - 1]
+
+
 @torch.no_grad()
 def multiscale_cams(
     model: CAMNet,
@@ -79,7 +91,7 @@ def multiscale_cams(
         )
         batch = torch.stack([scaled, scaled.flip(-1)]) if flip else scaled[None]
         features = model.backbone(batch)[-1]
-        cams = F.relu(F.conv2d(features, weight))
+        cams = F.relu(F.conv2d(features, weight)) * context_gate(features, *_prototypes(model, ids))
         cam = cams[0] + cams[1].flip(-1) if flip else cams[0]
         total += F.interpolate(cam[None], size=out_size, mode="bilinear", align_corners=False)[0]
     return total / (total.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
@@ -116,6 +128,7 @@ def batched_cams(
     wanted = [i for i in range(len(images)) if out[i] is None]
     stats = stats if stats is not None else ForwardStats()
     weight = model.classifier.weight.float()
+    prototypes = _prototypes(model)
     for group in shape_groups([(images[i].shape[-2], images[i].shape[-1]) for i in wanted], images_per_forward):
         members = [wanted[g] for g in group]
         batch = torch.stack([images[i] for i in members])
@@ -132,7 +145,7 @@ def batched_cams(
             both = torch.cat([scaled, scaled.flip(-1)]).contiguous(memory_format=torch.channels_last)
             with stats.timed(both.device, len(members)), autocast(both.device, dtype):
                 features = model.backbone(both)[-1]
-            cams = F.relu(F.conv2d(features.float(), weight))
+            cams = F.relu(F.conv2d(features.float(), weight)) * context_gate(features, *prototypes)
             cam = cams[: len(members)] + cams[len(members) :].flip(-1)
             total += F.interpolate(cam, size=out_size, mode="bilinear", align_corners=False)
         for j, i in enumerate(members):

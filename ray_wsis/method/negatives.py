@@ -17,6 +17,11 @@ are context. Two terms, added to the multi-label loss during train-cam (``cam.ne
   to the positive one are context: the class's CAM there, relative to its peak, is the loss.
 
 Both work inside a batch (no extra pass over the data) and change nothing at inference.
+
+**Rectified CAMs** (``cam.context_rectify``). The same prototypes, mined during training into the
+classifier's buffers (the model file keeps them, no loss needed), gate its CAMs at inference: a
+class's map is zeroed on the stride-16 pixels whose feature is nearer its context prototype than
+its object prototype (:func:`context_gate`, at every scale and mirror in method/cam.py).
 """
 
 from __future__ import annotations
@@ -49,53 +54,76 @@ class ContextPrototypes:
 
     ``update`` mines them from a batch; ``loss`` penalises a present class's normalised CAM on
     the pixels nearer its negative prototype than its positive one. Prototypes are unit vectors,
-    updated as ``p <- normalise(momentum * p + (1 - momentum) * batch_prototype)``; a class has no
-    prototype until a batch shows it (and its loss is 0 until it has both).
+    updated as ``p <- normalise(momentum * p + (1 - momentum) * batch_prototype)``; a zero row is a
+    class not yet seen (its loss is 0 until it has both). The banks may be a model's buffers
+    (CAMNet.context_negative / context_positive): then the model file keeps what was mined.
     """
 
-    def __init__(self, num_classes: int, channels: int, momentum: float = 0.9, peak_share: float = 0.1) -> None:
+    def __init__(
+        self,
+        negative: torch.Tensor,
+        positive: torch.Tensor,
+        momentum: float = 0.9,
+        peak_share: float = 0.1,
+    ) -> None:
+        if negative.shape != positive.shape or negative.dim() != 2:
+            raise ValueError(f"prototype banks must be two (C, D) tensors, got {negative.shape} {positive.shape}")
+        self.negative, self.positive = negative, positive
         self.momentum, self.peak_share = momentum, peak_share
-        self.negative = torch.zeros(num_classes, channels)
-        self.positive = torch.zeros(num_classes, channels)
-        self.has_negative = torch.zeros(num_classes, dtype=torch.bool)
-        self.has_positive = torch.zeros(num_classes, dtype=torch.bool)
 
-    def _blend(self, bank: torch.Tensor, has: torch.Tensor, c: int, value: torch.Tensor) -> None:
-        value = F.normalize(value.float(), dim=0).to(bank.device)
-        mixed = self.momentum * bank[c] + (1 - self.momentum) * value if bool(has[c]) else value
-        bank[c] = F.normalize(mixed, dim=0)
-        has[c] = True
+    @classmethod
+    def empty(
+        cls, num_classes: int, channels: int, momentum: float = 0.9, peak_share: float = 0.1
+    ) -> ContextPrototypes:
+        return cls(torch.zeros(num_classes, channels), torch.zeros(num_classes, channels), momentum, peak_share)
+
+    def to(self, device: torch.device) -> ContextPrototypes:
+        self.negative, self.positive = self.negative.to(device), self.positive.to(device)
+        return self
+
+    @property
+    def has_negative(self) -> torch.Tensor:
+        return self.negative.norm(dim=1) > 0
+
+    @property
+    def has_positive(self) -> torch.Tensor:
+        return self.positive.norm(dim=1) > 0
+
+    def _blend(self, bank: torch.Tensor, c: int, value: torch.Tensor) -> None:
+        value = F.normalize(value.float(), dim=0).to(bank.device, bank.dtype)
+        seen = bool(bank[c].norm() > 0)
+        bank[c] = F.normalize(self.momentum * bank[c] + (1 - self.momentum) * value if seen else value, dim=0)
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, raw_cams: torch.Tensor, targets: torch.Tensor) -> None:
         """Mine a batch: features (B, D, h, w), raw_cams (B, C, h, w), targets (B, C) multi-hot."""
-        self._to(features.device)
         unit = F.normalize(features.float(), dim=1).flatten(2)  # (B, D, N)
         cams = raw_cams.float().flatten(2).clamp(min=0)  # (B, C, N)
         for c in range(targets.shape[1]):
             absent, present = targets[:, c] < 0.5, targets[:, c] >= 0.5
             weights = cams[absent, c]  # where the class fires on images without it
             if weights.numel() and float(weights.sum()) > 0:
-                mined = torch.einsum("bdn,bn->d", unit[absent], weights) / weights.sum()
-                self._blend(self.negative, self.has_negative, c, mined)
+                self._blend(self.negative, c, torch.einsum("bdn,bn->d", unit[absent], weights) / weights.sum())
             if bool(present.any()):
                 peaks = _peak_mask(cams[present, c], self.peak_share)  # (P, N)
-                mined = torch.einsum("bdn,bn->d", unit[present], peaks) / peaks.sum()
-                self._blend(self.positive, self.has_positive, c, mined)
+                self._blend(self.positive, c, torch.einsum("bdn,bn->d", unit[present], peaks) / peaks.sum())
 
     def context_mask(self, features: torch.Tensor, class_index: int) -> torch.Tensor:
         """(B, h, w) bool: pixels nearer class ``class_index``'s negative prototype than its positive."""
-        unit = F.normalize(features.float(), dim=1)
-        to_negative = torch.einsum("bdhw,d->bhw", unit, self.negative[class_index].to(unit.device))
-        to_positive = torch.einsum("bdhw,d->bhw", unit, self.positive[class_index].to(unit.device))
-        return to_negative > to_positive
+        return (
+            context_gate(
+                features, self.negative[class_index : class_index + 1], self.positive[class_index : class_index + 1]
+            )[:, 0]
+            == 0
+        )
 
     def loss(self, features: torch.Tensor, raw_cams: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean over present (image, class) pairs of the class's max-normalised CAM on its context pixels."""
         terms = []
+        has = self.has_negative & self.has_positive
         for c in range(targets.shape[1]):
             present = targets[:, c] >= 0.5
-            if not (bool(present.any()) and bool(self.has_negative[c]) and bool(self.has_positive[c])):
+            if not (bool(present.any()) and bool(has[c])):
                 continue
             cams = raw_cams[present, c].clamp(min=0)  # (P, h, w)
             peak = cams.flatten(1).amax(dim=1).detach().clamp(min=1e-5).view(-1, 1, 1)
@@ -105,10 +133,18 @@ class ContextPrototypes:
             return raw_cams.sum() * 0.0
         return torch.cat(terms).mean()
 
-    def _to(self, device: torch.device) -> None:
-        if self.negative.device != device:
-            self.negative, self.positive = self.negative.to(device), self.positive.to(device)
-            self.has_negative, self.has_positive = self.has_negative.to(device), self.has_positive.to(device)
+
+def context_gate(features: torch.Tensor, negative: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) float: 0 where a pixel's feature is nearer class k's negative (context) prototype
+    than its positive (object) one, 1 elsewhere and for classes without both prototypes.
+
+    features (B, D, h, w); negative, positive (K, D) unit rows (zero rows: none mined)."""
+    unit = F.normalize(features.float(), dim=1)
+    negative, positive = negative.to(unit.device, unit.dtype), positive.to(unit.device, unit.dtype)
+    to_negative = torch.einsum("bdhw,kd->bkhw", unit, negative)
+    to_positive = torch.einsum("bdhw,kd->bkhw", unit, positive)
+    mined = ((negative.norm(dim=1) > 0) & (positive.norm(dim=1) > 0)).view(1, -1, 1, 1)
+    return torch.where(mined & (to_negative > to_positive), 0.0, 1.0)
 
 
 def _peak_mask(cams: torch.Tensor, share: float) -> torch.Tensor:

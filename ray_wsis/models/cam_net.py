@@ -25,6 +25,13 @@ class CAMNet(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.classifier = nn.Conv2d(backbone.channels[-1], num_classes, 1, bias=False)
+        # Per class, unit feature vectors of its context (where its CAM fires on images without
+        # it) and of its object (its CAM peaks), mined in training with cam.context_rectify
+        # (method/negatives.py); a zero row: none mined. CAMs are gated by them at inference.
+        channels = backbone.channels[-1]
+        self.register_buffer("context_negative", torch.zeros(num_classes, channels))
+        self.register_buffer("context_positive", torch.zeros(num_classes, channels))
+        self.register_load_state_dict_pre_hook(_without_prototypes)
 
     @overload
     def forward(self, x: torch.Tensor, maps: Literal[False] = False) -> torch.Tensor: ...
@@ -52,3 +59,10 @@ class CAMNet(nn.Module):
         """(trainable backbone params, head params): irn trains the head at 10x the lr."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         return backbone, list(self.classifier.parameters())
+
+
+def _without_prototypes(module: nn.Module, state: dict, prefix: str, *_: object) -> None:
+    """Model files written before the context prototypes existed load with none mined."""
+    for name in ("context_negative", "context_positive"):
+        if prefix + name not in state:
+            state[prefix + name] = torch.zeros_like(getattr(module, name))

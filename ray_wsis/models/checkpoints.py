@@ -153,6 +153,8 @@ def import_reference_cam(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     if weight is None:
         raise CheckpointError("reference CAM state dict has no classifier.weight")
     out["classifier.weight"] = weight
+    for name in ("context_negative", "context_positive"):  # irn mines no context prototypes
+        out[name] = weight.new_zeros(weight.shape[0], weight.shape[1])
     return out
 
 

@@ -147,6 +147,7 @@ TRAIN_CAM = Stage(
         "cam.negative_peak_weight",
         "cam.negative_top",
         "cam.context_prototype_weight",
+        "cam.context_rectify",
     ),
     consumes=(),
     body=body("train_cam", "train_cam"),

@@ -115,11 +115,22 @@ def classifier_step(model: nn.Module, batch: Batch, amp: bool = False) -> dict[s
 class NegativeMiningStep:
     """The classifier's step with negative mining (method/negatives.py): irn's multi-label loss
     plus ``cam.negative_peak_weight`` x the negative-peak loss and ``cam.context_prototype_weight``
-    x the context-prototype loss. The prototypes live here, one set per training worker."""
+    x the context-prototype loss. With ``cam.context_rectify`` the prototypes are mined into the
+    model's buffers (so its file keeps them and make-cams gates the CAMs by them); otherwise they
+    live here, one set per training worker."""
 
     def __init__(self, config: Config, amp: bool = False) -> None:
         self.cam, self.amp = config.cam, amp
         self.prototypes: Optional[ContextPrototypes] = None
+
+    def _prototypes(self, model: nn.Module, features: torch.Tensor, num_classes: int) -> ContextPrototypes:
+        if self.prototypes is None:
+            if self.cam.context_rectify:
+                inner = unwrap(model)
+                self.prototypes = ContextPrototypes(inner.context_negative, inner.context_positive)  # type: ignore[arg-type]
+            else:
+                self.prototypes = ContextPrototypes.empty(num_classes, features.shape[1]).to(features.device)
+        return self.prototypes
 
     def __call__(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         image, target = batch["image"], batch["target"]
@@ -131,12 +142,12 @@ class NegativeMiningStep:
         if self.cam.negative_peak_weight > 0:
             losses["negative_peak_loss"] = negative_peak_loss(raw, target, self.cam.negative_top)
             total = total + self.cam.negative_peak_weight * losses["negative_peak_loss"]
-        if self.cam.context_prototype_weight > 0:
-            if self.prototypes is None:
-                self.prototypes = ContextPrototypes(target.shape[1], features.shape[1])
-            self.prototypes.update(features.detach(), raw.detach(), target)
-            losses["context_loss"] = self.prototypes.loss(features, raw, target)
-            total = total + self.cam.context_prototype_weight * losses["context_loss"]
+        if self.cam.context_prototype_weight > 0 or self.cam.context_rectify:
+            prototypes = self._prototypes(model, features, target.shape[1])
+            prototypes.update(features.detach(), raw.detach(), target)
+            if self.cam.context_prototype_weight > 0:
+                losses["context_loss"] = prototypes.loss(features, raw, target)
+                total = total + self.cam.context_prototype_weight * losses["context_loss"]
         return {"loss": total, **losses}
 
 
@@ -155,7 +166,8 @@ def affinity_step(model: nn.Module, batch: Batch, radius: int, amp: bool = False
 def step_function(kind: str, config: Config) -> Callable[[nn.Module, Batch], dict[str, torch.Tensor]]:
     amp = config.model.amp
     if kind == "cam":
-        if config.cam.negative_peak_weight > 0 or config.cam.context_prototype_weight > 0:
+        c = config.cam
+        if c.negative_peak_weight > 0 or c.context_prototype_weight > 0 or c.context_rectify:
             return NegativeMiningStep(config, amp)
         return lambda model, batch: classifier_step(model, batch, amp)
     if kind == "irnet":
