@@ -265,6 +265,11 @@ class CalibrationConfig:
     """false: the labels keep walk.sem_bg_threshold / walk.ins_bg_threshold (irn's fixed values)."""
     candidates: tuple[float, ...] = CALIBRATION_CANDIDATES
     """Background thresholds tried; the walk keeps every instance channel that can win at the lowest."""
+    semantic_criterion: Literal["otsu", "relation-agreement"] = "otsu"
+    """Label-free semantic threshold. otsu: the candidate that best splits each image's walked
+    score in two (Otsu's between-class variance share, averaged over images). relation-agreement:
+    the cut that agrees best (mIoU) with the relation labels' confident pixels, the seeds IRNet
+    was trained on (otsu where no scored image has relation labels). docs/calibration.md."""
     per_class_instances: bool = False
     """Label-free: an instance threshold per class (by its own instances' criterion) instead of one."""
     instance_criterion: Literal["contour-steepness", "semantic-agreement", "expected-iou"] = "contour-steepness"

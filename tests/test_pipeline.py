@@ -329,6 +329,41 @@ def test_the_semantic_agreement_instance_criterion_recalibrates_without_the_walk
     assert calibration["instance"]["threshold"]["default"] in calibration["candidates"]
 
 
+def test_the_relation_agreement_semantic_criterion_recalibrates_without_the_walk(rerun):
+    """The semantic threshold whose cut agrees best with the relation labels, checked by a brute-force
+    recount of that agreement from the stored scores and relation labels."""
+    from ray_wsis.eval.semantic import confusion_matrix, mean_iou
+    from ray_wsis.masks import decode_label_png
+    from ray_wsis.method.calibration import ImageCut
+    from ray_wsis.pipeline.schema import walk_scores
+    from ray_wsis.pipeline.sink import read_table
+    from ray_wsis.stages.calibrate import RELATION_AGREEMENT
+
+    config = rerun
+    changed, rerun, logs, _ = _rerun_with(config, "calibration.semantic_criterion=relation-agreement")
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    semantic = calibration["semantic"]
+    assert semantic["criterion"] == RELATION_AGREEMENT and "otsu" in semantic
+    layout = StageContext(changed).layout
+    relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
+    candidates = calibration["candidates"]
+    confusions = np.zeros((len(candidates), 21, 21), np.int64)
+    images = 0
+    for row in read_table(layout.scores).to_pylist():
+        cut = ImageCut.of(walk_scores(row))
+        if len(cut.scores.class_ids) == 0:
+            continue  # nothing to cut: the image without classes
+        images += 1
+        for k, t in enumerate(candidates):
+            confusions[k] += confusion_matrix(cut.semantic_label(t), relation[row["image_id"]], 21)
+    assert semantic["relation_images"] == images == IMAGES - 1
+    expected = [100.0 * mean_iou(c) for c in confusions]
+    assert list(semantic["values"].values()) == pytest.approx(expected)
+    best = [t for t, v in zip(candidates, expected) if v >= max(expected) - 1e-12]
+    assert semantic["threshold"]["default"] == best[len(best) // 2]
+
+
 def test_the_expected_iou_instance_criterion_recalibrates_without_the_walk(rerun):
     config = rerun
     _, rerun, logs, _ = _rerun_with(config, "calibration.instance_criterion=expected-iou")

@@ -311,6 +311,17 @@ def agreement_confusions(
     return out
 
 
+def relation_confusions(
+    cut: ImageCut, relation: np.ndarray, candidates: Sequence[float], num_classes: int
+) -> np.ndarray:
+    """(len(candidates), n, n) confusion of the semantic label cut at each candidate (columns)
+    against the image's relation labels (rows; their unlabelled band, 255, left out)."""
+    out = np.zeros((len(candidates), num_classes, num_classes), np.int64)
+    for k, t in enumerate(candidates):
+        out[k] = confusion_matrix(cut.semantic_label(float(t)), relation, num_classes)
+    return out
+
+
 def choose_semantic(criterion: np.ndarray, candidates: Sequence[float]) -> float:
     """The best candidate; on ties the one nearest the middle of the tied range."""
     best = np.flatnonzero(criterion >= criterion.max() - 1e-12)

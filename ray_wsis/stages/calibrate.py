@@ -31,6 +31,7 @@ from ray_wsis.method.calibration import (
     choose_instance,
     choose_semantic,
     expected_ious,
+    relation_confusions,
 )
 from ray_wsis.method.scores import Thresholds
 from ray_wsis.pipeline.context import StageContext
@@ -39,9 +40,10 @@ from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
 from ray_wsis.pipeline.sink import committed_ids, shard_paths
 from ray_wsis.stages.base import StageRun, digest
+from ray_wsis.stages.relation_labels import relation_labels_of
 from ray_wsis.stages.thresholds import reference_thresholds, sweep
 from ray_wsis.stages.whole import map_rows, map_shards
-from ray_wsis.storage import exists, write_bytes_atomic
+from ray_wsis.storage import Location, exists, write_bytes_atomic
 
 
 # --------------------------------------------------------------------------- CPU tasks
@@ -61,16 +63,19 @@ def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[
     return pa.table({"confusions": [total.tobytes()]})
 
 
-def _relation_labels(layout: Layout, scores_path: str, ids: list[str]) -> dict[str, np.ndarray]:
-    """The relation labels of ``ids``: from the same-named ir_labels shard (make-ir-labels and
-    make-pseudo-labels shard one split alike), else from every shard, filtered by id."""
+def _relation_labels(
+    layout: Layout, scores_path: str, ids: list[str], labels: Location | None = None
+) -> dict[str, np.ndarray]:
+    """The relation labels of ``ids`` (under ``labels``, default IRN's): from the same-named shard
+    (make-ir-labels and make-pseudo-labels shard one split alike), else from every shard, by id."""
+    labels = labels or layout.ir_labels
     name = scores_path.rsplit("/", 1)[-1]
-    same = layout.ir_labels.child(name)
-    paths = [same.path] if exists(same) else shard_paths(layout.ir_labels)
+    same = labels.child(name)
+    paths = [same.path] if exists(same) else shard_paths(labels)
     found: dict[str, np.ndarray] = {}
     wanted = set(ids)
     for path in paths:
-        table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=layout.ir_labels.fs)
+        table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=labels.fs)
         for image_id, png in zip(table.column("image_id").to_pylist(), table.column("ir_label").to_pylist()):
             if image_id in wanted and png is not None:
                 found[image_id] = decode_label_png(png)
@@ -95,6 +100,26 @@ def relation_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
             if image_id in relation:
                 stats.add(cut, relation[image_id])
     return pa.table({"labelled": [stats.labelled.tolist()], "same_class": [stats.same_class.tolist()]})
+
+
+def relation_agreement_task(
+    batch: pa.Table, config: dict[str, Any], candidates: list[float], num_classes: int
+) -> pa.Table:
+    """Per scores shard: confusions of the semantic cut at every candidate against the relation
+    labels the run trained on, summed over the shard's images that have them."""
+    cfg = config_from_dict(config)
+    layout = Layout.of(cfg)
+    total = np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64)
+    images = 0
+    for path in batch.column("path").to_pylist():
+        cuts = [(i, c) for i, c in _shard_cuts(layout, path) if len(c.scores.class_ids)]
+        relation = _relation_labels(layout, path, [i for i, _ in cuts], relation_labels_of(layout, cfg))
+        for image_id, cut in cuts:
+            label = relation.get(image_id)
+            if label is not None and label.shape == (cut.scores.height, cut.scores.width):
+                total += relation_confusions(cut, label, candidates, num_classes + 1)
+                images += 1
+    return pa.table({"confusions": [total.tobytes()], "images": [images]})
 
 
 def expected_iou_task(
@@ -198,15 +223,55 @@ def _instance_by_agreement(
     return instance, dict(zip(map(str, candidates), (100.0 * mean_iou(c) for c in confusions)))
 
 
+OTSU = "mean over images of Otsu's between-class share of the walked score's variance"
+RELATION_AGREEMENT = "mIoU of the semantic labels against the relation labels' confident pixels"
+
+
+def _semantic_by_relation_labels(
+    ctx: StageContext, candidates: list[float], progress: Progress
+) -> dict[str, Any] | str:
+    """The semantic threshold whose cut agrees best with the relation labels, or why it cannot be
+    read off them (the caller falls back to Otsu's criterion and records the reason)."""
+    from ray_wsis.eval.semantic import mean_iou
+
+    labels = relation_labels_of(ctx.layout, ctx.config)
+    if not shard_paths(labels):
+        return f"no relation labels under {labels.uri}"
+    n = ctx.num_classes
+    confusions = np.zeros((len(candidates), n + 1, n + 1), np.int64)
+    images = 0
+    for row in _per_shard(
+        ctx, relation_agreement_task, progress, "relation agreement", candidates=candidates, num_classes=n
+    ):
+        confusions += np.frombuffer(row["confusions"], np.int64).reshape(confusions.shape)
+        images += int(row["images"])
+    if not images:
+        return "no scored image has relation labels (they are made for the train split)"
+    agreement = np.asarray([100.0 * mean_iou(c) for c in confusions])
+    return {
+        "threshold": Thresholds(choose_semantic(agreement, candidates)).as_dict(),
+        "criterion": RELATION_AGREEMENT,
+        "values": dict(zip(map(str, candidates), map(float, agreement))),
+        "relation_images": images,
+    }
+
+
 def _label_free(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> dict[str, Any]:
     stats = _label_free_stats(ctx, ids, candidates, progress)
     criterion = stats.criterion()
-    semantic = choose_semantic(criterion, candidates)
-    semantic_part = {
-        "threshold": Thresholds(semantic).as_dict(),
-        "criterion": "mean over images of Otsu's between-class share of the walked score's variance",
+    otsu = {
+        "threshold": Thresholds(choose_semantic(criterion, candidates)).as_dict(),
+        "criterion": OTSU,
         "values": dict(zip(map(str, candidates), map(float, criterion))),
     }
+    semantic_part: dict[str, Any] = otsu
+    if ctx.config.calibration.semantic_criterion == "relation-agreement":
+        by_relation = _semantic_by_relation_labels(ctx, candidates, progress)
+        if isinstance(by_relation, dict):
+            semantic_part = {**by_relation, "otsu": otsu}
+        else:
+            semantic_part = {**otsu, "criterion": f"{by_relation}, so: {OTSU}"}
+    semantic = float(semantic_part["threshold"]["default"])
     result: dict[str, Any] = {"mode": "label-free", "images": stats.images, "semantic": semantic_part}
     instance = _label_free_instance(ctx, ids, stats, semantic, candidates, progress)
     return {**result, "instance": instance}
