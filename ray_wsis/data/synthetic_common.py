@@ -1,8 +1,9 @@
-"""What the two synthetic sets share: the body colours, the sample records, the body texture.
+"""What the synthetic sets share: the body colours, the sample records, the body texture.
 
 :mod:`ray_wsis.data.synthetic` (the "parts" set, and ``make_synthetic_voc``, which writes
-either set) and :mod:`ray_wsis.data.synthetic_scenes` (the "scenes" set) both import this
-module, and the scenes module nothing else of the parts set.
+any set), :mod:`ray_wsis.data.synthetic_scenes` (the "scenes" set) and
+:mod:`ray_wsis.data.synthetic_contexts` (the "contexts" set) import this module; the scenes
+and contexts modules import nothing of the parts set.
 """
 
 from __future__ import annotations
