@@ -83,15 +83,16 @@ def test_odd_and_broken_images_are_processed_or_recorded(tmp_path, capsys):
     assert summary["input"] == total
     assert summary["processed"] + summary["kept"] + summary["skipped"] + summary["failed"] == total
     errors = {row["image_id"]: row for row in read_table(ctx.layout.errors("make-cams")).to_pylist()}
-    assert set(errors) == {"bad_empty", "bad_truncated", "bad_text", "bad_unknown_class", "bad_no_labels"}
-    assert errors["bad_no_labels"]["kind"] == "skipped"
+    # an XML without objects is an image without classes: processed (a negative), not an error
+    assert set(errors) == {"bad_empty", "bad_truncated", "bad_text", "bad_unknown_class"}
     assert "empty" in errors["bad_empty"]["reason"]
     assert "truncated" in errors["bad_truncated"]["reason"] or "corrupt" in errors["bad_truncated"]["reason"]
     assert "not an image" in errors["bad_text"]["reason"]
     assert "unicorn" in errors["bad_unknown_class"]["reason"]
-    assert summary == {**summary, "skipped": 1, "failed": 4, "processed": total - 5}
+    assert summary == {**summary, "skipped": 0, "failed": 4, "processed": total - 4}
 
     cams = {row["image_id"]: row for row in read_table(ctx.layout.cams).to_pylist()}
+    assert cams["bad_no_labels"]["labels"] == [] and cams["bad_no_labels"]["cam"] == b""
     assert (cams["odd_exif"]["height"], cams["odd_exif"]["width"]) == (60, 40)  # EXIF rotation applied
     assert (cams["odd_huge"]["height"], cams["odd_huge"]["width"]) == (4000, 6000)  # original size kept
     assert (cams["odd_huge"]["cam_height"], cams["odd_huge"]["cam_width"]) == (43, 64)  # processed at 256 long side
@@ -103,3 +104,16 @@ def test_odd_and_broken_images_are_processed_or_recorded(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "make-cams" in printed and f"{total}" in printed
     ray.shutdown()
+
+
+def test_images_without_classes_are_skipped_when_asked(tmp_path):
+    """dataset.images_without_classes: skip records them as skipped, with the reason."""
+    root = make_tiny_voc(tmp_path / "voc", n_train=2, n_val=0)
+    with open(os.path.join(root, "Annotations", "syn_000001.xml"), "w") as f:
+        f.write(_xml("syn_000001", []))
+    used = StageContext(tiny_config(root, str(tmp_path / "out"))).split("train")
+    assert [r.image_id for r in used.records] == ["syn_000001", "syn_000002"] and not used.skipped
+    config = tiny_config(root, str(tmp_path / "out"), "dataset.images_without_classes=skip")
+    skipped = StageContext(config).split("train")
+    assert [r.image_id for r in skipped.records] == ["syn_000002"]
+    assert skipped.skipped == [("syn_000001", "no image-level labels")]
