@@ -195,6 +195,11 @@ def test_file_errors(tmp_path):
     bad.write_text("cam: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+    twice = tmp_path / "twice.yaml"  # PyYAML alone keeps the second `cam:` and drops the first silently
+    twice.write_text("cam:\n  epochs: 3\nirn:\n  epochs: 2\ncam:\n  crop_size: 64\n")
+    with pytest.raises(ConfigError, match=r"key 'cam' appears twice \(first on line 1\) \(line 5\)") as raised:
+        load_config(str(twice))
+    assert "\n" not in str(raised.value)
     listed = tmp_path / "list.yaml"
     listed.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
@@ -315,3 +320,20 @@ def test_optimizer_choice_builds_that_optimizer():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["initial_lr"] == 1e-3
     with pytest.raises(ValueError, match="optimizer"):
         poly_optimizer("adam", [(params, 1e-3)], 1e-4, 0.9)
+
+
+@pytest.mark.parametrize("path", sorted((Path(ray_wsis.__file__).parent / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_builtin_config_loads(path):
+    config = load_config(str(path), ["dataset.root=/data"])
+    assert config.dataset.root == "/data"
+
+
+def test_the_pretrained_demo_config_is_the_demo_with_irn_training():
+    configs = Path(ray_wsis.__file__).parent / "configs"
+    demo = load_config(str(configs / "demo.yaml"))
+    pretrained = load_config(str(configs / "demo_pretrained.yaml"))
+    assert (pretrained.model.backbone, pretrained.model.weights) == ("efficientnet_lite0", "efficientnet_lite0.imagenet")
+    assert (pretrained.cam.optimizer, pretrained.cam.learning_rate, pretrained.cam.head_lr_scale) == ("sgd", 0.1, 10.0)
+    assert (pretrained.irn.backbone_init, pretrained.irn.train_backbone) == ("weights", False)
+    assert pretrained.dataset == demo.dataset and pretrained.walk == demo.walk
+    assert pretrained.calibration == demo.calibration and pretrained.cam.crop_size == demo.cam.crop_size
