@@ -251,6 +251,12 @@ class WalkConfig:
     min_fragment_fraction: float = 0.01
     flip: bool = True
     """Average boundary logits over the image and its mirror (irn)."""
+    runs_in: Literal["auto", "actor", "task"] = "auto"
+    """Where IRNet's semantic walk runs. actor: in the model actor, on its device, many images per
+    call (random_walk.walk_many), handing on the walked maps in float16; task: in the CPU tasks
+    after the actors (the compiled float64 kernel); auto: actor where the actor has an accelerator,
+    task where it runs on the CPU (the kernel is the faster there). The instance walk needs the
+    CPU clustering and always runs in the tasks."""
 
 
 CALIBRATION_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 19))

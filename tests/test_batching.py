@@ -63,6 +63,51 @@ def test_irnet_maps_batched_equal_one_image_per_pass(images):
     assert many.stats.passes == 4 and one.stats.passes == len(images)
 
 
+def test_the_walk_of_many_images_in_the_actor_equals_each_cpu_walk(images):
+    """IRNetPredictor.walked (walk.runs_in: actor; the stencil of walk_many, float32, the images of
+    one size in one call with their class counts padded) against irnet_scores' own walk (the
+    compiled float64 kernel), image by image: mixed sizes, no class, one-pixel-wide images."""
+    from ray_wsis.method.labels import boundary_walk
+
+    torch.manual_seed(2)
+    walk = WalkConfig(radius=3, exp_times=6)
+    predictor = IRNetPredictor(IRNet(Backbone("resnet18")), walk, Inference(images_per_forward=8))
+    maps = predictor.networks(images)
+    rng = np.random.default_rng(3)
+    cams = [rng.random((len(ids), *m.shape[1:])).astype(np.float32) for ids, m in zip(CLASSES, maps)]
+    walked = predictor.walked(maps, cams)
+    for m, cam, got in zip(maps, cams, walked):
+        boundary = torch.from_numpy(m[0])
+        expected = boundary_walk(boundary, walk.radius, walk.beta)(torch.from_numpy(cam) * (1 - boundary), 2**6)
+        assert got.shape == cam.shape and got.dtype == np.float32
+        if cam.size:
+            assert np.abs(got - expected.numpy()).max() <= 1e-4 * float(expected.abs().max())
+
+
+def test_scores_from_the_actors_walk_equal_the_tasks_own(images):
+    """walk_task with the walked CAMs handed on (float16, as the actor sends them) stores the scores
+    it stores when it walks itself, up to that rounding."""
+    from ray_wsis.method.predictors import irnet_scores
+
+    torch.manual_seed(4)
+    walk = WalkConfig(radius=3, exp_times=6)
+    predictor = IRNetPredictor(IRNet(Backbone("resnet18")), walk, Inference(images_per_forward=8))
+    index = 0  # a 37x50 image with two classes
+    maps = predictor.networks([images[index]])
+    cams = [np.random.default_rng(5).random((2, *maps[0].shape[1:])).astype(np.float32)]
+    handed_on = predictor.walked(maps, cams)[0].astype(np.float16).astype(np.float32)
+    args = (maps[0], cams[0], CLASSES[index], *SHAPES[index], walk, 0.05)
+    own, from_actor = irnet_scores(*args), irnet_scores(*args, handed_on)
+    a, b = own.scores, from_actor.scores
+    assert (a.height, a.width, a.class_ids.tolist()) == (b.height, b.width, b.class_ids.tolist())
+    assert a.instance_classes.tolist() == b.instance_classes.tolist() and a.instance.shape == b.instance.shape
+    for mine, theirs in ((a.semantic, b.semantic), (a.instance, b.instance)):  # uint8 of the peak
+        assert mine.shape == theirs.shape
+        assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="do not match"):
+        irnet_scores(*args, handed_on[:1])
+
+
 def test_affinity_maps_batched_equal_one_image_per_pass(images):
     torch.manual_seed(2)
     model = AffinityNet(Backbone("resnet18"))

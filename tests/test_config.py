@@ -322,7 +322,9 @@ def test_optimizer_choice_builds_that_optimizer():
         poly_optimizer("adam", [(params, 1e-3)], 1e-4, 0.9)
 
 
-@pytest.mark.parametrize("path", sorted((Path(ray_wsis.__file__).parent / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(ray_wsis.__file__).parent / "configs").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_every_builtin_config_loads(path):
     config = load_config(str(path), ["dataset.root=/data"])
     assert config.dataset.root == "/data"
@@ -332,7 +334,10 @@ def test_the_pretrained_demo_config_is_the_demo_with_irn_training():
     configs = Path(ray_wsis.__file__).parent / "configs"
     demo = load_config(str(configs / "demo.yaml"))
     pretrained = load_config(str(configs / "demo_pretrained.yaml"))
-    assert (pretrained.model.backbone, pretrained.model.weights) == ("efficientnet_lite0", "efficientnet_lite0.imagenet")
+    assert (pretrained.model.backbone, pretrained.model.weights) == (
+        "efficientnet_lite0",
+        "efficientnet_lite0.imagenet",
+    )
     assert (pretrained.cam.optimizer, pretrained.cam.learning_rate, pretrained.cam.head_lr_scale) == ("sgd", 0.1, 10.0)
     assert (pretrained.irn.backbone_init, pretrained.irn.train_backbone) == ("weights", False)
     assert pretrained.dataset == demo.dataset and pretrained.walk == demo.walk

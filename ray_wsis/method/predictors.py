@@ -25,7 +25,7 @@ from ray_wsis.method.cam import batched_cams, to_tensor
 from ray_wsis.method.instances import Instances, walk_instances
 from ray_wsis.method.labels import boundary_walk
 from ray_wsis.method.path_index import path_index
-from ray_wsis.method.random_walk import WalkOperator
+from ray_wsis.method.random_walk import WalkOperator, walk_many
 from ray_wsis.method.relations import feature_affinity
 from ray_wsis.method.scores import (
     WALKED_BACKGROUND,
@@ -158,6 +158,31 @@ class IRNetPredictor:
                 out[i] = stacked[j]
         return [o for o in out if o is not None]
 
+    @torch.inference_mode()
+    def walked(self, maps: Sequence[np.ndarray], cams: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each image's semantic walk, the one :func:`irnet_scores` runs (its CAMs times one minus
+        the boundary, walked on the boundary affinities), on the predictor's device: the images of
+        one map size in one :func:`walk_many` call, their class counts zero-padded to the group's
+        largest (a zero channel walks to zero). ``maps`` as :meth:`networks` gives them, ``cams``
+        (K, h, w); per image (K, h, w) float32 on the host."""
+        device, steps = self.inference.device, 2**self.walk.exp_times
+        out = [np.zeros((cam.shape[0], *m.shape[1:]), np.float32) for cam, m in zip(cams, maps)]
+        for group in shape_groups([m.shape[1:] for m in maps], self.inference.images_per_forward):
+            channels = max(cams[i].shape[0] for i in group)
+            if channels == 0:
+                continue
+            boundaries = [torch.from_numpy(np.asarray(maps[i][0], np.float32)).to(device) for i in group]
+            x = torch.zeros(len(group), channels, *boundaries[0].shape, device=device)
+            for j, i in enumerate(group):
+                x[j, : cams[i].shape[0]] = torch.from_numpy(np.asarray(cams[i], np.float32)).to(device) * (
+                    1.0 - boundaries[j]
+                )
+            operators = [boundary_walk(b, self.walk.radius, self.walk.beta) for b in boundaries]
+            walked = walk_many(operators, x, steps).cpu().numpy()
+            for j, i in enumerate(group):
+                out[i] = walked[j, : cams[i].shape[0]]
+        return out
+
     def boundary_displacement(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, w) boundary probability and (2, h, w) displacement at stride 4 of one image."""
         maps = torch.from_numpy(self.networks([image])[0])
@@ -203,9 +228,12 @@ def irnet_scores(
     width: int,
     walk: WalkConfig,
     lowest_threshold: float,
+    walked_cams: Optional[np.ndarray] = None,
 ) -> Walked:
     """The walk of the CAMs on the boundary affinities and the instance assembly of one image,
-    from IRNet's (3, h, w) maps (:meth:`IRNetPredictor.networks`); CPU work (numba walk)."""
+    from IRNet's (3, h, w) maps (:meth:`IRNetPredictor.networks`); CPU work (numba walk).
+    ``walked_cams``: the semantic walk already run (:meth:`IRNetPredictor.walked`, in the model
+    actor); the instance walk still runs here."""
     boundary = torch.from_numpy(np.asarray(maps[0], np.float32))
     displacement = torch.from_numpy(np.asarray(maps[1:], np.float32))
     cam = torch.from_numpy(np.asarray(cams, np.float32))
@@ -214,7 +242,12 @@ def irnet_scores(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     operator = boundary_walk(boundary, walk.radius, walk.beta)
-    walked = operator(cam * (1.0 - boundary), 2**walk.exp_times)
+    if walked_cams is None:
+        walked = operator(cam * (1.0 - boundary), 2**walk.exp_times)
+    elif walked_cams.shape != cam.shape:
+        raise ValueError(f"walked CAMs {walked_cams.shape} do not match the CAMs {tuple(cam.shape)}")
+    else:
+        walked = torch.from_numpy(np.asarray(walked_cams, np.float32))
     seconds["walk"] = time.perf_counter() - start
     start = time.perf_counter()
     instance = walk_instances(

@@ -4,9 +4,10 @@ and make_ins_seg_labels.py; psa infer_aff.py for AffinityNet).
 Two operators after the image decode (method/predictors.py):
 1. an actor pool holding IRNet (or AffinityNet), one GPU per actor when ray.use_gpu, runs the
    network on many images per forward pass and hands on its maps as float16 (boundaries and
-   displacements at stride 4; AffinityNet's pair affinities at stride 8);
-2. CPU tasks walk the CAMs on those affinities, cluster the displacements into instances,
-   walk the instance CAMs and encode the walked maps.
+   displacements at stride 4; AffinityNet's pair affinities at stride 8); on an accelerator
+   (walk.runs_in) it also walks the CAMs there, many images per call, and hands on the walked maps;
+2. CPU tasks walk the CAMs on those affinities (unless the actor did), cluster the displacements
+   into instances, walk the instance CAMs and encode the walked maps.
 It writes scores/ (the walked maps, the evidence); calibrate chooses the thresholds and
 cut-labels cuts pseudo_labels/ from the scores.
 """
@@ -21,7 +22,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import ray
 
-from ray_wsis.config import config_from_dict
+from ray_wsis.config import Config, config_from_dict
 from ray_wsis.pipeline.context import StageContext, relation_net_stage
 from ray_wsis.pipeline.decode_task import pixels
 from ray_wsis.pipeline.faults import maybe_kill_actor
@@ -44,11 +45,18 @@ from ray_wsis.stages.images import actor_op, decode_op, from_previous, run_image
 NETWORK_MAPS = pa.schema(
     [SCORES.field(name) for name in ("image_id", "height", "width", "labels", "infer_height", "infer_width")]
     + [CAMS.field(name) for name in ("cam_height", "cam_width", "cam")]
-    + [pa.field("maps_shape", pa.list_(pa.int32())), pa.field("maps", pa.binary())]
+    + [pa.field("maps_shape", pa.list_(pa.int32())), pa.field("maps", pa.binary()), pa.field("walked", pa.binary())]
 )
-"""What the model actor hands the walk operator: the CAM row, the inference size and the
-network's float16 maps (IRNet: boundary, dy, dx at stride 4; AffinityNet: the pair affinities
-at stride 8). Never stored."""
+"""What the model actor hands the walk operator: the CAM row, the inference size, the network's
+float16 maps (IRNet: boundary, dy, dx at stride 4; AffinityNet: the pair affinities at stride 8)
+and, where the actor walked the CAMs, the walked CAMs in float16 (the CAMs' shape; else null).
+Never stored."""
+
+
+def walks_in_actor(config: Config, device_type: str) -> bool:
+    """Whether the model actor runs IRNet's semantic walk (walk.runs_in)."""
+    where = config.walk.runs_in
+    return config.method == "irnet" and (where == "actor" or (where == "auto" and device_type != "cpu"))
 
 
 class NetworkActor:
@@ -68,6 +76,8 @@ class NetworkActor:
             self.predictor: Any = IRNetPredictor(model, self.config.walk, inference)
         else:
             self.predictor = AffinityPredictor(model, self.config.affinity, inference=inference)
+        self.walks = walks_in_actor(self.config, inference.device.type)
+        self.walk_seconds = 0.0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         maybe_kill_actor("pseudo_labels")
@@ -79,10 +89,12 @@ class NetworkActor:
                 rows.append(error_row(NETWORK_MAPS, row["image_id"], row[ERROR_COLUMN], **_known(row)))
             else:
                 good.append(row)
+        walk_before = self.walk_seconds
         rows += self._maps(good)
-        return with_timings(
-            rows_to_table(rows, NETWORK_MAPS), actor_timings(self.predictor.stats, before, start), batch
-        )
+        timings = actor_timings(self.predictor.stats, before, start)
+        if self.walks:
+            timings[f"{SECONDS}walk"] = self.walk_seconds - walk_before
+        return with_timings(rows_to_table(rows, NETWORK_MAPS), timings, batch)
 
     def _maps(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Rows with their network maps: all in one call, each alone if that call fails."""
@@ -90,6 +102,14 @@ class NetworkActor:
 
         try:
             maps = self.predictor.networks([pixels(r) for r in rows])
+            walked: list[Any] = [None] * len(rows)
+            if self.walks:
+                start = time.perf_counter()
+                walked = [
+                    np.asarray(w, np.float16).tobytes()
+                    for w in self.predictor.walked(maps, [cam_array(r) for r in rows])
+                ]
+                self.walk_seconds += time.perf_counter() - start
         except Exception as exc:  # one image must not fail the batch: find it, record its reason
             if len(rows) == 1:
                 return [error_row(NETWORK_MAPS, rows[0]["image_id"], _failure(exc), **_known(rows[0]))]
@@ -105,9 +125,10 @@ class NetworkActor:
                 "cam": r["cam"],
                 "maps_shape": list(m.shape),
                 "maps": np.asarray(m, np.float16).tobytes(),
+                "walked": w,
                 ERROR_COLUMN: "",
             }
-            for r, m in zip(rows, maps)
+            for r, m, w in zip(rows, maps, walked)
         ]
 
 
@@ -129,9 +150,13 @@ def walk_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
             continue
         try:
             maps = np.frombuffer(row["maps"], np.float16).reshape(row["maps_shape"]).astype(np.float32)
-            args = (cam_array(row), row["labels"], row["infer_height"], row["infer_width"])
+            cams = cam_array(row)
+            args = (cams, row["labels"], row["infer_height"], row["infer_width"])
             if cfg.method == "irnet":
-                walked = irnet_scores(maps, *args, cfg.walk, lowest)
+                done = None
+                if row.get("walked") is not None:  # the model actor walked the CAMs on its device
+                    done = np.frombuffer(row["walked"], np.float16).reshape(cams.shape).astype(np.float32)
+                walked = irnet_scores(maps, *args, cfg.walk, lowest, done)
             else:
                 walked = affinity_scores(maps, *args, cfg.affinity)
             walk_seconds += walked.seconds.get("walk", 0.0) + walked.seconds.get("instance_walk", 0.0)

@@ -243,6 +243,7 @@ MAKE_PSEUDO_LABELS = Stage(
         "walk.centroid_iterations",
         "walk.cluster_threshold",
         "walk.flip",
+        "walk.runs_in",
         "calibration.candidates",
     ),
     consumes=("make-cams", TRAIN_IRN.name),
