@@ -419,6 +419,40 @@ def test_a_walk_change_reruns_only_the_walk_and_what_follows(rerun):
     assert results["train-cam"]["action"] == "skip" and results["make-pseudo-labels"]["action"] == "redo"
 
 
+def _stored_scores(config) -> dict:
+    import pyarrow.parquet as pq
+
+    from ray_wsis.pipeline.schema import walk_scores
+
+    folder = os.path.join(config.output, "scores")
+    return {
+        row["image_id"]: walk_scores(row)
+        for name in sorted(os.listdir(folder))
+        for row in pq.read_table(os.path.join(folder, name)).to_pylist()
+    }
+
+
+def test_the_walk_in_the_model_actor_stores_the_scores_the_tasks_store(rerun):
+    """walk.runs_in=actor (what auto does on a GPU): the actors walk the CAMs (walk_many) and hand the
+    walked maps on in float16; the stored scores are the CPU tasks' own, up to one uint8 level."""
+    config = rerun
+    before = _stored_scores(config)
+    _, rerun, logs, results = _rerun_with(config, "walk.runs_in=actor")
+    assert rerun == {"make-pseudo-labels", "calibrate", "cut-labels", "evaluate"}, logs
+    timing = markers(config)["make-pseudo-labels"]["summary"]["timing"]
+    assert timing["seconds"]["actor_walk"] > 0 and timing["images"] == IMAGES  # the actors walked
+    after = _stored_scores(config)
+    assert set(after) == set(before) and len(after) == IMAGES
+    walked = 0
+    for image_id, old in before.items():
+        new = after[image_id]
+        assert new.class_ids.tolist() == old.class_ids.tolist() and new.semantic.shape == old.semantic.shape
+        assert np.abs(new.semantic.astype(int) - old.semantic.astype(int)).max(initial=0) <= 1, image_id
+        walked += int(old.semantic.size > 0)
+    assert walked == IMAGES - 1  # all but the image without classes
+    assert results["make-pseudo-labels"]["action"] == "redo"
+
+
 def test_a_threshold_change_reruns_calibrate_and_the_cut_only(rerun):
     """Thresholds come from the stored scores: no network, no walk; the one writer re-cuts every shard."""
     import pyarrow.parquet as pq

@@ -93,7 +93,7 @@ class NetworkActor:
         rows += self._maps(good)
         timings = actor_timings(self.predictor.stats, before, start)
         if self.walks:
-            timings[f"{SECONDS}walk"] = self.walk_seconds - walk_before
+            timings[f"{SECONDS}actor_walk"] = self.walk_seconds - walk_before
         return with_timings(rows_to_table(rows, NETWORK_MAPS), timings, batch)
 
     def _maps(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
