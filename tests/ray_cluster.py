@@ -112,8 +112,11 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
     with_dashboard: bool = True
 
-    def add_node(self, num_cpus: float, resources: dict[str, float], name: str = "") -> Node:
-        """`ray start --address` a worker node; returns once Ray sees it."""
+    def add_node(
+        self, num_cpus: float, resources: dict[str, float], name: str = "", env: Optional[dict[str, str]] = None
+    ) -> Node:
+        """`ray start --address` a worker node; returns once Ray sees it. ``env``: the node's
+        environment, which its workers inherit (default: the cluster's)."""
         before = len(self.nodes)
         cmd = [
             ray_cli(),
@@ -124,7 +127,12 @@ class LocalCluster:
             "--disable-usage-stats",
         ]
         starter = subprocess.Popen(
-            cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            cmd,
+            env=self.env if env is None else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         out, _ = starter.communicate(timeout=180)
         assert starter.returncode == 0, f"ray start (worker) failed:\n{out[-3000:]}"
@@ -161,15 +169,34 @@ class LocalCluster:
         kill(node.pids())
         self.nodes.remove(node)
 
+    def remove_workers(self) -> None:
+        """Stop every worker node as ``stop`` does and wait until the GCS sees the head alone: the
+        next test on this head starts from it, as from a new cluster."""
+        workers = self.nodes[1:]
+        survivors = _stop(workers)
+        self.nodes[1:] = [n for n in workers if alive(n.pids())]  # still ours to stop at the end
+        assert not survivors, f"Ray processes survived SIGKILL: {survivors}"
+        self.wait_for_nodes(1)
+
     def stop(self) -> list[int]:
         """SIGTERM every node's processes by pid, SIGKILL what is left; returns the survivors."""
-        every = lambda: set().union(*(n.pids() for n in self.nodes)) if self.nodes else set()  # noqa: E731
-        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            kill(every(), sig)
-            deadline = time.monotonic() + grace
-            while alive(every()) and time.monotonic() < deadline:
-                time.sleep(0.5)
-        return sorted(alive(every()))
+        return _stop(self.nodes)
+
+
+def _stop(nodes: list[Node]) -> list[int]:
+    """SIGTERM the nodes' processes by pid, SIGKILL what is left; returns the survivors.
+
+    The grace is short: a test's cluster has nothing left to save (its results are on the object
+    store, its temp dir is deleted next), and some of Ray's processes (the GCS, the autoscaler's
+    monitor, dashboard modules) outlived 15 s of SIGTERM on this 2-core box, so the 15 s grace
+    this had cost every cluster 15 s of waiting."""
+    every = lambda: set().union(*(n.pids() for n in nodes)) if nodes else set()  # noqa: E731
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        kill(every(), sig)
+        deadline = time.monotonic() + grace
+        while alive(every()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return sorted(alive(every()))
 
 
 FAST_NODE_DEATH = {
@@ -198,7 +225,15 @@ def local_cluster(
     gcs, dash, client, agent = free_ports(4)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the nodes' `python`
-    env.update(RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **(FAST_NODE_DEATH if fast_node_death else {}))
+    env.update(
+        RAY_USAGE_STATS_ENABLED="0",
+        OMP_NUM_THREADS="1",
+        # the dashboard and each of its modules (processes of their own) must be up within Ray's 60 s
+        # and 30 s; on a busy 2-core box they were not, and `ray start --head` failed (seen 3 times)
+        RAY_DASHBOARD_STARTUP_TIMEOUT_S="180",
+        RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="180",
+        **(FAST_NODE_DEATH if fast_node_death else {}),
+    )
     cmd = [
         ray_cli(),
         "start",

@@ -1,7 +1,8 @@
 """A real multi-node Ray cluster on this machine: work placed on worker nodes, whole nodes lost.
 
-A head and worker nodes are separate `ray start` processes (tests/ray_cluster.py); data and output
-live on a real S3 server (SeaweedFS). Training workers and inference actors ask for a custom
+A head and worker nodes are separate `ray start` processes (tests/ray_cluster.py): one head for
+the module, worker nodes of each test's own, stopped after it; data and output live on a real S3
+server (SeaweedFS). Training workers and inference actors ask for a custom
 resource only the worker nodes have (`ray.accelerator_resource`, standing in for GPUs). A worker
 node is killed whole (every process, SIGKILL) in the middle of train-cam and of make-pseudo-labels:
 the stages complete on the remaining nodes, every image is in the output exactly once, training
@@ -20,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from ray_wsis.config import StorageConfig
+from ray_wsis.pipeline.faults import SLOW_ACTOR, SLOW_EPOCH
 from ray_wsis.pipeline.sink import committed_ids
 from ray_wsis.storage import exists, read_bytes, resolve
 from tests.pipeline_helpers import TINY_SETTINGS, make_tiny_voc
+from tests.processes import kill_tree
 from tests.ray_cluster import local_cluster, processes
 from tests.s3_server import KEY, SECRET, Weed, weed_binary
 
@@ -61,6 +64,31 @@ def store(tmp_path_factory):
                 os.environ[key] = value
 
 
+@pytest.fixture(scope="module")
+def head(store):
+    """One Ray head for the module's tests (starting it is the slow part of a cluster); each test
+    adds worker nodes of its own, and the ``cluster`` fixture removes them after it."""
+    with local_cluster(head_cpus=2, fast_node_death=True) as cluster:
+        yield cluster
+
+
+_launched: list[subprocess.Popen] = []
+
+
+@pytest.fixture()
+def cluster(head):
+    """The module's head, alone: at the end, the drivers this test launched that still run are
+    killed (with what they started, by pid) and its worker nodes stopped; the GCS then sees the
+    head alone again, as a new cluster would show it to the next test."""
+    _launched.clear()
+    yield head
+    for driver in _launched:
+        if driver.returncode is None:  # not reaped: its pid still names only our processes
+            kill_tree(driver)
+            driver.wait(timeout=30)
+    head.remove_workers()
+
+
 def _upload(folder: Path, uri: str, storage: StorageConfig) -> None:
     from ray_wsis.storage import write_bytes_atomic
 
@@ -88,7 +116,7 @@ def _settings(cluster, store, output: str, *extra: str) -> list[str]:
 
 def _cli(stage: str, settings: list[str], env: dict[str, str]) -> subprocess.Popen:
     args = [arg for item in settings for arg in ("--set", item)]
-    return subprocess.Popen(
+    driver = subprocess.Popen(
         [sys.executable, "-m", "ray_wsis", stage, *args],
         env=env,
         stdout=subprocess.PIPE,
@@ -96,6 +124,8 @@ def _cli(stage: str, settings: list[str], env: dict[str, str]) -> subprocess.Pop
         text=True,
         start_new_session=True,
     )
+    _launched.append(driver)
+    return driver
 
 
 def _wait(predicate, process: subprocess.Popen, timeout: float, what: str) -> None:
@@ -129,60 +159,58 @@ def _marker(storage: StorageConfig, output: str, stage: str) -> dict:
     return json.loads(read_bytes(resolve(f"s3://labels/{output}/stages/{stage}.json", storage)))
 
 
-def test_train_cam_survives_the_loss_of_its_node_on_a_node_added_mid_run(store, monkeypatch):
-    monkeypatch.setenv("RAY_WSIS_FAULT_SLOW_EPOCH", "4")  # inherited by the nodes' workers: time to act
-    with local_cluster(head_cpus=2, fast_node_death=True) as cluster:
-        cluster.add_node(2, {RESOURCE: 1}, "w1")
-        settings = _settings(cluster, store, "train", "cam.epochs=3")
-        storage = StorageConfig(endpoint_url=store.endpoint)
-        checkpoint = resolve("s3://labels/train/checkpoints/cluster-cam/epoch_000/state.pt", storage)
-        driver = _cli("train-cam", settings, cluster.env)  # the nodes were started with SLOW_EPOCH
-        _wait(lambda: exists(checkpoint), driver, 300, "the epoch-0 checkpoint")
-        new = cluster.add_node(2, {RESOURCE: 1}, "w2")  # joins while w1 trains
-        doomed = _node_running(cluster, "RayTrainWorker")
-        assert doomed is not None and doomed is not new, "the training worker is not on w1"
-        cluster.kill_node(doomed)
-        out = _finish(driver)
-        summary = _marker(storage, "train", "train-cam")["summary"]
-        assert summary["resumed_from_epoch"] >= 1, out[-3000:]  # restarted from a checkpoint, on w2
-        assert exists(resolve("s3://labels/train/models/cam.pt", storage))
-
-
-def test_make_pseudo_labels_survives_the_loss_of_a_node(store):
+def test_train_cam_survives_the_loss_of_its_node_on_a_node_added_mid_run(store, cluster):
+    cluster.add_node(2, {RESOURCE: 1}, "w1", {**cluster.env, SLOW_EPOCH: "4"})  # its workers: time to act
+    settings = _settings(cluster, store, "train", "cam.epochs=3")
     storage = StorageConfig(endpoint_url=store.endpoint)
-    with local_cluster(head_cpus=2, fast_node_death=True) as cluster:
-        cluster.add_node(2, {RESOURCE: 2}, "w1")
-        cluster.add_node(2, {RESOURCE: 2}, "w2")
-        settings = _settings(
-            cluster,
-            store,
-            "labels",
-            "ray.rows_per_file=1",
-            "ray.inference_batch_size=1",
-            "walk.centroid_iterations=300",
-            "walk.exp_times=8",
-        )
-        _untrained_models_s3(storage, "s3://labels/labels")
-        _finish(_cli("make-cams", settings, cluster.env))
-        # the model actors are slowed so that they are still at work when the first shards are written
-        # (the walk runs after them, in CPU tasks): time to kill a node mid-stage
-        env = {**cluster.env, "RAY_WSIS_FAULT_SLOW_ACTOR": "pseudo_labels:3.0"}
-        shards = resolve("s3://labels/labels/scores", storage)  # make-pseudo-labels writes the walked maps
-        driver = _cli("make-pseudo-labels", settings, env)
-        _wait(lambda: len(committed_ids(shards)) >= 1, driver, 300, "the first shard")
-        doomed = _node_running(cluster, "MapWorker")  # Ray Data's actor process: the model actor
-        procs = processes()
-        titles = sorted({procs[pid][2].split(" ")[0] for node in cluster.nodes for pid in node.pids() if pid in procs})
-        assert doomed is not None, titles  # the model actor sits on a node with the stand-in accelerator
-        cluster.kill_node(doomed)
-        out, _ = driver.communicate(timeout=600)
-        if driver.returncode != 0:  # Ray could not go on: one clear line, and a re-run completes it
-            assert "run the same command again" in out and "Traceback" not in out, out[-4000:]
-            out = _finish(_cli("make-pseudo-labels", settings, env))
-        ids = committed_ids(shards)
-        assert len(ids) == len(set(ids)) == 12, out[-3000:]
-        summary = _marker(storage, "labels", "make-pseudo-labels")["summary"]
-        assert summary["unaccounted"] == 0 and summary["processed"] + summary["kept"] == 12
+    checkpoint = resolve("s3://labels/train/checkpoints/cluster-cam/epoch_000/state.pt", storage)
+    driver = _cli("train-cam", settings, cluster.env)
+    _wait(lambda: exists(checkpoint), driver, 300, "the epoch-0 checkpoint")
+    # joins while w1 trains; without SLOW_EPOCH, so the training that resumes there need not wait
+    new = cluster.add_node(2, {RESOURCE: 1}, "w2")
+    doomed = _node_running(cluster, "RayTrainWorker")
+    assert doomed is not None and doomed is not new, "the training worker is not on w1"
+    cluster.kill_node(doomed)
+    out = _finish(driver)
+    summary = _marker(storage, "train", "train-cam")["summary"]
+    assert summary["resumed_from_epoch"] >= 1, out[-3000:]  # restarted from a checkpoint, on w2
+    assert exists(resolve("s3://labels/train/models/cam.pt", storage))
+
+
+def test_make_pseudo_labels_survives_the_loss_of_a_node(store, cluster):
+    storage = StorageConfig(endpoint_url=store.endpoint)
+    # the model actors (on w1 and w2: the stand-in accelerator) sleep 1.5 s before each image, so that
+    # they are still at work when the first shards are written (the walk runs after them, in CPU
+    # tasks): time to kill a node mid-stage. Set in the nodes' environment, which their workers
+    # inherit (a driver's environment does not reach the workers of a cluster it connects to)
+    slow = {**cluster.env, SLOW_ACTOR: "pseudo_labels:1.5"}
+    cluster.add_node(2, {RESOURCE: 2}, "w1", slow)
+    cluster.add_node(2, {RESOURCE: 2}, "w2", slow)
+    settings = _settings(
+        cluster,
+        store,
+        "labels",
+        "ray.rows_per_file=1",
+        "ray.inference_batch_size=1",
+    )
+    _untrained_models_s3(storage, "s3://labels/labels")
+    _finish(_cli("make-cams", settings, cluster.env))
+    shards = resolve("s3://labels/labels/scores", storage)  # make-pseudo-labels writes the walked maps
+    driver = _cli("make-pseudo-labels", settings, cluster.env)
+    _wait(lambda: len(committed_ids(shards)) >= 1, driver, 300, "the first shard")
+    doomed = _node_running(cluster, "MapWorker")  # Ray Data's actor process: the model actor
+    procs = processes()
+    titles = sorted({procs[pid][2].split(" ")[0] for node in cluster.nodes for pid in node.pids() if pid in procs})
+    assert doomed is not None, titles  # the model actor sits on a node with the stand-in accelerator
+    cluster.kill_node(doomed)
+    out, _ = driver.communicate(timeout=600)
+    if driver.returncode != 0:  # Ray could not go on: one clear line, and a re-run completes it
+        assert "run the same command again" in out and "Traceback" not in out, out[-4000:]
+        out = _finish(_cli("make-pseudo-labels", settings, cluster.env))
+    ids = committed_ids(shards)
+    assert len(ids) == len(set(ids)) == 12, out[-3000:]
+    summary = _marker(storage, "labels", "make-pseudo-labels")["summary"]
+    assert summary["unaccounted"] == 0 and summary["processed"] + summary["kept"] == 12
 
 
 def _untrained_models_s3(storage: StorageConfig, output: str) -> None:
