@@ -151,6 +151,14 @@ class CamConfig:
     context_rectify: bool = False
     """Mine per-class context and object prototypes while training (into the model file) and zero
     each CAM where a pixel's feature is nearer the context (method/negatives.py). False: irn's CAMs."""
+    paste_from: str = ""
+    """A finished output (path or URI) whose instance pseudo-labels supply objects to paste into the
+    training images that lack their class (context decoupling, CDA; train/paste.py): the classifier's
+    second round. "": no pasting (irn)."""
+    paste_probability: float = 0.5
+    """Share of training images that get one pasted object (with paste_from)."""
+    paste_min_score: float = 0.5
+    """Only first-round instances scoring at least this are cut out for pasting."""
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
     eval_threshold: float = 0.15
     """Constant background score for CAM mIoU (irn cam_eval_thres)."""
@@ -491,8 +499,9 @@ def absolute_paths(config: Config) -> Config:
     weights = config.model.weights
     model = dataclasses.replace(config.model, weights=_absolute(weights) if os.path.exists(weights) else weights)
     downstream = dataclasses.replace(config.downstream, labels=_absolute(config.downstream.labels))
+    cam = dataclasses.replace(config.cam, paste_from=_absolute(config.cam.paste_from))
     return dataclasses.replace(
-        config, output=_absolute(config.output), dataset=dataset, model=model, downstream=downstream
+        config, output=_absolute(config.output), dataset=dataset, model=model, downstream=downstream, cam=cam
     )
 
 
@@ -646,6 +655,12 @@ def validate(config: Config) -> None:
         if value < 0:
             raise ConfigError(f"{name} must not be negative, got {value}")
 
+    if config.cam.paste_from and config.cam.paste_from.rstrip("/") == config.output.rstrip("/"):
+        raise ConfigError(
+            "cam.paste_from names this run's own output: the second round needs an output of its own "
+            "(set output to a new folder)"
+        )
+
     def unit(name: str, value: float) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} must lie in [0, 1], got {value}")
@@ -701,6 +716,8 @@ def validate(config: Config) -> None:
     for name in (
         "cam.eval_threshold",
         "cam.negative_top",
+        "cam.paste_probability",
+        "cam.paste_min_score",
         "ir_label.fg_threshold",
         "ir_label.bg_threshold",
         "ir_label.fg_quantile",

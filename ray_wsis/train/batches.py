@@ -7,6 +7,7 @@ This module must stay free of torch and ray.train: each Ray Data worker imports 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ray_wsis.data.sources import load_image
 from ray_wsis.masks import decode_label_png
 from ray_wsis.storage import StorageError
 from ray_wsis.train.augment import classifier_sample, relation_sample, top_left_sample
+from ray_wsis.train.paste import PasteObject, paste_random
 
 
 def _images(batch: dict[str, Any], config: Config) -> list[tuple[int, np.ndarray]]:
@@ -33,19 +35,24 @@ def _images(batch: dict[str, Any], config: Config) -> list[tuple[int, np.ndarray
 
 
 class ClassifierBatches:
-    """Decode + irn classifier augmentation; targets are multi-hot over classes 1..C."""
+    """Decode + irn classifier augmentation; targets are multi-hot over classes 1..C. With a
+    ``bank`` of first-round objects (train/paste.py), images first get an object of a class they
+    lack, with ``cam.paste_probability``, and that class in their target."""
 
-    def __init__(self, config: Config, num_classes: int) -> None:
-        self.config, self.num_classes = config, num_classes
+    def __init__(self, config: Config, num_classes: int, bank: Sequence[PasteObject] = ()) -> None:
+        self.config, self.num_classes, self.bank = config, num_classes, bank
         self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         c = self.config.cam
         images, targets = [], []
         for i, image in _images(batch, self.config):
+            class_ids = list(batch["class_ids"][i])
+            if self.bank:
+                image, class_ids = paste_random(image, class_ids, self.bank, c.paste_probability, self.rng)
             images.append(classifier_sample(image, c.crop_size, c.resize_long, c.color_jitter, self.rng))
             target = np.zeros(self.num_classes, np.float32)
-            target[np.asarray(batch["class_ids"][i], np.int64) - 1] = 1.0
+            target[np.asarray(class_ids, np.int64) - 1] = 1.0
             targets.append(target)
         size = c.crop_size
         return {
@@ -110,8 +117,10 @@ def rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # Ray Data entry points (batch_format="pyarrow"): the config travels as a plain dict.
 
 
-def classifier_batch(batch: pa.Table, config: dict[str, Any], num_classes: int) -> dict[str, np.ndarray]:
-    return ClassifierBatches(config_from_dict(config), num_classes)(batch.to_pydict())
+def classifier_batch(
+    batch: pa.Table, config: dict[str, Any], num_classes: int, bank: Sequence[PasteObject] = ()
+) -> dict[str, np.ndarray]:
+    return ClassifierBatches(config_from_dict(config), num_classes, bank)(batch.to_pydict())
 
 
 def relation_batch(batch: pa.Table, config: dict[str, Any]) -> dict[str, np.ndarray]:
