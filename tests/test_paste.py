@@ -108,3 +108,51 @@ def test_paste_from_must_be_another_output(tmp_path):
         load_config(None, [f"output={tmp_path}", f"cam.paste_from={tmp_path}/"])
     with pytest.raises(ConfigError, match="cam.paste_probability"):
         load_config(None, ["cam.paste_probability=1.5"])
+
+
+def test_the_stage_cuts_a_finished_outputs_instances_out_of_the_dataset(tmp_path):
+    """train-cam's bank (stages/train_cam.py paste_bank): the first round's shards read back, each
+    object cut from the dataset's own image; a first round with nothing to paste is one clear error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ray_wsis.data.records import DatasetError
+    from ray_wsis.pipeline.context import StageContext
+    from ray_wsis.stages.base import StageRun
+    from ray_wsis.stages.registry import TRAIN_CAM
+    from ray_wsis.stages.train_cam import paste_bank
+    from tests.pipeline_helpers import make_tiny_voc, tiny_config
+
+    data = make_tiny_voc(tmp_path / "voc")
+    first = tmp_path / "first"
+    (first / "pseudo_labels").mkdir(parents=True)
+    config = tiny_config(data, str(tmp_path / "second"), f"cam.paste_from={first}")
+    logs: list[str] = []
+    ctx = StageContext(config, log=logs.append)
+    records = ctx.split(config.dataset.train_split).records
+    image_id = records[0].image_id
+    mask = np.zeros((64, 80), bool)
+    mask[10:30, 20:50] = True
+
+    def shard(score: float) -> None:
+        instance = {
+            "rle": encode_rle(mask),
+            "category_id": 3,
+            "score": score,
+            "area": int(mask.sum()),
+            "bbox": [20, 10, 30, 20],
+        }
+        rows = [{"image_id": image_id, "height": 64, "width": 80, "instances": [instance]}]
+        pq.write_table(pa.Table.from_pylist(rows), first / "pseudo_labels" / "part-00000.parquet")
+
+    run = StageRun(ctx, TRAIN_CAM, None)  # type: ignore[arg-type]
+    shard(0.9)
+    bank = paste_bank(run, records)
+    assert [(o.class_id, o.mask.shape, bool(o.mask.all())) for o in bank] == [(3, (20, 30), True)]
+    from ray_wsis.data.sources import load_image
+
+    assert np.array_equal(bank[0].rgb, load_image(records[0], config.storage)[10:30, 20:50])
+    assert logs == [f"[train-cam] pasting objects from {first}: 1 (1 bird)"]
+    shard(0.1)  # under cam.paste_min_score
+    with pytest.raises(DatasetError, match="no instance scoring at least cam.paste_min_score"):
+        paste_bank(run, records)
