@@ -156,3 +156,13 @@ def test_the_stage_cuts_a_finished_outputs_instances_out_of_the_dataset(tmp_path
     shard(0.1)  # under cam.paste_min_score
     with pytest.raises(DatasetError, match="no instance scoring at least cam.paste_min_score"):
         paste_bank(run, records)
+
+    # the first round's cut is an input of train-cam: new first-round labels change its input digest
+    from ray_wsis.stages.registry import classifier_inputs
+
+    ids = [r.image_id for r in records]
+    assert list(classifier_inputs(ctx)) == [*ids, "paste:none"]
+    (first / "stages").mkdir()
+    (first / "stages" / "cut-labels.json").write_text('{"identity": "abc"}')
+    assert list(classifier_inputs(ctx)) == [*ids, "paste:abc"]
+    assert list(classifier_inputs(StageContext(tiny_config(data, str(tmp_path / "plain"))))) == ids

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from ray_wsis.pipeline.context import StageContext, relation_net_stage
 from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.model_files import fingerprint_location
 from ray_wsis.stages.base import Stage, StageRun
-from ray_wsis.storage import Location, list_files
+from ray_wsis.storage import Location, exists, list_files, read_bytes, resolve
 
 PART_PREFIX = "part-"
 
@@ -51,6 +52,17 @@ def body(module: str, function: str) -> Callable[[StageRun], dict[str, Any]]:
 # --------------------------------------------------------------------------- inputs and outputs
 def train_ids(ctx: StageContext) -> Sequence[str]:
     return [r.image_id for r in ctx.split(ctx.config.dataset.train_split).records]
+
+
+def classifier_inputs(ctx: StageContext) -> Sequence[str]:
+    """The training images and, for a second round (cam.paste_from), the identity of the first
+    round's cut: new first-round labels are a changed input of train-cam."""
+    paste_from = ctx.config.cam.paste_from
+    if not paste_from:
+        return train_ids(ctx)
+    marker = resolve(paste_from, ctx.config.storage).child("stages", "cut-labels.json")
+    cut = json.loads(read_bytes(marker)).get("identity", "") if exists(marker) else "none"
+    return [*train_ids(ctx), f"paste:{cut}"]
 
 
 def cam_ids(ctx: StageContext) -> Sequence[str]:
@@ -148,11 +160,14 @@ TRAIN_CAM = Stage(
         "cam.negative_top",
         "cam.context_prototype_weight",
         "cam.context_rectify",
+        "cam.paste_from",
+        "cam.paste_probability",
+        "cam.paste_min_score",
     ),
     consumes=(),
     body=body("train_cam", "train_cam"),
     outputs=_model_outputs(lambda config: "cam"),
-    inputs=train_ids,
+    inputs=classifier_inputs,
 )
 
 MAKE_CAMS = Stage(
