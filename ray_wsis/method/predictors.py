@@ -138,11 +138,15 @@ class IRNetPredictor:
         self.lowest_threshold = lowest if lowest_threshold is None else min(lowest, lowest_threshold)
         self.stats = ForwardStats()
 
-    @torch.inference_mode()
     def networks(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per image a (3, ceil(H/4), ceil(W/4)) float32 stack: boundary probability, then the
         displacement (dy, dx) (irn EdgeDisplacement), many same-shape images per forward pass."""
-        out: list[Optional[np.ndarray]] = [None] * len(images)
+        return [m.cpu().numpy() for m in self.maps_on_device(images)]
+
+    @torch.inference_mode()
+    def maps_on_device(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """:meth:`networks`' maps left on the predictor's device (for :meth:`walked` there)."""
+        out: list[Optional[torch.Tensor]] = [None] * len(images)
         device, dtype = self.inference.device, self.inference.dtype
         for group in shape_groups([image.shape[:2] for image in images], self.inference.images_per_forward):
             h, w = math.ceil(images[group[0]].shape[0] / 4), math.ceil(images[group[0]].shape[1] / 4)
@@ -153,25 +157,27 @@ class IRNetPredictor:
                 edge, dp = self.model(batch.contiguous(memory_format=torch.channels_last))
             edge, dp = edge[:, 0, :h, :w].float(), dp[:, :, :h, :w].float()  # crop first: the mirror is top-left too
             edge_logit = edge[:n] / 2 + edge[n:].flip(-1) / 2 if self.walk.flip else edge
-            stacked = torch.cat([torch.sigmoid(edge_logit)[:, None], dp[:n]], dim=1).cpu().numpy()
+            stacked = torch.cat([torch.sigmoid(edge_logit)[:, None], dp[:n]], dim=1)
             for j, i in enumerate(group):
                 out[i] = stacked[j]
         return [o for o in out if o is not None]
 
     @torch.inference_mode()
-    def walked(self, maps: Sequence[np.ndarray], cams: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def walked(self, maps: Sequence[np.ndarray | torch.Tensor], cams: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each image's semantic walk, the one :func:`irnet_scores` runs (its CAMs times one minus
         the boundary, walked on the boundary affinities), on the predictor's device: the images of
         one map size in one :func:`walk_many` call, their class counts zero-padded to the group's
-        largest (a zero channel walks to zero). ``maps`` as :meth:`networks` gives them, ``cams``
-        (K, h, w); per image (K, h, w) float32 on the host."""
+        largest (a zero channel walks to zero). ``maps`` as :meth:`networks` gives them (or
+        :meth:`maps_on_device`, with no copy), ``cams`` (K, h, w); per image (K, h, w) float32 on
+        the host."""
         device, steps = self.inference.device, 2**self.walk.exp_times
-        out = [np.zeros((cam.shape[0], *m.shape[1:]), np.float32) for cam, m in zip(cams, maps)]
-        for group in shape_groups([m.shape[1:] for m in maps], self.inference.images_per_forward):
+        sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
+        out = [np.zeros((cam.shape[0], *size), np.float32) for cam, size in zip(cams, sizes)]
+        for group in shape_groups(sizes, self.inference.images_per_forward):
             channels = max(cams[i].shape[0] for i in group)
             if channels == 0:
                 continue
-            boundaries = [torch.from_numpy(np.asarray(maps[i][0], np.float32)).to(device) for i in group]
+            boundaries = [torch.as_tensor(maps[i][0], dtype=torch.float32, device=device) for i in group]
             x = torch.zeros(len(group), channels, *boundaries[0].shape, device=device)
             for j, i in enumerate(group):
                 x[j, : cams[i].shape[0]] = torch.from_numpy(np.asarray(cams[i], np.float32)).to(device) * (

@@ -101,15 +101,19 @@ class NetworkActor:
         import numpy as np
 
         try:
-            maps = self.predictor.networks([pixels(r) for r in rows])
+            images = [pixels(r) for r in rows]
             walked: list[Any] = [None] * len(rows)
-            if self.walks:
+            if self.walks:  # the walk reads the maps where the network left them
+                on_device = self.predictor.maps_on_device(images)
                 start = time.perf_counter()
                 walked = [
                     np.asarray(w, np.float16).tobytes()
-                    for w in self.predictor.walked(maps, [cam_array(r) for r in rows])
+                    for w in self.predictor.walked(on_device, [cam_array(r) for r in rows])
                 ]
                 self.walk_seconds += time.perf_counter() - start
+                maps = [m.cpu().numpy() for m in on_device]
+            else:
+                maps = self.predictor.networks(images)
         except Exception as exc:  # one image must not fail the batch: find it, record its reason
             if len(rows) == 1:
                 return [error_row(NETWORK_MAPS, rows[0]["image_id"], _failure(exc), **_known(rows[0]))]

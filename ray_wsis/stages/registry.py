@@ -60,7 +60,7 @@ def classifier_inputs(ctx: StageContext) -> Sequence[str]:
     paste_from = ctx.config.cam.paste_from
     if not paste_from:
         return train_ids(ctx)
-    marker = resolve(paste_from, ctx.config.storage).child("stages", "cut-labels.json")
+    marker = Layout(resolve(paste_from, ctx.config.storage)).marker(CUT_LABELS.name)
     cut = json.loads(read_bytes(marker)).get("identity", "") if exists(marker) else "none"
     return [*train_ids(ctx), f"paste:{cut}"]
 

@@ -11,17 +11,21 @@ from collections import Counter
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 from ray.train.torch import TorchTrainer
 
 from ray_wsis.data.decode import ImageDecodeError
 from ray_wsis.data.records import DatasetError, ImageRecord
 from ray_wsis.data.sources import load_image
+from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.progress import training_progress
+from ray_wsis.pipeline.sink import shard_paths
 from ray_wsis.pipeline.training import cam_train_loop, export_model, run_config, scaling_config
 from ray_wsis.stages.base import StageRun
+from ray_wsis.storage import resolve
 from ray_wsis.train.batches import classifier_batch, records_to_rows
-from ray_wsis.train.paste import PasteObject, object_bank, pseudo_label_rows
+from ray_wsis.train.paste import PASTE_COLUMNS, PasteObject, object_bank
 
 
 def train_cam(run: StageRun) -> dict[str, Any]:
@@ -84,7 +88,13 @@ def paste_bank(run: StageRun, records: list[ImageRecord]) -> list[PasteObject]:
         except ImageDecodeError:
             return None
 
-    bank = object_bank(pseudo_label_rows(c.cam.paste_from, c.storage), load, c.cam.paste_min_score)
+    shards = Layout(resolve(c.cam.paste_from, c.storage)).pseudo_labels
+    rows = (
+        row
+        for path in shard_paths(shards)
+        for row in pq.read_table(path, filesystem=shards.fs, columns=list(PASTE_COLUMNS)).to_pylist()
+    )
+    bank = object_bank(rows, load, c.cam.paste_min_score)
     if not bank:
         raise DatasetError(
             f"cam.paste_from {c.cam.paste_from}: no instance scoring at least cam.paste_min_score "

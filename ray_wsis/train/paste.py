@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-from ray_wsis.config import StorageConfig
 from ray_wsis.masks import decode_rle
-from ray_wsis.storage import list_files, resolve
 
 SCALES = (0.5, 1.5)
 """Range of the random scale of a pasted object (uniform)."""
 MAX_ANGLE = 30.0
 """A pasted object is rotated by a uniform angle in [-MAX_ANGLE, MAX_ANGLE] degrees."""
+
+
+PASTE_COLUMNS = ("image_id", "height", "width", "instances")
+"""The pseudo-label columns :func:`object_bank` reads."""
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,3 @@ def object_bank(
             if obj is not None:
                 bank.append(obj)
     return bank
-
-
-def pseudo_label_rows(output: str, storage: StorageConfig) -> Iterable[dict[str, Any]]:
-    """The rows of a finished output's pseudo_labels/ shards (plain pyarrow), the columns
-    :func:`object_bank` reads."""
-    location = resolve(output, storage).child("pseudo_labels")
-    for path in list_files(location, ".parquet", "part-"):
-        yield from pq.read_table(
-            path, filesystem=location.fs, columns=["image_id", "height", "width", "instances"]
-        ).to_pylist()
