@@ -265,6 +265,12 @@ class WalkConfig:
     after the actors (the compiled float64 kernel); auto: actor where the actor has an accelerator,
     task where it runs on the CPU (the kernel is the faster there). The instance walk needs the
     CPU clustering and always runs in the tasks."""
+    keep_relation_labels: bool = False
+    """Ship the relation labels' confident pixels as they are (a class's foreground, and the
+    background) and let the walk's cut decide only their unlabelled band (255), at full confidence
+    there. irn ships the walk's cut alone; where IRNet's boundaries miss thin objects the walk
+    spreads a class over its context, which the relation labels had called background
+    (docs/context.md). Images without relation labels (outside the train split) keep the cut."""
 
 
 CALIBRATION_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 19))
@@ -279,11 +285,15 @@ class CalibrationConfig:
     """false: the labels keep walk.sem_bg_threshold / walk.ins_bg_threshold (irn's fixed values)."""
     candidates: tuple[float, ...] = CALIBRATION_CANDIDATES
     """Background thresholds tried; the walk keeps every instance channel that can win at the lowest."""
-    semantic_criterion: Literal["otsu", "relation-agreement"] = "otsu"
+    semantic_criterion: Literal["otsu", "relation-agreement", "relation-majority"] = "otsu"
     """Label-free semantic threshold. otsu: the candidate that best splits each image's walked
     score in two (Otsu's between-class variance share, averaged over images). relation-agreement:
     the cut that agrees best (mIoU) with the relation labels' confident pixels, the seeds IRNet
-    was trained on (otsu where no scored image has relation labels). docs/calibration.md."""
+    was trained on. relation-majority: the lowest cut above which those confident pixels are more
+    often the winning class than not (per walked-score bin, made monotone): each pixel's more
+    likely label, the rule for walk.keep_relation_labels, where the cut decides only the pixels
+    the relation labels leave open. Both relation rules fall back to otsu where no scored image
+    has relation labels. docs/calibration.md and docs/context.md."""
     per_class_instances: bool = False
     """Label-free: an instance threshold per class (by its own instances' criterion) instead of one."""
     instance_criterion: Literal["contour-steepness", "semantic-agreement", "expected-iou"] = "contour-steepness"

@@ -18,6 +18,7 @@ from ray_wsis.method.calibration import (
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_by_majority,
     choose_by_steepness,
     choose_few_shot,
     choose_instance,
@@ -114,6 +115,26 @@ def test_few_shot_fits_the_masks(images):
     assert miou[low] < miou.max() - 10  # too low a threshold floods the background
 
 
+def test_the_sweep_cuts_kept_relation_labels_as_cut_labels_ships_them(images):
+    """With relation labels (walk.keep_relation_labels) the sweep's semantic labels are the shipped
+    ones: the walk's cut, overwritten where the relation labels are confident."""
+    scores, truth = images[0]
+    relation = np.full((48, 64), 255, np.uint8)
+    relation[:, :20] = 0  # confident background over the left third
+    relation[:8, 40:] = 1
+    cut = ImageCut.of(scores, relation)
+    for t in (0.2, 0.5, 0.9):
+        walk_only = cut_semantic(scores, t).label
+        expected = np.where(relation == 255, walk_only, relation)
+        assert np.array_equal(cut.semantic_label(t), expected)
+    assert np.array_equal(ImageCut.of(scores).semantic_label(0.5), cut_semantic(scores, 0.5).label)
+    stats = FewShotStats.empty(CANDIDATES, num_classes=1)
+    stats.add(cut, truth, CANDIDATES, 0.0, num_classes=1)
+    walk_stats = FewShotStats.empty(CANDIDATES, num_classes=1)
+    walk_stats.add(ImageCut.of(scores), truth, CANDIDATES, 0.0, num_classes=1)
+    assert not np.array_equal(stats.confusions, walk_stats.confusions)
+
+
 def test_instance_agreement_with_the_semantic_cut(images):
     confusions = sum(agreement_confusions(ImageCut.of(s), 0.6, CANDIDATES, 2) for s, _ in images)
     shared = choose_instance(confusions, CANDIDATES, per_class=False)
@@ -169,6 +190,51 @@ def test_expected_iou_under_relation_label_probabilities_finds_the_object(images
     assert set(choose_by_expected_iou(total, CANDIDATES, per_class=True).per_class) == {1}
     merged = RelationStats.empty().merge(stats)
     assert np.array_equal(merged.labelled, stats.labelled)
+
+
+def test_semantic_relation_stats_count_each_bin_as_a_pixel_loop_does(images):
+    """The class-score statistics (relation-majority) against a pixel-by-pixel count."""
+    stats = RelationStats.empty()
+    labelled = np.zeros(100, np.int64)
+    same = np.zeros(100, np.int64)
+    for scores, truth in images[:4]:
+        relation = _relation_label(scores, truth, shrink=2)
+        cut = ImageCut.of(scores)
+        stats.add(cut, relation, semantic=True)
+        keys = np.asarray(scores.class_ids)
+        for y in range(relation.shape[0]):
+            for x in range(relation.shape[1]):
+                if relation[y, x] == 255:
+                    continue
+                b = min(int(cut.semantic.value[y, x] * 100), 99)
+                labelled[b] += 1
+                same[b] += int(relation[y, x] == keys[cut.semantic.channel[y, x]])
+    assert np.array_equal(stats.labelled, labelled) and np.array_equal(stats.same_class, same)
+    empty = WalkScores(
+        48,
+        64,
+        np.zeros(0, np.int16),
+        np.zeros((0, 12, 16), np.uint8),
+        np.zeros(0, np.int16),
+        np.zeros((0, 12, 16), np.uint8),
+    )
+    stats.add(ImageCut.of(empty), np.zeros((48, 64), np.uint8), semantic=True)  # no class: nothing to count
+    assert np.array_equal(stats.labelled, labelled)
+
+
+def test_relation_majority_is_the_lowest_cut_where_the_class_is_the_likelier_label(images):
+    probability = np.clip(np.linspace(-0.2, 1.1, 100), 0, 1)  # reaches 0.5 in bin 54
+    assert choose_by_majority(probability, CANDIDATES) == 0.55
+    assert choose_by_majority(np.full(100, 0.4), CANDIDATES) == max(CANDIDATES)  # no level is: the highest
+    assert choose_by_majority(np.full(100, 0.4), CANDIDATES, otherwise=1.0) == 1.0  # or nothing from the walk
+    assert choose_by_majority(np.full(100, 0.9), CANDIDATES) == min(CANDIDATES)
+    # on the synthetic images, whose relation labels leave a band around each object open
+    stats = RelationStats.empty()
+    for scores, truth in images:
+        stats.add(ImageCut.of(scores), _relation_label(scores, truth, shrink=2), semantic=True)
+    chosen = choose_by_majority(stats.probability(), CANDIDATES)
+    # scores are 1 inside the objects and under 0.45 outside; the empty bins between interpolate
+    assert chosen == pytest.approx(0.7)
 
 
 def test_relation_labels_of_another_size_are_skipped(images):

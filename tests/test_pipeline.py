@@ -453,6 +453,69 @@ def test_the_walk_in_the_model_actor_stores_the_scores_the_tasks_store(rerun):
     assert results["make-pseudo-labels"]["action"] == "redo"
 
 
+def test_kept_relation_labels_recut_only_and_ship_the_confident_pixels(rerun):
+    """walk.keep_relation_labels: no network and no walk re-run; every shipped label equals the
+    relation labels where they are confident and the walk's cut in their unlabelled band."""
+    from ray_wsis.masks import decode_label_png
+    from ray_wsis.pipeline.sink import read_table
+
+    config = rerun
+    layout = StageContext(config).layout
+
+    def shipped() -> dict[str, np.ndarray]:
+        return {r["image_id"]: decode_label_png(r["semantic"]) for r in read_table(layout.pseudo_labels).to_pylist()}
+
+    relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
+    # a fixed cut at an end (value > 1.0: all background; > 0.0: the winning class nearly
+    # everywhere), so that the walk's labels and the relation labels differ however the tiny run trained
+    has_class = any(((seeds > 0) & (seeds != 255)).any() for seeds in relation.values())
+    cut_at = "1.0" if has_class else "0.0"
+    fixed = ("calibration.enabled=false", f"walk.sem_bg_threshold={cut_at}", f"walk.beta={_walk_beta(config)}")
+    _rerun_with(config, *fixed)
+    walk_only = shipped()
+    _, rerun, logs, results = _rerun_with(config, *fixed, "walk.keep_relation_labels=true")
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
+    kept = shipped()
+    compared = changed = expected = 0
+    for image_id, label in kept.items():
+        seeds = relation.get(image_id)
+        if seeds is None or seeds.shape != label.shape:
+            continue
+        confident = seeds != 255
+        assert np.array_equal(label[confident], seeds[confident]), image_id
+        assert np.array_equal(label[~confident], walk_only[image_id][~confident]), image_id
+        compared += 1
+        changed += int(not np.array_equal(label, walk_only[image_id]))
+        expected += int((seeds[confident] != walk_only[image_id][confident]).any())
+    assert compared == IMAGES and changed == expected > 0
+    assert results["cut-labels"]["images"] == IMAGES
+
+
+def test_the_relation_majority_threshold_is_read_off_the_relation_labels(rerun):
+    """calibration.semantic_criterion=relation-majority: calibrate records the lowest candidate
+    above which the relation labels' confident pixels are mostly the winning class; only
+    calibrate and what follows re-run."""
+    from ray_wsis.stages.calibrate import RELATION_MAJORITY
+
+    config = rerun
+    changed, rerun, logs, _ = _rerun_with(
+        config, "walk.keep_relation_labels=true", "calibration.semantic_criterion=relation-majority"
+    )
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
+    semantic = json.load(open(os.path.join(config.output, "calibration.json")))["semantic"]
+    assert semantic["criterion"] == RELATION_MAJORITY and semantic["relation_pixels"] > 0
+    chances = [semantic["values"][str(t)] for t in changed.calibration.candidates]
+    assert all(b >= a for a, b in zip(chances, chances[1:]))  # made monotone
+    chosen = semantic["threshold"]["default"]
+    if chosen == 1.0:  # no level is mostly the class: nothing the relation labels leave open is labelled
+        assert max(chances) < 0.5 and "leave open are background" in semantic["criterion"]
+    else:
+        assert chosen in changed.calibration.candidates
+        assert min(p for t, p in zip(changed.calibration.candidates, chances) if t >= chosen) >= 0.5
+    sweep = json.load(open(os.path.join(config.output, "metrics.json")))["sem_miou_by_threshold"]
+    assert "1.00" in sweep  # evaluate scores that cut too
+
+
 def test_a_threshold_change_reruns_calibrate_and_the_cut_only(rerun):
     """Thresholds come from the stored scores: no network, no walk; the one writer re-cuts every shard."""
     import pyarrow.parquet as pq

@@ -17,6 +17,7 @@ from ray_wsis.method.scores import (
     cut_semantic,
     droppable,
     encode_scores,
+    keep_confident,
     quantise,
 )
 from ray_wsis.pipeline.schema import SCORES, rows_to_table, scores_row, walk_scores
@@ -59,6 +60,31 @@ def test_per_class_thresholds_apply_to_the_winning_class():
     assert np.array_equal(mixed == 3, low == 3)  # class 3 keeps the shared threshold
     assert (mixed == 4).sum() < (low == 4).sum()
     assert not ((mixed == 4) & (low != 4)).any()
+
+
+def test_kept_relation_labels_replace_the_cut_where_they_are_confident_only():
+    """walk.keep_relation_labels: pixel by pixel, a confident relation label (a class or 0) wins
+    with full confidence; the unlabelled band (255) keeps the walk's cut and its confidence."""
+    maps = _maps(5, 2)
+    scores = WalkScores(
+        45, 58, np.array([3, 4], np.int16), quantise(maps), np.zeros(0, np.int16), np.zeros((0, 12, 15), np.uint8)
+    )
+    rng = np.random.default_rng(7)
+    relation = rng.choice(np.array([0, 3, 4, 255], np.uint8), size=(45, 58))
+    walk_only, _ = cut_labels(scores, 0.3, 0.3, 0.0)
+    kept, _ = cut_labels(scores, 0.3, 0.3, 0.0, relation)
+    for y in range(45):
+        for x in range(58):
+            if relation[y, x] == 255:
+                assert kept.label[y, x] == walk_only.label[y, x]
+                assert kept.confidence[y, x] == walk_only.confidence[y, x]
+            else:
+                assert kept.label[y, x] == relation[y, x] and kept.confidence[y, x] == LEVELS
+    assert np.array_equal(keep_confident(walk_only.label, relation), kept.label)
+    # no relation labels (an image outside the train split), or labels of another size: the cut
+    for other in (None, relation[:-1]):
+        same, _ = cut_labels(scores, 0.3, 0.3, 0.0, other)
+        assert np.array_equal(same.label, walk_only.label) and np.array_equal(same.confidence, walk_only.confidence)
 
 
 def test_confidence_is_low_near_the_threshold_and_high_far_from_it():

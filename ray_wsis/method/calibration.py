@@ -44,7 +44,14 @@ from ray_wsis.classes import IGNORE
 from ray_wsis.data.decode import resize_label
 from ray_wsis.eval.instance import InstanceEvaluator, match_image
 from ray_wsis.eval.semantic import confusion_matrix, iou_from_confusion, mean_iou
-from ray_wsis.method.scores import Thresholds, WalkScores, Winner, detections_from_label, winner
+from ray_wsis.method.scores import (
+    Thresholds,
+    WalkScores,
+    Winner,
+    detections_from_label,
+    keep_confident,
+    winner,
+)
 
 HISTOGRAM_BINS = 256
 PROBABILITY_BINS = 100
@@ -58,18 +65,22 @@ class ImageCut:
     scores: WalkScores
     semantic: Winner
     instance: Optional[Winner]
+    kept: Optional[np.ndarray] = None
+    """Relation labels whose confident pixels the semantic label keeps (``walk.keep_relation_labels``)."""
 
     @classmethod
-    def of(cls, scores: WalkScores) -> ImageCut:
+    def of(cls, scores: WalkScores, kept: Optional[np.ndarray] = None) -> ImageCut:
         h, w, s = scores.height, scores.width, scores.scale
         inst = winner(scores.instance, h, w, s) if scores.instance.shape[0] else None
-        return cls(scores, winner(scores.semantic, h, w, s), inst)
+        return cls(scores, winner(scores.semantic, h, w, s), inst, kept)
 
     def semantic_label(self, threshold: float) -> np.ndarray:
         if len(self.scores.class_ids) == 0:
-            return np.zeros((self.scores.height, self.scores.width), np.uint8)
-        keys = np.asarray(self.scores.class_ids, np.uint8)
-        return np.where(self.semantic.value > threshold, keys[self.semantic.channel], 0).astype(np.uint8)
+            label = np.zeros((self.scores.height, self.scores.width), np.uint8)
+        else:
+            keys = np.asarray(self.scores.class_ids, np.uint8)
+            label = np.where(self.semantic.value > threshold, keys[self.semantic.channel], 0).astype(np.uint8)
+        return keep_confident(label, self.kept)
 
     def instance_classes(self, thresholds: Thresholds) -> np.ndarray:
         """(H, W) class map of the united instances (what agrees with the semantic label)."""
@@ -232,8 +243,9 @@ def isotonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RelationStats:
-    """Per bin of the winning instance channel's walked score: relation-labelled pixels and
-    how many of them the relation labels give the channel's class. Additive over images."""
+    """Per bin of the winning channel's walked score (instance channels, or with ``semantic`` the
+    class channels): relation-labelled pixels and how many of them the relation labels give the
+    channel's class. Additive over images."""
 
     labelled: np.ndarray
     same_class: np.ndarray
@@ -242,12 +254,18 @@ class RelationStats:
     def empty(cls) -> RelationStats:
         return cls(np.zeros(PROBABILITY_BINS, np.int64), np.zeros(PROBABILITY_BINS, np.int64))
 
-    def add(self, cut: ImageCut, relation: np.ndarray) -> None:
-        if cut.instance is None or relation.shape != cut.instance.value.shape:
-            return
-        classes = np.asarray(cut.scores.instance_classes, np.int64)[cut.instance.channel]
+    def add(self, cut: ImageCut, relation: np.ndarray, semantic: bool = False) -> None:
+        if semantic:
+            if not len(cut.scores.class_ids) or relation.shape != cut.semantic.value.shape:
+                return
+            win, channel_classes = cut.semantic, cut.scores.class_ids
+        else:
+            if cut.instance is None or relation.shape != cut.instance.value.shape:
+                return
+            win, channel_classes = cut.instance, cut.scores.instance_classes
+        classes = np.asarray(channel_classes, np.int64)[win.channel]
         known = relation != IGNORE
-        bins = _bins(cut.instance.value)
+        bins = _bins(win.value)
         self.labelled += np.bincount(bins[known], minlength=PROBABILITY_BINS)
         self.same_class += np.bincount(bins[known & (relation == classes)], minlength=PROBABILITY_BINS)
 
@@ -258,6 +276,25 @@ class RelationStats:
         """(PROBABILITY_BINS,) chance that a pixel of each score bin is its winner's class."""
         share = self.same_class / np.maximum(self.labelled, 1)
         return np.clip(isotonic(share, self.labelled.astype(np.float64)), 0.0, 1.0)
+
+
+NOTHING_OPEN = 1.0
+"""The semantic threshold that labels no pixel from the walk (a walked score is at most 1): with
+kept relation labels, the pixels they leave open all go to the background."""
+
+
+def choose_by_majority(
+    probability: np.ndarray, candidates: Sequence[float], otherwise: Optional[float] = None
+) -> float:
+    """The lowest candidate above which every score bin is more often its winner's class than not
+    (``probability`` >= 0.5, non-decreasing): the cut that gets each pixel's more likely label
+    right. When no bin gets there: ``otherwise``, by default the highest candidate."""
+    starts = _candidate_bins(candidates)
+    padded = np.concatenate([np.asarray(probability, np.float64), [1.0]])
+    for t, start in zip(candidates, starts):
+        if padded[start:].min() >= 0.5:
+            return float(t)
+    return float(max(candidates) if otherwise is None else otherwise)
 
 
 def expected_ious(cut: ImageCut, probability: np.ndarray, candidates: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from typing import Optional, Union
 import numpy as np
 from scipy import ndimage
 
+from ray_wsis.classes import IGNORE
 from ray_wsis.method.upsample import upsample_cams
 
 LEVELS = 255
@@ -260,14 +261,34 @@ def cut_instances(scores: WalkScores, thresholds: ThresholdLike, min_fragment_fr
     return detections_from_label(label, win.value, channel_class, min_fragment_fraction)
 
 
+def keep_confident(label: np.ndarray, relation: Optional[np.ndarray]) -> np.ndarray:
+    """``label`` with the relation labels' confident pixels (a class, or 0 for background) in place
+    of the cut's; their unlabelled band (255) keeps the cut. Unchanged without relation labels
+    (images outside the train split) or where their size differs."""
+    if relation is None or relation.shape != label.shape:
+        return label
+    return np.where(relation != IGNORE, relation, label).astype(np.uint8)
+
+
 def cut_labels(
     scores: WalkScores,
     semantic_threshold: ThresholdLike,
     instance_threshold: ThresholdLike,
     min_fragment_fraction: float,
+    relation: Optional[np.ndarray] = None,
 ) -> tuple[SemanticCut, Detections]:
-    """Semantic and instance labels of one image's scores: the one cut of the walk and of calibrate."""
-    return (cut_semantic(scores, semantic_threshold), cut_instances(scores, instance_threshold, min_fragment_fraction))
+    """Semantic and instance labels of one image's scores: the one cut of the walk and of calibrate.
+
+    With ``relation`` (``walk.keep_relation_labels``) the semantic label keeps the relation labels'
+    confident pixels, at full confidence, and the walk's cut decides only their unlabelled band."""
+    semantic = cut_semantic(scores, semantic_threshold)
+    if relation is not None and relation.shape == semantic.label.shape:
+        confident = relation != IGNORE
+        semantic = SemanticCut(
+            keep_confident(semantic.label, relation),
+            np.where(confident, LEVELS, semantic.confidence).astype(np.uint8),
+        )
+    return semantic, cut_instances(scores, instance_threshold, min_fragment_fraction)
 
 
 def encode_scores(

@@ -11,7 +11,7 @@ labels: cut-labels cuts them at the recorded thresholds. No network runs: CPU ta
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
-from ray_wsis.masks import decode_label_png
 from ray_wsis.method.calibration import (
+    NOTHING_OPEN,
     ImageCut,
     LabelFreeStats,
     RelationStats,
     agreement_confusions,
     choose_by_expected_iou,
+    choose_by_majority,
     choose_by_steepness,
     choose_few_shot,
     choose_instance,
@@ -40,10 +41,10 @@ from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
 from ray_wsis.pipeline.sink import committed_ids, shard_paths
 from ray_wsis.stages.base import StageRun, digest
-from ray_wsis.stages.relation_labels import relation_labels_of
+from ray_wsis.stages.relation_labels import read_relation_labels, relation_labels_of
 from ray_wsis.stages.thresholds import reference_thresholds, sweep
 from ray_wsis.stages.whole import map_rows, map_shards
-from ray_wsis.storage import Location, exists, write_bytes_atomic
+from ray_wsis.storage import write_bytes_atomic
 
 
 # --------------------------------------------------------------------------- CPU tasks
@@ -55,33 +56,25 @@ def label_free_task(batch: pa.Table, candidates: list[float]) -> pa.Table:
     return pa.Table.from_pylist([stats.as_row()])
 
 
-def agreement_task(batch: pa.Table, semantic_threshold: float, candidates: list[float], num_classes: int) -> pa.Table:
-    """Confusions of the united instances against the semantic labels, at every candidate."""
+def agreement_task(
+    batch: pa.Table,
+    semantic_threshold: float,
+    candidates: list[float],
+    num_classes: int,
+    kept_from: Optional[dict[str, Any]] = None,
+) -> pa.Table:
+    """Confusions of the united instances against the semantic labels, at every candidate; with
+    ``kept_from`` (a run's config) against the semantic labels as shipped with its kept relation labels."""
+    rows = batch.to_pylist()
+    kept: dict[str, np.ndarray] = {}
+    if kept_from is not None:
+        cfg = config_from_dict(kept_from)
+        kept = read_relation_labels(relation_labels_of(Layout.of(cfg), cfg), [r["image_id"] for r in rows])
     total = np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64)
-    for row in batch.to_pylist():
-        total += agreement_confusions(ImageCut.of(walk_scores(row)), semantic_threshold, candidates, num_classes + 1)
+    for row in rows:
+        cut = ImageCut.of(walk_scores(row), kept.get(row["image_id"]))
+        total += agreement_confusions(cut, semantic_threshold, candidates, num_classes + 1)
     return pa.table({"confusions": [total.tobytes()]})
-
-
-def _relation_labels(
-    layout: Layout, scores_path: str, ids: list[str], labels: Location | None = None
-) -> dict[str, np.ndarray]:
-    """The relation labels of ``ids`` (under ``labels``, default IRN's): from the same-named shard
-    (make-ir-labels and make-pseudo-labels shard one split alike), else from every shard, by id."""
-    labels = labels or layout.ir_labels
-    name = scores_path.rsplit("/", 1)[-1]
-    same = labels.child(name)
-    paths = [same.path] if exists(same) else shard_paths(labels)
-    found: dict[str, np.ndarray] = {}
-    wanted = set(ids)
-    for path in paths:
-        table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=labels.fs)
-        for image_id, png in zip(table.column("image_id").to_pylist(), table.column("ir_label").to_pylist()):
-            if image_id in wanted and png is not None:
-                found[image_id] = decode_label_png(png)
-        if wanted <= found.keys():
-            break
-    return found
 
 
 def _shard_cuts(layout: Layout, path: str) -> list[tuple[str, ImageCut]]:
@@ -89,16 +82,19 @@ def _shard_cuts(layout: Layout, path: str) -> list[tuple[str, ImageCut]]:
     return [(r["image_id"], ImageCut.of(walk_scores(r))) for r in rows]
 
 
-def relation_task(batch: pa.Table, config: dict[str, Any]) -> pa.Table:
-    """Per scores shard: relation-labelled pixels per bin of the winning instance score."""
-    layout = Layout.of(config_from_dict(config))
+def relation_task(batch: pa.Table, config: dict[str, Any], semantic: bool = False) -> pa.Table:
+    """Per scores shard: relation-labelled pixels per bin of the winning instance score (with
+    ``semantic``: of the winning class score, against the relation labels the run trained on)."""
+    cfg = config_from_dict(config)
+    layout = Layout.of(cfg)
+    labels = relation_labels_of(layout, cfg) if semantic else layout.ir_labels
     stats = RelationStats.empty()
     for path in batch.column("path").to_pylist():
         cuts = _shard_cuts(layout, path)
-        relation = _relation_labels(layout, path, [image_id for image_id, _ in cuts])
+        relation = read_relation_labels(labels, [image_id for image_id, _ in cuts], path)
         for image_id, cut in cuts:
             if image_id in relation:
-                stats.add(cut, relation[image_id])
+                stats.add(cut, relation[image_id], semantic)
     return pa.table({"labelled": [stats.labelled.tolist()], "same_class": [stats.same_class.tolist()]})
 
 
@@ -113,7 +109,7 @@ def relation_agreement_task(
     images = 0
     for path in batch.column("path").to_pylist():
         cuts = [(i, c) for i, c in _shard_cuts(layout, path) if len(c.scores.class_ids)]
-        relation = _relation_labels(layout, path, [i for i, _ in cuts], relation_labels_of(layout, cfg))
+        relation = read_relation_labels(relation_labels_of(layout, cfg), [i for i, _ in cuts], path)
         for image_id, cut in cuts:
             label = relation.get(image_id)
             if label is not None and label.shape == (cut.scores.height, cut.scores.width):
@@ -217,6 +213,7 @@ def _instance_by_agreement(
         semantic_threshold=semantic,
         candidates=candidates,
         num_classes=n,
+        kept_from=ctx.config.to_dict() if ctx.config.walk.keep_relation_labels else None,
     ):
         confusions += np.frombuffer(row["confusions"], np.int64).reshape(confusions.shape)
     instance = choose_instance(confusions, candidates, ctx.config.calibration.per_class_instances)
@@ -256,6 +253,40 @@ def _semantic_by_relation_labels(
     }
 
 
+RELATION_MAJORITY = (
+    "lowest cut above which the relation labels' confident pixels are more often the winning class than not"
+)
+
+
+def _semantic_by_relation_majority(
+    ctx: StageContext, candidates: list[float], progress: Progress
+) -> dict[str, Any] | str:
+    """The lowest semantic threshold above which a pixel is more likely its winning class than
+    background, that chance per walked score read off the relation labels' confident pixels
+    (isotonic); or why it cannot be read off them (the caller falls back to Otsu's criterion)."""
+    labels = relation_labels_of(ctx.layout, ctx.config)
+    if not shard_paths(labels):
+        return f"no relation labels under {labels.uri}"
+    stats = RelationStats.empty()
+    for row in _per_shard(ctx, relation_task, progress, "relation majority", semantic=True):
+        stats = stats.merge(RelationStats(np.asarray(row["labelled"]), np.asarray(row["same_class"])))
+    if stats.labelled.sum() == 0:
+        return "no relation-labelled pixel under a class score (they are made for the train split)"
+    probability = stats.probability()
+    bins = np.clip(np.ceil(np.asarray(candidates) * len(probability) - 1e-9).astype(int), 0, len(probability) - 1)
+    kept = ctx.config.walk.keep_relation_labels
+    chosen = choose_by_majority(probability, candidates, NOTHING_OPEN if kept else None)
+    criterion = RELATION_MAJORITY
+    if chosen not in candidates:
+        criterion += "; no score level is: the pixels the relation labels leave open are background"
+    return {
+        "threshold": Thresholds(chosen).as_dict(),
+        "criterion": criterion,
+        "values": dict(zip(map(str, candidates), (float(probability[b]) for b in bins))),
+        "relation_pixels": int(stats.labelled.sum()),
+    }
+
+
 def _label_free(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> dict[str, Any]:
     stats = _label_free_stats(ctx, ids, candidates, progress)
     criterion = stats.criterion()
@@ -265,8 +296,12 @@ def _label_free(ctx: StageContext, ids: list[str], candidates: list[float], prog
         "values": dict(zip(map(str, candidates), map(float, criterion))),
     }
     semantic_part: dict[str, Any] = otsu
-    if ctx.config.calibration.semantic_criterion == "relation-agreement":
-        by_relation = _semantic_by_relation_labels(ctx, candidates, progress)
+    chooser = {
+        "relation-agreement": _semantic_by_relation_labels,
+        "relation-majority": _semantic_by_relation_majority,
+    }.get(ctx.config.calibration.semantic_criterion)
+    if chooser is not None:
+        by_relation = chooser(ctx, candidates, progress)
         if isinstance(by_relation, dict):
             semantic_part = {**by_relation, "otsu": otsu}
         else:

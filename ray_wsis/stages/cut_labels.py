@@ -3,8 +3,10 @@
 make-pseudo-labels stores the walked maps (scores/), calibrate chooses and records the
 background thresholds (calibration.json: calibrated ones, or the configured ones when
 calibration is off), and this stage cuts every scores shard into the pseudo-label shard of
-the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. No network
-runs: CPU tasks only, one per shard, so re-thresholding costs a few seconds per 1,000 images.
+the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. With
+``walk.keep_relation_labels`` the shipped semantic labels keep the relation labels' confident
+pixels (read from the same-named relation-label shard). No network runs: CPU tasks only, one
+per shard, so re-thresholding costs a few seconds per 1,000 images.
 
 Exactly once: a scores shard and its label shard hold the same ids under the same name, and
 each label shard is written atomically. Every label shard records the identity of the cut it
@@ -46,6 +48,7 @@ from ray_wsis.pipeline.schema import (
 )
 from ray_wsis.pipeline.sink import base_name, commit, committed_ids, shard_paths, split_rows
 from ray_wsis.stages.base import StageRun, digest
+from ray_wsis.stages.relation_labels import read_relation_labels, relation_labels_of
 from ray_wsis.stages.whole import map_shards
 from ray_wsis.storage import Location, read_bytes
 
@@ -79,8 +82,12 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             out.append({"path": path, "rows": 0, "cut": False})
             continue
         scores = pq.read_table(path, filesystem=layout.scores.fs)
-        here = wanted & set(scores.column("image_id").to_pylist())
+        ids = scores.column("image_id").to_pylist()
+        here = wanted & set(ids)
         human = read_human_labels(layout.human_labels, here) if here else {}
+        relation = (
+            read_relation_labels(relation_labels_of(layout, cfg), ids, path) if cfg.walk.keep_relation_labels else {}
+        )
         rows = []
         for row in scores.to_pylist():
             h, w = int(row["height"]), int(row["width"])
@@ -88,7 +95,9 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             if label is not None and label.semantic.shape == (h, w):
                 rows.append(human_row(row, label))
                 continue
-            cut, found = cut_labels(walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction)
+            cut, found = cut_labels(
+                walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction, relation.get(row["image_id"])
+            )
             rows.append(
                 pseudo_label_row(
                     row["image_id"],

@@ -9,13 +9,16 @@ worker that runs its task imports it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from ray_wsis.config import Config, config_from_dict
-from ray_wsis.masks import encode_label_png
+from ray_wsis.masks import decode_label_png, encode_label_png
 from ray_wsis.method.affinity_labels import psa_relation_labels
 from ray_wsis.method.ir_labels import relation_labels
 from ray_wsis.method.upsample import upsample_cams
@@ -31,9 +34,10 @@ from ray_wsis.pipeline.schema import (
     error_text,
     rows_to_table,
 )
+from ray_wsis.pipeline.sink import shard_paths
 from ray_wsis.stages.base import StageRun
 from ray_wsis.stages.images import from_previous, run_images
-from ray_wsis.storage import Location
+from ray_wsis.storage import Location, exists
 
 
 def ir_label_batch(batch: pa.Table, config: dict[str, Any], labels: str = "irn") -> pa.Table:
@@ -94,3 +98,25 @@ def relation_labels_of(layout: Layout, config: Config) -> Location:
     """The relation labels the run trained on: IRN's, or psa's for AffinityNet (affinity.labels)."""
     psa = config.method == "affinitynet" and config.affinity.labels == "psa"
     return layout.affinity_labels if psa else layout.ir_labels
+
+
+def read_relation_labels(
+    labels: Location, ids: Iterable[str], shard_path: Optional[str] = None
+) -> dict[str, np.ndarray]:
+    """The relation labels of ``ids`` under ``labels``, by id (ids without one are left out).
+
+    With ``shard_path`` (a scores shard), only the relation-label shard of the same name is read
+    when there is one: make-ir-labels and make-pseudo-labels shard one split alike, so a shard's
+    ids are there or have no relation labels. Otherwise every shard is read until all are found."""
+    same = labels.child(shard_path.rsplit("/", 1)[-1]) if shard_path else None
+    paths = [same.path] if same is not None and exists(same) else shard_paths(labels)
+    found: dict[str, np.ndarray] = {}
+    wanted = set(ids)
+    for path in paths:
+        table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=labels.fs)
+        for image_id, png in zip(table.column("image_id").to_pylist(), table.column("ir_label").to_pylist()):
+            if image_id in wanted and png is not None:
+                found[image_id] = decode_label_png(png)
+        if wanted <= found.keys():
+            break
+    return found
