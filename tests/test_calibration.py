@@ -210,14 +210,8 @@ def test_semantic_relation_stats_count_each_bin_as_a_pixel_loop_does(images):
                 labelled[b] += 1
                 same[b] += int(relation[y, x] == keys[cut.semantic.channel[y, x]])
     assert np.array_equal(stats.labelled, labelled) and np.array_equal(stats.same_class, same)
-    empty = WalkScores(
-        48,
-        64,
-        np.zeros(0, np.int16),
-        np.zeros((0, 12, 16), np.uint8),
-        np.zeros(0, np.int16),
-        np.zeros((0, 12, 16), np.uint8),
-    )
+    no_class = (np.zeros(0, np.int16), np.zeros((0, 12, 16), np.uint8))
+    empty = WalkScores(48, 64, *no_class, *no_class)
     stats.add(ImageCut.of(empty), np.zeros((48, 64), np.uint8), semantic=True)  # no class: nothing to count
     assert np.array_equal(stats.labelled, labelled)
 
