@@ -270,7 +270,8 @@ class WalkConfig:
     background) and let the walk's cut decide only their unlabelled band (255), at full confidence
     there. irn ships the walk's cut alone; where IRNet's boundaries miss thin objects the walk
     spreads a class over its context, which the relation labels had called background
-    (docs/context.md). Images without relation labels (outside the train split) keep the cut."""
+    (docs/context.md). Images without relation labels (outside the train split) keep the cut, at
+    the same threshold: empty where relation-majority chose 1.0."""
 
 
 CALIBRATION_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 19))
