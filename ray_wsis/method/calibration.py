@@ -283,16 +283,21 @@ NOTHING_OPEN = 1.0
 kept relation labels, the pixels they leave open all go to the background."""
 
 
+def chances_above(probability: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
+    """For each candidate, the lowest chance (``probability`` per score bin) among the bins a cut
+    there labels; 1.0 where it labels none."""
+    padded = np.concatenate([np.asarray(probability, np.float64), [1.0]])
+    return np.array([padded[start:].min() for start in _candidate_bins(candidates)])
+
+
 def choose_by_majority(
     probability: np.ndarray, candidates: Sequence[float], otherwise: Optional[float] = None
 ) -> float:
     """The lowest candidate above which every score bin is more often its winner's class than not
     (``probability`` >= 0.5, non-decreasing): the cut that gets each pixel's more likely label
     right. When no bin gets there: ``otherwise``, by default the highest candidate."""
-    starts = _candidate_bins(candidates)
-    padded = np.concatenate([np.asarray(probability, np.float64), [1.0]])
-    for t, start in zip(candidates, starts):
-        if padded[start:].min() >= 0.5:
+    for t, chance in zip(candidates, chances_above(probability, candidates)):
+        if chance >= 0.5:
             return float(t)
     return float(max(candidates) if otherwise is None else otherwise)
 

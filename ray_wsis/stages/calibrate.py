@@ -25,6 +25,7 @@ from ray_wsis.method.calibration import (
     LabelFreeStats,
     RelationStats,
     agreement_confusions,
+    chances_above,
     choose_by_expected_iou,
     choose_by_majority,
     choose_by_steepness,
@@ -41,7 +42,12 @@ from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
 from ray_wsis.pipeline.sink import committed_ids, shard_paths
 from ray_wsis.stages.base import StageRun, digest
-from ray_wsis.stages.relation_labels import read_relation_labels, relation_labels_of
+from ray_wsis.stages.relation_labels import (
+    kept_from,
+    kept_relation_labels,
+    read_relation_labels,
+    relation_labels_of,
+)
 from ray_wsis.stages.thresholds import reference_thresholds, sweep
 from ray_wsis.stages.whole import map_rows, map_shards
 from ray_wsis.storage import write_bytes_atomic
@@ -61,18 +67,15 @@ def agreement_task(
     semantic_threshold: float,
     candidates: list[float],
     num_classes: int,
-    kept_from: Optional[dict[str, Any]] = None,
+    kept: Optional[dict[str, Any]] = None,
 ) -> pa.Table:
     """Confusions of the united instances against the semantic labels, at every candidate; with
-    ``kept_from`` (a run's config) against the semantic labels as shipped with its kept relation labels."""
+    ``kept`` (relation_labels.kept_from) against the semantic labels as shipped, relation labels kept."""
     rows = batch.to_pylist()
-    kept: dict[str, np.ndarray] = {}
-    if kept_from is not None:
-        cfg = config_from_dict(kept_from)
-        kept = read_relation_labels(relation_labels_of(Layout.of(cfg), cfg), [r["image_id"] for r in rows])
+    relation = kept_relation_labels(kept, [r["image_id"] for r in rows])
     total = np.zeros((len(candidates), num_classes + 1, num_classes + 1), np.int64)
     for row in rows:
-        cut = ImageCut.of(walk_scores(row), kept.get(row["image_id"]))
+        cut = ImageCut.of(walk_scores(row), relation.get(row["image_id"]))
         total += agreement_confusions(cut, semantic_threshold, candidates, num_classes + 1)
     return pa.table({"confusions": [total.tobytes()]})
 
@@ -213,7 +216,7 @@ def _instance_by_agreement(
         semantic_threshold=semantic,
         candidates=candidates,
         num_classes=n,
-        kept_from=ctx.config.to_dict() if ctx.config.walk.keep_relation_labels else None,
+        kept=kept_from(ctx.config),
     ):
         confusions += np.frombuffer(row["confusions"], np.int64).reshape(confusions.shape)
     instance = choose_instance(confusions, candidates, ctx.config.calibration.per_class_instances)
@@ -273,7 +276,6 @@ def _semantic_by_relation_majority(
     if stats.labelled.sum() == 0:
         return "no relation-labelled pixel under a class score (they are made for the train split)"
     probability = stats.probability()
-    bins = np.clip(np.ceil(np.asarray(candidates) * len(probability) - 1e-9).astype(int), 0, len(probability) - 1)
     kept = ctx.config.walk.keep_relation_labels
     chosen = choose_by_majority(probability, candidates, NOTHING_OPEN if kept else None)
     criterion = RELATION_MAJORITY
@@ -282,7 +284,7 @@ def _semantic_by_relation_majority(
     return {
         "threshold": Thresholds(chosen).as_dict(),
         "criterion": criterion,
-        "values": dict(zip(map(str, candidates), (float(probability[b]) for b in bins))),
+        "values": dict(zip(map(str, candidates), map(float, chances_above(probability, candidates)))),
         "relation_pixels": int(stats.labelled.sum()),
     }
 

@@ -100,6 +100,21 @@ def relation_labels_of(layout: Layout, config: Config) -> Location:
     return layout.affinity_labels if psa else layout.ir_labels
 
 
+def kept_from(config: Config) -> Optional[dict[str, Any]]:
+    """What CPU tasks get to read the relation labels the cut keeps: the run's config as a dict
+    with ``walk.keep_relation_labels``, else None (nothing kept)."""
+    return config.to_dict() if config.walk.keep_relation_labels else None
+
+
+def kept_relation_labels(kept: Optional[dict[str, Any]], ids: Iterable[str]) -> dict[str, np.ndarray]:
+    """The relation labels of ``ids`` that the cut keeps (``kept`` from :func:`kept_from`), by id;
+    none when ``kept`` is None. Rows without their shard's name: every relation-label shard is read."""
+    if kept is None:
+        return {}
+    config = config_from_dict(kept)
+    return read_relation_labels(relation_labels_of(Layout.of(config), config), ids)
+
+
 def read_relation_labels(
     labels: Location, ids: Iterable[str], shard_path: Optional[str] = None
 ) -> dict[str, np.ndarray]:

@@ -15,16 +15,15 @@ from typing import Any, Optional
 import numpy as np
 import pyarrow as pa
 
-from ray_wsis.config import Config, config_from_dict
+from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetSource
 from ray_wsis.eval.instance import ImageMatches
 from ray_wsis.method.calibration import FewShotStats, ImageCut
 from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds
 from ray_wsis.pipeline.context import StageContext
-from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.progress import QUIET, Progress
 from ray_wsis.pipeline.schema import walk_scores
-from ray_wsis.stages.relation_labels import read_relation_labels, relation_labels_of
+from ray_wsis.stages.relation_labels import kept_from, kept_relation_labels
 from ray_wsis.stages.whole import map_rows
 
 
@@ -41,23 +40,19 @@ def eval_sweep(
     source: DatasetSource,
     num_classes: int,
     min_fragment_fraction: float,
-    kept_from: Optional[dict[str, Any]] = None,
+    kept: Optional[dict[str, Any]] = None,
 ) -> pa.Table:
     """CPU task: semantic confusions and instance matches at every candidate threshold, from the
-    scores of the batch's images with ground truth. ``kept_from`` (a run's config, with
-    ``walk.keep_relation_labels``): the semantic labels keep its relation labels' confident pixels,
-    as cut-labels ships them."""
+    scores of the batch's images with ground truth. ``kept`` (relation_labels.kept_from): the
+    semantic labels keep the relation labels' confident pixels, as cut-labels ships them."""
     stats = FewShotStats.empty(candidates, num_classes)
     images = 0
     rows = batch.to_pylist()
-    kept: dict[str, np.ndarray] = {}
-    if kept_from is not None:
-        config = config_from_dict(kept_from)
-        kept = read_relation_labels(relation_labels_of(Layout.of(config), config), [r["image_id"] for r in rows])
+    relation = kept_relation_labels(kept, [r["image_id"] for r in rows])
     for row in rows:
         gt = source.ground_truth(row["image_id"])
         if gt is not None and gt.semantic is not None:
-            cut = ImageCut.of(walk_scores(row), kept.get(row["image_id"]))
+            cut = ImageCut.of(walk_scores(row), relation.get(row["image_id"]))
             stats.add(cut, gt, candidates, min_fragment_fraction, num_classes)
             images += 1
     matches = [e.matches().as_dict() for e in stats.evaluators]
@@ -81,7 +76,7 @@ def sweep(
         source=ctx.source,
         num_classes=n,
         min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
-        kept_from=ctx.config.to_dict() if ctx.config.walk.keep_relation_labels else None,
+        kept=kept_from(ctx.config),
     ):
         stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
         for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
