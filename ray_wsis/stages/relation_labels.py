@@ -108,7 +108,7 @@ def kept_from(config: Config) -> Optional[dict[str, Any]]:
 
 def kept_relation_labels(kept: Optional[dict[str, Any]], ids: Iterable[str]) -> dict[str, np.ndarray]:
     """The relation labels of ``ids`` that the cut keeps (``kept`` from :func:`kept_from`), by id;
-    none when ``kept`` is None. Rows without their shard's name: every relation-label shard is read."""
+    none when ``kept`` is None. Rows without their shard's name: the shards that hold them are read."""
     if kept is None:
         return {}
     config = config_from_dict(kept)
@@ -122,16 +122,40 @@ def read_relation_labels(
 
     With ``shard_path`` (a scores shard), only the relation-label shard of the same name is read
     when there is one: make-ir-labels and make-pseudo-labels shard one split alike, so a shard's
-    ids are there or have no relation labels. Otherwise every shard is read until all are found."""
-    same = labels.child(shard_path.rsplit("/", 1)[-1]) if shard_path else None
-    paths = [same.path] if same is not None and exists(same) else shard_paths(labels)
-    found: dict[str, np.ndarray] = {}
+    ids are there or have no relation labels. Otherwise only the shards that hold ``ids`` are read,
+    found through :func:`shard_of_ids` (an index of the shards' id columns, kept per process)."""
     wanted = set(ids)
+    same = labels.child(shard_path.rsplit("/", 1)[-1]) if shard_path else None
+    if same is not None and exists(same):
+        return _read_labels(labels, [same.path], wanted)
+    index = shard_of_ids(labels, shard_paths(labels))
+    return _read_labels(labels, sorted({index[i] for i in wanted if i in index}), wanted)
+
+
+_INDEXES: dict[tuple[str, tuple[str, ...]], dict[str, str]] = {}
+"""Per process: (folder URI, its shard paths) -> {image_id: shard path}."""
+
+
+def shard_of_ids(labels: Location, paths: list[str]) -> dict[str, str]:
+    """Which shard of ``paths`` holds each image id. Their id columns only are read, once per
+    process and listing: a shard's name is a digest of its ids (sink.shard_name), so a listing of
+    the same names holds the same ids."""
+    key = (labels.uri, tuple(paths))
+    if key not in _INDEXES:
+        index: dict[str, str] = {}
+        for path in paths:
+            table = pq.read_table(path, columns=["image_id"], filesystem=labels.fs)
+            index.update((image_id, path) for image_id in table.column("image_id").to_pylist())
+        _INDEXES.clear()
+        _INDEXES[key] = index
+    return _INDEXES[key]
+
+
+def _read_labels(labels: Location, paths: list[str], wanted: set[str]) -> dict[str, np.ndarray]:
+    found: dict[str, np.ndarray] = {}
     for path in paths:
         table = pq.read_table(path, columns=["image_id", "ir_label"], filesystem=labels.fs)
         for image_id, png in zip(table.column("image_id").to_pylist(), table.column("ir_label").to_pylist()):
             if image_id in wanted and png is not None:
                 found[image_id] = decode_label_png(png)
-        if wanted <= found.keys():
-            break
     return found
