@@ -272,6 +272,13 @@ class WalkConfig:
     spreads a class over its context, which the relation labels had called background
     (docs/context.md). Images without relation labels (outside the train split) keep the cut, at
     the same threshold: empty where relation-majority chose 1.0."""
+    instances_follow_semantic: bool = False
+    """Instance masks that tile the shipped semantic label: each pixel of class c goes to the
+    class-c instance channel that is highest there (a class with none stays one region, scored by
+    its walked semantic map), so the instances of a class are exactly its semantic pixels, cut into
+    the walk's instances. irn cuts the instances at their own threshold, so they flood wherever the
+    semantic label does and ignore the kept relation labels. With this on the instance threshold is
+    unused, and evaluate's instance sweep is over the semantic threshold (docs/context.md)."""
 
 
 CALIBRATION_CANDIDATES: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 19))

@@ -28,7 +28,7 @@ from ray_wsis.method.calibration import (
     isotonic,
     otsu_ratio,
 )
-from ray_wsis.method.scores import Thresholds, WalkScores, cut_semantic, quantise
+from ray_wsis.method.scores import Thresholds, WalkScores, cut_labels, cut_semantic, quantise
 
 CANDIDATES = [round(0.05 * i, 2) for i in range(1, 19)]
 
@@ -133,6 +133,20 @@ def test_the_sweep_cuts_kept_relation_labels_as_cut_labels_ships_them(images):
     walk_stats = FewShotStats.empty(CANDIDATES, num_classes=1)
     walk_stats.add(ImageCut.of(scores), truth, CANDIDATES, 0.0, num_classes=1)
     assert not np.array_equal(stats.confusions, walk_stats.confusions)
+
+
+def test_the_sweep_cuts_instances_that_follow_the_semantic_label_as_cut_labels_ships_them(images):
+    """walk.instances_follow_semantic: the sweep's instances at a candidate are cut-labels' at that
+    semantic threshold (kept relation labels included), whatever the instance threshold."""
+    scores, _ = images[0]
+    relation = np.full((48, 64), 255, np.uint8)
+    relation[:, :20] = 0
+    cut = ImageCut.of(scores, relation, follow_semantic=True)
+    for t in (0.2, 0.5, 0.9):
+        found = cut.detections(Thresholds(t), 0.0)
+        _, shipped = cut_labels(scores, t, 0.05, 0.0, relation, follow_semantic=True)
+        assert np.array_equal(found.masks, shipped.masks) and np.array_equal(found.scores, shipped.scores)
+        assert not found.masks[:, :, :20].any()  # the kept background holds no instance
 
 
 def test_instance_agreement_with_the_semantic_cut(images):

@@ -502,6 +502,42 @@ def test_kept_relation_labels_recut_only_and_ship_the_confident_pixels(rerun):
     assert results["cut-labels"]["images"] == IMAGES
 
 
+def test_instances_that_follow_the_semantic_label_recut_only_and_tile_it(rerun):
+    """walk.instances_follow_semantic: cut-labels and evaluate re-run (no calibrate, no walk); each
+    shipped image's instances of a class are exactly its semantic pixels of that class, disjoint,
+    kept relation labels included (class 15, which the scores lack, is one region of its own)."""
+    from ray_wsis.masks import decode_label_png, decode_rle
+    from ray_wsis.pipeline.sink import read_table
+
+    config = rerun
+    _store_pattern_relation_labels(StageContext(config).layout)  # class 15 on the right third: labelled
+    fixed = (
+        "calibration.enabled=false",
+        "walk.sem_bg_threshold=0.3",
+        f"walk.beta={_walk_beta(config)}",
+        "walk.keep_relation_labels=true",
+    )
+    _rerun_with(config, *fixed)
+    _, rerun, logs, results = _rerun_with(config, *fixed, "walk.instances_follow_semantic=true")
+    assert rerun == {"cut-labels", "evaluate"}, logs
+    rows = read_table(StageContext(config).layout.pseudo_labels).to_pylist()
+    assert len(rows) == IMAGES
+    labelled = 0
+    for row in rows:
+        semantic = decode_label_png(row["semantic"])
+        instances = row["instances"] or []
+        masks = [decode_rle(i["rle"]) for i in instances]
+        covered = np.zeros(semantic.shape, np.int64)
+        for mask, instance in zip(masks, instances):
+            assert mask.shape == semantic.shape and (semantic[mask] == instance["category_id"]).all(), row["image_id"]
+            covered += mask
+        assert covered.max(initial=0) <= 1, row["image_id"]  # disjoint
+        assert np.array_equal(covered > 0, semantic > 0), row["image_id"]  # every labelled pixel is in one
+        labelled += int((semantic == 15).any())
+    assert labelled == IMAGES and results["cut-labels"]["images"] == IMAGES
+    assert json.load(open(os.path.join(config.output, "metrics.json")))["ins_map50"] is not None
+
+
 def test_the_relation_majority_threshold_is_read_off_the_relation_labels(rerun):
     """calibration.semantic_criterion=relation-majority: calibrate records the lowest candidate
     above which the relation labels' confident pixels are mostly the winning class; only

@@ -18,8 +18,10 @@ from ray_wsis.method.scores import (
     droppable,
     encode_scores,
     keep_confident,
+    partition_instances,
     quantise,
 )
+from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.schema import SCORES, rows_to_table, scores_row, walk_scores
 
 
@@ -85,6 +87,72 @@ def test_kept_relation_labels_replace_the_cut_where_they_are_confident_only():
     for other in (None, relation[:-1]):
         same, _ = cut_labels(scores, 0.3, 0.3, 0.0, other)
         assert np.array_equal(same.label, walk_only.label) and np.array_equal(same.confidence, walk_only.confidence)
+
+
+def test_instances_that_follow_the_semantic_label_tile_it_pixel_by_pixel():
+    """walk.instances_follow_semantic, against a brute-force version: every pixel of class c goes to
+    the class-c instance channel highest there (class 5 has two channels, class 3 one); class 9 has
+    none and is one region valued by its walked semantic map; background pixels are in no instance;
+    each 4-connected region of a channel is a detection scored by its peak."""
+    from scipy import ndimage
+
+    scores = WalkScores(
+        45,
+        58,
+        np.array([3, 5, 9], np.int16),
+        quantise(_maps(8, 3)),
+        np.array([5, 3, 5], np.int16),
+        quantise(_maps(9, 3)),
+    )
+    label = np.zeros((45, 58), np.uint8)
+    label[5:20, 4:30], label[25:40, 10:50], label[2:12, 40:55], label[30:44, 0:8] = 5, 3, 9, 5
+    found = partition_instances(scores, label, 0.0)
+
+    instance = upsample_cams(scores.instance.astype(np.float32), 45, 58, 4)
+    semantic = upsample_cams(scores.semantic.astype(np.float32), 45, 58, 4)
+    channel = np.zeros((45, 58), np.int64)  # 1-based, 4 = class 9's own region
+    value = np.zeros((45, 58), np.float64)
+    for y in range(45):
+        for x in range(58):
+            c = int(label[y, x])
+            if c == 9:
+                channel[y, x], value[y, x] = 4, semantic[2, y, x] / semantic.max()
+            elif c:
+                own = [i for i in range(3) if scores.instance_classes[i] == c]
+                best = max(own, key=lambda i: instance[i, y, x])
+                channel[y, x], value[y, x] = best + 1, instance[best, y, x] / instance.max()
+    expected = []
+    for ch, cls in zip((1, 2, 3, 4), (5, 3, 5, 9)):
+        regions, count = ndimage.label(channel == ch)
+        for r in range(1, count + 1):
+            expected.append(
+                (cls, round(float(value[regions == r].max()), 5), frozenset(zip(*np.nonzero(regions == r))))
+            )
+    got = [
+        (int(c), round(float(v), 5), frozenset(zip(*np.nonzero(m))))
+        for c, v, m in zip(found.class_ids, found.scores, found.masks)
+    ]
+    assert sorted(got, key=str) == sorted(expected, key=str)
+    assert len({cls for cls, _, _ in got}) == 3 and len(got) > 4  # class 5's pixels are split between its channels
+
+
+def test_cut_labels_with_instances_following_the_semantic_label():
+    scores = WalkScores(
+        45,
+        58,
+        np.array([3, 5], np.int16),
+        quantise(_maps(11, 2)),
+        np.array([3, 5, 5], np.int16),
+        quantise(_maps(12, 3)),
+    )
+    relation = np.random.default_rng(13).choice(np.array([0, 3, 5, 255], np.uint8), size=(45, 58))
+    semantic, found = cut_labels(scores, 0.3, 0.6, 0.0, relation, follow_semantic=True)
+    expected = partition_instances(scores, semantic.label, 0.0)
+    assert len(found) == len(expected) and np.array_equal(found.masks, expected.masks)
+    for c in (3, 5):  # a class's instances are exactly its shipped pixels, kept relation labels included
+        assert np.array_equal(found.masks[found.class_ids == c].any(axis=0), semantic.label == c)
+    _, walk_only = cut_labels(scores, 0.3, 0.6, 0.0, relation)
+    assert not np.array_equal(walk_only.masks.any(axis=0), semantic.label > 0)
 
 
 def test_confidence_is_low_near_the_threshold_and_high_far_from_it():

@@ -50,6 +50,7 @@ from ray_wsis.method.scores import (
     Winner,
     detections_from_label,
     keep_confident,
+    partition_instances,
     winner,
 )
 
@@ -67,12 +68,15 @@ class ImageCut:
     instance: Optional[Winner]
     kept: Optional[np.ndarray] = None
     """Relation labels whose confident pixels the semantic label keeps (``walk.keep_relation_labels``)."""
+    follow_semantic: bool = False
+    """Instances tile the semantic label (``walk.instances_follow_semantic``): :meth:`detections`
+    at a threshold are those of the semantic label cut there."""
 
     @classmethod
-    def of(cls, scores: WalkScores, kept: Optional[np.ndarray] = None) -> ImageCut:
+    def of(cls, scores: WalkScores, kept: Optional[np.ndarray] = None, follow_semantic: bool = False) -> ImageCut:
         h, w, s = scores.height, scores.width, scores.scale
         inst = winner(scores.instance, h, w, s) if scores.instance.shape[0] else None
-        return cls(scores, winner(scores.semantic, h, w, s), inst, kept)
+        return cls(scores, winner(scores.semantic, h, w, s), inst, kept, follow_semantic)
 
     def semantic_label(self, threshold: float) -> np.ndarray:
         if len(self.scores.class_ids) == 0:
@@ -91,6 +95,8 @@ class ImageCut:
         return np.where(self.instance.value > limit, classes[self.instance.channel], 0).astype(np.uint8)
 
     def detections(self, thresholds: Thresholds, min_fragment_fraction: float):  # type: ignore[no-untyped-def]
+        if self.follow_semantic:
+            return partition_instances(self.scores, self.semantic_label(thresholds.default), min_fragment_fraction)
         h, w = self.scores.height, self.scores.width
         classes = np.asarray(self.scores.instance_classes, np.int64)
         if self.instance is None:

@@ -261,6 +261,38 @@ def cut_instances(scores: WalkScores, thresholds: ThresholdLike, min_fragment_fr
     return detections_from_label(label, win.value, channel_class, min_fragment_fraction)
 
 
+def partition_instances(scores: WalkScores, label: np.ndarray, min_fragment_fraction: float) -> Detections:
+    """Instances that tile a semantic ``label`` (at the inference size): each pixel of class c goes
+    to the class-c instance channel that is highest there, on the scale of :func:`winner` (the
+    global upsampled peak of the instance channels); a class without one is one channel of its own,
+    valued by its walked semantic map (on the semantic peak; 0 for a class the scores lack, which
+    only relation labels can bring). Each connected region of a channel is
+    one detection, as :func:`cut_instances` makes them."""
+    h, w = label.shape
+    classes = np.asarray(scores.instance_classes, np.int64)
+    semantic_ids = [int(c) for c in scores.class_ids]
+    channel = np.zeros((h, w), np.int64)  # 1-based; 0 = background
+    value = np.zeros((h, w), np.float32)
+    instance_peak = winner(scores.instance, h, w, scores.scale).peak if scores.instance.any() else 0.0
+    extra: list[int] = []
+    for c in (int(c) for c in np.unique(label) if c != 0):
+        where = label == c
+        own = np.flatnonzero(classes == c)
+        if own.size and instance_peak > 0:
+            maps = upsample_cams(scores.instance[own].astype(np.float32), h, w, scores.scale)[:, where]
+            channel[where] = own[maps.argmax(axis=0)] + 1
+            value[where] = maps.max(axis=0) / instance_peak
+        else:  # no instance channel of c survived: one region, valued by its walked map (0 if none)
+            extra.append(c)
+            channel[where] = len(classes) + len(extra)
+            if c in semantic_ids:
+                peak = winner(scores.semantic, h, w, scores.scale).peak
+                walked = upsample_cams(scores.semantic[[semantic_ids.index(c)]].astype(np.float32), h, w, scores.scale)
+                value[where] = walked[0][where] / max(peak, 1e-6)
+    channel_class = np.concatenate([classes, np.asarray(extra, np.int64)])
+    return detections_from_label(channel, value, channel_class, min_fragment_fraction)
+
+
 def keep_confident(label: np.ndarray, relation: Optional[np.ndarray]) -> np.ndarray:
     """``label`` with the relation labels' confident pixels (a class, or 0 for background) in place
     of the cut's; their unlabelled band (255) keeps the cut. Unchanged without relation labels
@@ -276,11 +308,14 @@ def cut_labels(
     instance_threshold: ThresholdLike,
     min_fragment_fraction: float,
     relation: Optional[np.ndarray] = None,
+    follow_semantic: bool = False,
 ) -> tuple[SemanticCut, Detections]:
     """Semantic and instance labels of one image's scores: the one cut of the walk and of calibrate.
 
     With ``relation`` (``walk.keep_relation_labels``) the semantic label keeps the relation labels'
-    confident pixels, at full confidence, and the walk's cut decides only their unlabelled band."""
+    confident pixels, at full confidence, and the walk's cut decides only their unlabelled band.
+    With ``follow_semantic`` (``walk.instances_follow_semantic``) the instances tile that semantic
+    label (:func:`partition_instances`) and ``instance_threshold`` is unused."""
     semantic = cut_semantic(scores, semantic_threshold)
     if relation is not None and relation.shape == semantic.label.shape:
         confident = relation != IGNORE
@@ -288,6 +323,8 @@ def cut_labels(
             keep_confident(semantic.label, relation),
             np.where(confident, LEVELS, semantic.confidence).astype(np.uint8),
         )
+    if follow_semantic:
+        return semantic, partition_instances(scores, semantic.label, min_fragment_fraction)
     return semantic, cut_instances(scores, instance_threshold, min_fragment_fraction)
 
 

@@ -5,7 +5,8 @@ background thresholds (calibration.json: calibrated ones, or the configured ones
 calibration is off), and this stage cuts every scores shard into the pseudo-label shard of
 the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. With
 ``walk.keep_relation_labels`` the shipped semantic labels keep the relation labels' confident
-pixels (read from the same-named relation-label shard). No network runs: CPU tasks only, one
+pixels (read from the same-named relation-label shard); with ``walk.instances_follow_semantic`` the
+instances tile the shipped semantic label. No network runs: CPU tasks only, one
 per shard, so re-thresholding costs a few seconds per 1,000 images.
 
 Exactly once: a scores shard and its label shard hold the same ids under the same name, and
@@ -96,7 +97,12 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
                 rows.append(human_row(row, label))
                 continue
             cut, found = cut_labels(
-                walk_scores(row), sem, ins, cfg.walk.min_fragment_fraction, relation.get(row["image_id"])
+                walk_scores(row),
+                sem,
+                ins,
+                cfg.walk.min_fragment_fraction,
+                relation.get(row["image_id"]),
+                cfg.walk.instances_follow_semantic,
             )
             rows.append(
                 pseudo_label_row(

@@ -41,10 +41,12 @@ def eval_sweep(
     num_classes: int,
     min_fragment_fraction: float,
     kept: Optional[dict[str, Any]] = None,
+    follow_semantic: bool = False,
 ) -> pa.Table:
     """CPU task: semantic confusions and instance matches at every candidate threshold, from the
     scores of the batch's images with ground truth. ``kept`` (relation_labels.kept_from): the
-    semantic labels keep the relation labels' confident pixels, as cut-labels ships them."""
+    semantic labels keep the relation labels' confident pixels, as cut-labels ships them;
+    ``follow_semantic``: the instances at a candidate tile the semantic label cut there."""
     stats = FewShotStats.empty(candidates, num_classes)
     images = 0
     rows = batch.to_pylist()
@@ -52,7 +54,7 @@ def eval_sweep(
     for row in rows:
         gt = source.ground_truth(row["image_id"])
         if gt is not None and gt.semantic is not None:
-            cut = ImageCut.of(walk_scores(row), relation.get(row["image_id"]))
+            cut = ImageCut.of(walk_scores(row), relation.get(row["image_id"]), follow_semantic)
             stats.add(cut, gt, candidates, min_fragment_fraction, num_classes)
             images += 1
     matches = [e.matches().as_dict() for e in stats.evaluators]
@@ -77,6 +79,7 @@ def sweep(
         num_classes=n,
         min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
         kept=kept_from(ctx.config),
+        follow_semantic=ctx.config.walk.instances_follow_semantic,
     ):
         stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
         for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):
