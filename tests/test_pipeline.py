@@ -538,6 +538,51 @@ def test_instances_that_follow_the_semantic_label_recut_only_and_tile_it(rerun):
     assert json.load(open(os.path.join(config.output, "metrics.json")))["ins_map50"] is not None
 
 
+def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing(rerun):
+    """relation-majority may choose 1.0: the kept relation labels ship and the pixels they leave open
+    are background. An infer split wider than the train split has images without relation labels,
+    which that cut would leave empty: calibrate records the rule's choice without kept labels for
+    them, and cut-labels cuts them there."""
+    from ray_wsis.masks import decode_label_png
+    from ray_wsis.method.calibration import WITHOUT_RELATION_LABELS
+    from ray_wsis.method.scores import cut_semantic
+    from ray_wsis.pipeline.schema import at_original_size, walk_scores
+    from ray_wsis.pipeline.sink import read_table
+
+    config = rerun
+    layout = StageContext(config).layout
+    _store_pattern_relation_labels(layout)  # class 15, which no image shows: no score level is mostly its winner
+    lists = Path(config.dataset.root) / "ImageSets" / "Segmentation"
+    train, val = ((lists / f"{split}.txt").read_text().split() for split in ("train", "val"))
+    (lists / "wider.txt").write_text("\n".join(train + val) + "\n")
+    settings = (
+        "dataset.infer_split=wider",
+        "walk.keep_relation_labels=true",
+        "calibration.semantic_criterion=relation-majority",
+    )
+    changed = tiny_config(config.dataset.root, config.output, *settings)
+    run_stages(changed, log=lambda _: None)
+    semantic = json.load(open(os.path.join(config.output, "calibration.json")))["semantic"]
+    assert semantic["threshold"]["default"] == 1.0, semantic["criterion"]
+    bare = semantic[WITHOUT_RELATION_LABELS]["default"]
+    assert bare == max(changed.calibration.candidates)  # the majority rule's choice without kept labels
+    shipped = {r["image_id"]: decode_label_png(r["semantic"]) for r in read_table(layout.pseudo_labels).to_pylist()}
+    assert set(shipped) == set(train) | set(val)
+    relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
+    assert not set(val) & set(relation)
+    labelled = 0
+    for row in read_table(layout.scores).to_pylist():
+        image_id, label = row["image_id"], shipped[row["image_id"]]
+        if image_id in relation:  # the relation labels where confident, background elsewhere
+            assert np.array_equal(label, np.where(relation[image_id] == 255, 0, relation[image_id])), image_id
+            continue
+        cut = cut_semantic(walk_scores(row), bare)
+        expected = at_original_size(cut.label, cut.confidence, np.zeros((0, 1, 1), bool), row["height"], row["width"])
+        assert np.array_equal(label, expected[0]), image_id
+        labelled += int(label.any())
+    assert labelled > 0  # the images without relation labels are labelled, not left empty
+
+
 def test_the_relation_majority_threshold_is_read_off_the_relation_labels(rerun):
     """calibration.semantic_criterion=relation-majority: calibrate records the lowest candidate
     above which the relation labels' confident pixels are mostly the winning class; only

@@ -288,6 +288,11 @@ NOTHING_OPEN = 1.0
 """The semantic threshold that labels no pixel from the walk (a walked score is at most 1): with
 kept relation labels, the pixels they leave open all go to the background."""
 
+WITHOUT_RELATION_LABELS = "without_relation_labels"
+"""Key of calibration.json's semantic part: the threshold for images that have no relation labels
+(outside the train split) when the chosen one is :data:`NOTHING_OPEN`, which would label nothing
+of them."""
+
 
 def chances_above(probability: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
     """For each candidate, the lowest chance (``probability`` per score bin) among the bins a cut

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -106,16 +106,27 @@ THRESHOLDS_KEY = "ray_wsis.thresholds"
 """Parquet metadata key of pseudo-label shards: the background thresholds they were cut at (JSON)."""
 
 
-def thresholds_metadata(semantic: ThresholdLike, instance: ThresholdLike, source: str) -> str:
-    """JSON of the thresholds a shard was cut at; ``source``: "config" or "calibration"."""
-    return json.dumps(
-        {
-            "semantic": as_thresholds(semantic).as_dict(),
-            "instance": as_thresholds(instance).as_dict(),
-            "source": source,
-        },
-        sort_keys=True,
-    )
+SEMANTIC_WITHOUT_RELATION_LABELS = "semantic_without_relation_labels"
+"""Key in a label shard's thresholds metadata: the semantic threshold its images without relation
+labels were cut at, where it is not the semantic one."""
+
+
+def thresholds_metadata(
+    semantic: ThresholdLike,
+    instance: ThresholdLike,
+    source: str,
+    without_relation_labels: Optional[ThresholdLike] = None,
+) -> str:
+    """JSON of the thresholds a shard was cut at; ``source``: "config" or "calibration";
+    ``without_relation_labels``: the semantic one of images without relation labels, if another."""
+    data: dict[str, Any] = {
+        "semantic": as_thresholds(semantic).as_dict(),
+        "instance": as_thresholds(instance).as_dict(),
+        "source": source,
+    }
+    if without_relation_labels is not None:
+        data[SEMANTIC_WITHOUT_RELATION_LABELS] = as_thresholds(without_relation_labels).as_dict()
+    return json.dumps(data, sort_keys=True)
 
 
 def error_text(kind: str, reason: str) -> str:

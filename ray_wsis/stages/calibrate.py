@@ -21,6 +21,7 @@ from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
 from ray_wsis.method.calibration import (
     NOTHING_OPEN,
+    WITHOUT_RELATION_LABELS,
     ImageCut,
     LabelFreeStats,
     RelationStats,
@@ -279,13 +280,17 @@ def _semantic_by_relation_majority(
     kept = ctx.config.walk.keep_relation_labels
     chosen = choose_by_majority(probability, candidates, NOTHING_OPEN if kept else None)
     criterion = RELATION_MAJORITY
+    extra: dict[str, Any] = {}
     if chosen not in candidates:
         criterion += "; no score level is: the pixels the relation labels leave open are background"
+        # an image without relation labels has nothing kept: cut it at the rule's choice without them
+        extra[WITHOUT_RELATION_LABELS] = Thresholds(choose_by_majority(probability, candidates)).as_dict()
     return {
         "threshold": Thresholds(chosen).as_dict(),
         "criterion": criterion,
         "values": dict(zip(map(str, candidates), map(float, chances_above(probability, candidates)))),
         "relation_pixels": int(stats.labelled.sum()),
+        **extra,
     }
 
 

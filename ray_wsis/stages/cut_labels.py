@@ -5,7 +5,8 @@ background thresholds (calibration.json: calibrated ones, or the configured ones
 calibration is off), and this stage cuts every scores shard into the pseudo-label shard of
 the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. With
 ``walk.keep_relation_labels`` the shipped semantic labels keep the relation labels' confident
-pixels (read from the same-named relation-label shard); with ``walk.instances_follow_semantic`` the
+pixels (read from the same-named relation-label shard; an image without them is cut at calibrate's threshold for
+such images when the chosen one opens nothing); with ``walk.instances_follow_semantic`` the
 instances tile the shipped semantic label. No network runs: CPU tasks only, one
 per shard, so re-thresholding costs a few seconds per 1,000 images.
 
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
 from ray_wsis.data.reviewed import HumanLabel, read_human_labels
+from ray_wsis.method.calibration import WITHOUT_RELATION_LABELS
 from ray_wsis.method.scores import LEVELS, Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_slow_cut
@@ -40,6 +42,7 @@ from ray_wsis.pipeline.layout import Layout
 from ray_wsis.pipeline.progress import Progress
 from ray_wsis.pipeline.schema import (
     PSEUDO_LABELS,
+    SEMANTIC_WITHOUT_RELATION_LABELS,
     THRESHOLDS_KEY,
     at_original_size,
     pseudo_label_row,
@@ -75,6 +78,7 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
     layout = Layout.of(cfg)
     thresholds = json.loads(metadata[THRESHOLDS_KEY])
     sem, ins = Thresholds.from_dict(thresholds["semantic"]), Thresholds.from_dict(thresholds["instance"])
+    bare = Thresholds.from_dict(thresholds.get(SEMANTIC_WITHOUT_RELATION_LABELS, thresholds["semantic"]))
     wanted = set(reviewed)
     out = []
     for path in batch.column("path").to_pylist():
@@ -96,12 +100,13 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             if label is not None and label.semantic.shape == (h, w):
                 rows.append(human_row(row, label))
                 continue
+            kept = relation.get(row["image_id"])
             cut, found = cut_labels(
                 walk_scores(row),
-                sem,
+                sem if kept is not None else bare,
                 ins,
                 cfg.walk.min_fragment_fraction,
-                relation.get(row["image_id"]),
+                kept,
                 cfg.walk.instances_follow_semantic,
             )
             rows.append(
@@ -139,10 +144,12 @@ def chosen_thresholds(ctx: StageContext) -> dict[str, Any]:
     if not ctx.layout.calibration.fs.get_file_info(ctx.layout.calibration.path).is_file:
         raise DatasetError(f"no {ctx.layout.calibration.uri}: run calibrate first")
     calibration = json.loads(read_bytes(ctx.layout.calibration))
+    semantic = calibration["semantic"]
     return {
-        "semantic": calibration["semantic"]["threshold"],
+        "semantic": semantic["threshold"],
         "instance": calibration["instance"]["threshold"],
         "source": "config" if calibration["mode"] == "off" else "calibration",
+        WITHOUT_RELATION_LABELS: semantic.get(WITHOUT_RELATION_LABELS),
     }
 
 
@@ -153,8 +160,9 @@ def cut(run: StageRun) -> dict[str, Any]:
         raise DatasetError(f"no walk scores under {ctx.layout.scores.uri}: run make-pseudo-labels first")
     chosen = chosen_thresholds(ctx)
     sem, ins = Thresholds.from_dict(chosen["semantic"]), Thresholds.from_dict(chosen["instance"])
+    bare = Thresholds.from_dict(chosen[WITHOUT_RELATION_LABELS]) if chosen[WITHOUT_RELATION_LABELS] else None
     metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
-        THRESHOLDS_KEY: thresholds_metadata(sem, ins, chosen["source"]),
+        THRESHOLDS_KEY: thresholds_metadata(sem, ins, chosen["source"], bare),
         CUT_KEY: run.plan.identity,
     }
     names = {base_name(p) for p in paths}
