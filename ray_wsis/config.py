@@ -271,7 +271,7 @@ class WalkConfig:
     there. irn ships the walk's cut alone; where IRNet's boundaries miss thin objects the walk
     spreads a class over its context, which the relation labels had called background
     (docs/context.md). Images without relation labels (outside the train split) keep the cut, at
-    the same threshold: empty where relation-majority chose 1.0."""
+    the same threshold, or where relation-majority chose 1.0 at its choice without kept labels."""
     instances_follow_semantic: bool = False
     """Instance masks that tile the shipped semantic label: each pixel of class c goes to the
     class-c instance channel that is highest there (a class with none stays one region, scored by

@@ -244,6 +244,7 @@ def evaluate(run: StageRun) -> dict[str, Any]:
             "images": calibrated["images"],
         },
         "oracle": {"semantic": _best(walk["sem_miou_by_threshold"]), "instance": _best(walk["ins_map50_by_threshold"])},
+        "instances_follow_semantic": ctx.config.walk.instances_follow_semantic,
         "per_class": {
             "names": ["background", *source.class_names],
             "cam_iou": cam_result["iou"],
