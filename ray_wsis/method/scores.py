@@ -266,8 +266,8 @@ def partition_instances(scores: WalkScores, label: np.ndarray, min_fragment_frac
     to the class-c instance channel that is highest there, on the scale of :func:`winner` (the
     global upsampled peak of the instance channels); a class without one is one channel of its own,
     valued by its walked semantic map (on the semantic peak; 0 for a class the scores lack, which
-    only relation labels can bring). Each connected region of a channel is
-    one detection, as :func:`cut_instances` makes them."""
+    only relation labels can bring). Each connected region of a channel is one detection, as
+    :func:`cut_instances` makes them."""
     h, w = label.shape
     classes = np.asarray(scores.instance_classes, np.int64)
     semantic_ids = [int(c) for c in scores.class_ids]

@@ -5,10 +5,10 @@ background thresholds (calibration.json: calibrated ones, or the configured ones
 calibration is off), and this stage cuts every scores shard into the pseudo-label shard of
 the same name with method/scores.py's ``cut_labels``: the one cut of the pipeline. With
 ``walk.keep_relation_labels`` the shipped semantic labels keep the relation labels' confident
-pixels (read from the same-named relation-label shard; an image without them is cut at calibrate's threshold for
-such images when the chosen one opens nothing); with ``walk.instances_follow_semantic`` the
-instances tile the shipped semantic label. No network runs: CPU tasks only, one
-per shard, so re-thresholding costs a few seconds per 1,000 images.
+pixels (read from the same-named relation-label shard; an image without them is cut at
+calibrate's threshold for such images when the chosen one opens nothing); with
+``walk.instances_follow_semantic`` the instances tile the shipped semantic label. No network
+runs: CPU tasks only, one per shard, so re-thresholding costs a few seconds per 1,000 images.
 
 Exactly once: a scores shard and its label shard hold the same ids under the same name, and
 each label shard is written atomically. Every label shard records the identity of the cut it
@@ -145,11 +145,12 @@ def chosen_thresholds(ctx: StageContext) -> dict[str, Any]:
         raise DatasetError(f"no {ctx.layout.calibration.uri}: run calibrate first")
     calibration = json.loads(read_bytes(ctx.layout.calibration))
     semantic = calibration["semantic"]
+    without = {k: v for k, v in semantic.items() if k == WITHOUT_RELATION_LABELS}
     return {
         "semantic": semantic["threshold"],
         "instance": calibration["instance"]["threshold"],
         "source": "config" if calibration["mode"] == "off" else "calibration",
-        WITHOUT_RELATION_LABELS: semantic.get(WITHOUT_RELATION_LABELS),
+        **without,
     }
 
 
@@ -160,7 +161,7 @@ def cut(run: StageRun) -> dict[str, Any]:
         raise DatasetError(f"no walk scores under {ctx.layout.scores.uri}: run make-pseudo-labels first")
     chosen = chosen_thresholds(ctx)
     sem, ins = Thresholds.from_dict(chosen["semantic"]), Thresholds.from_dict(chosen["instance"])
-    bare = Thresholds.from_dict(chosen[WITHOUT_RELATION_LABELS]) if chosen[WITHOUT_RELATION_LABELS] else None
+    bare = Thresholds.from_dict(chosen[WITHOUT_RELATION_LABELS]) if WITHOUT_RELATION_LABELS in chosen else None
     metadata = ctx.parquet_metadata("cam", ctx.config.method) | {
         THRESHOLDS_KEY: thresholds_metadata(sem, ins, chosen["source"], bare),
         CUT_KEY: run.plan.identity,
