@@ -166,6 +166,17 @@ def winner(maps: np.ndarray, height: int, width: int, scale: int) -> Winner:
     return Winner(arg, np.clip(best, 0, None) / peak, second / peak, peak)
 
 
+def upsampled_peak(maps: np.ndarray, height: int, width: int, scale: int) -> float:
+    """The global max of (C, h, w) maps upsampled and cropped as :func:`winner` does (its ``peak``,
+    without the argmax); 0 for no or all-zero maps."""
+    if not maps.any():
+        return 0.0
+    return max(
+        float(upsample_cams(maps[start : start + _CHUNK].astype(np.float32), height, width, scale).max())
+        for start in range(0, maps.shape[0], _CHUNK)
+    )
+
+
 def _plane(scores: WalkScores, win: Winner, thresholds: Thresholds, channel_class: np.ndarray) -> np.ndarray:
     """(H, W) background level each pixel's winner must beat."""
     if thresholds.plane == "walked":
@@ -273,7 +284,8 @@ def partition_instances(scores: WalkScores, label: np.ndarray, min_fragment_frac
     semantic_ids = [int(c) for c in scores.class_ids]
     channel = np.zeros((h, w), np.int64)  # 1-based; 0 = background
     value = np.zeros((h, w), np.float32)
-    instance_peak = winner(scores.instance, h, w, scores.scale).peak if scores.instance.any() else 0.0
+    instance_peak = upsampled_peak(scores.instance, h, w, scores.scale)
+    semantic_peak: Optional[float] = None  # read only for a class without an instance channel
     extra: list[int] = []
     for c in (int(c) for c in np.unique(label) if c != 0):
         where = label == c
@@ -286,9 +298,10 @@ def partition_instances(scores: WalkScores, label: np.ndarray, min_fragment_frac
             extra.append(c)
             channel[where] = len(classes) + len(extra)
             if c in semantic_ids:
-                peak = winner(scores.semantic, h, w, scores.scale).peak
+                if semantic_peak is None:
+                    semantic_peak = upsampled_peak(scores.semantic, h, w, scores.scale)
                 walked = upsample_cams(scores.semantic[[semantic_ids.index(c)]].astype(np.float32), h, w, scores.scale)
-                value[where] = walked[0][where] / max(peak, 1e-6)
+                value[where] = walked[0][where] / max(semantic_peak, 1e-6)
     channel_class = np.concatenate([classes, np.asarray(extra, np.int64)])
     return detections_from_label(channel, value, channel_class, min_fragment_fraction)
 
