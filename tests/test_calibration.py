@@ -137,14 +137,15 @@ def test_the_sweep_cuts_kept_relation_labels_as_cut_labels_ships_them(images):
 
 def test_the_sweep_cuts_instances_that_follow_the_semantic_label_as_cut_labels_ships_them(images):
     """walk.instances_follow_semantic: the sweep's instances at a candidate are cut-labels' at that
-    semantic threshold (kept relation labels included), whatever the instance threshold."""
+    instance threshold (they tile the semantic label cut there, kept relation labels included),
+    whatever the semantic threshold."""
     scores, _ = images[0]
     relation = np.full((48, 64), 255, np.uint8)
     relation[:, :20] = 0
     cut = ImageCut.of(scores, relation, follow_semantic=True)
     for t in (0.2, 0.5, 0.9):
         found = cut.detections(Thresholds(t), 0.0)
-        _, shipped = cut_labels(scores, t, 0.05, 0.0, relation, follow_semantic=True)
+        _, shipped = cut_labels(scores, 0.05, t, 0.0, relation, follow_semantic=True)
         assert np.array_equal(found.masks, shipped.masks) and np.array_equal(found.scores, shipped.scores)
         assert not found.masks[:, :, :20].any()  # the kept background holds no instance
 

@@ -471,6 +471,23 @@ def _store_pattern_relation_labels(layout) -> None:
         pq.write_table(table.set_column(index, table.schema.field(index), pa.array(pngs, pa.binary())), shard)
 
 
+def _store_walked_left_half(layout, ids: set[str]) -> None:
+    """Walked scores of a known pattern for ``ids``: the first class at its peak on the left half
+    of the image, nothing elsewhere. calibrate, cut-labels and evaluate read them as stored."""
+    for shard in Path(layout.scores.path).glob("*.parquet"):
+        table = pq.read_table(shard)
+        rows = table.to_pylist()
+        for row in rows:
+            if row["image_id"] in ids and row["labels"]:
+                shape = (len(row["labels"]), row["score_height"], row["score_width"])
+                walked = np.zeros(shape, np.uint8)
+                walked[0, :, : shape[2] // 2] = 255
+                row["semantic_scores"] = walked.tobytes()
+        index = table.schema.get_field_index("semantic_scores")
+        column = pa.array([r["semantic_scores"] for r in rows], pa.binary())
+        pq.write_table(table.set_column(index, table.schema.field(index), column), shard)
+
+
 def test_kept_relation_labels_recut_only_and_ship_the_confident_pixels(rerun):
     """walk.keep_relation_labels: no network and no walk re-run; every shipped label equals the
     relation labels where they are confident and the walk's cut in their unlabelled band."""
@@ -503,9 +520,10 @@ def test_kept_relation_labels_recut_only_and_ship_the_confident_pixels(rerun):
 
 
 def test_instances_that_follow_the_semantic_label_recut_only_and_tile_it(rerun):
-    """walk.instances_follow_semantic: cut-labels and evaluate re-run (no calibrate, no walk); each
-    shipped image's instances of a class are exactly its semantic pixels of that class, disjoint,
-    kept relation labels included (class 15, which the scores lack, is one region of its own)."""
+    """walk.instances_follow_semantic: calibrate, cut-labels and evaluate re-run (no walk); with the
+    instance threshold at the semantic one, each shipped image's instances of a class are exactly its
+    semantic pixels of that class, disjoint, kept relation labels included (class 15, which the
+    scores lack, is one region of its own)."""
     from ray_wsis.masks import decode_label_png, decode_rle
     from ray_wsis.pipeline.sink import read_table
 
@@ -514,12 +532,13 @@ def test_instances_that_follow_the_semantic_label_recut_only_and_tile_it(rerun):
     fixed = (
         "calibration.enabled=false",
         "walk.sem_bg_threshold=0.3",
+        "walk.ins_bg_threshold=0.3",
         f"walk.beta={_walk_beta(config)}",
         "walk.keep_relation_labels=true",
     )
     _rerun_with(config, *fixed)
     _, rerun, logs, results = _rerun_with(config, *fixed, "walk.instances_follow_semantic=true")
-    assert rerun == {"cut-labels", "evaluate"}, logs
+    assert rerun == {"calibrate", "cut-labels", "evaluate"}, logs
     rows = read_table(StageContext(config).layout.pseudo_labels).to_pylist()
     assert len(rows) == IMAGES
     labelled = 0
@@ -542,8 +561,9 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
     """relation-majority may choose 1.0: the kept relation labels ship and the pixels they leave open
     are background. An infer split wider than the train split has images without relation labels,
     which that cut would leave empty: calibrate records the rule's choice without kept labels for
-    them, and cut-labels cuts them there."""
-    from ray_wsis.masks import decode_label_png
+    them, cut-labels cuts them there (their instances too, which follow that label), and evaluate's
+    sweep scores that cut at 1.0."""
+    from ray_wsis.masks import decode_label_png, decode_rle
     from ray_wsis.method.calibration import WITHOUT_RELATION_LABELS
     from ray_wsis.method.scores import cut_semantic
     from ray_wsis.pipeline.schema import SEMANTIC_WITHOUT_RELATION_LABELS, THRESHOLDS_KEY, at_original_size, walk_scores
@@ -557,17 +577,30 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
     (lists / "wider.txt").write_text("\n".join(train + val) + "\n")
     settings = (
         "dataset.infer_split=wider",
+        "dataset.eval_split=wider",
         "walk.keep_relation_labels=true",
+        "walk.instances_follow_semantic=true",
         "calibration.semantic_criterion=relation-majority",
     )
     changed = tiny_config(config.dataset.root, config.output, *settings)
+    run_stages(changed, "make-cams", "make-pseudo-labels", log=lambda _: None)
+    _store_walked_left_half(layout, set(val))  # a tiny run may walk an image to nothing: never these
     run_stages(changed, log=lambda _: None)
     semantic = json.load(open(os.path.join(config.output, "calibration.json")))["semantic"]
     assert semantic["threshold"]["default"] == 1.0, semantic["criterion"]
     bare = semantic[WITHOUT_RELATION_LABELS]["default"]
     assert bare == max(changed.calibration.candidates)  # the majority rule's choice without kept labels
-    shipped = {r["image_id"]: decode_label_png(r["semantic"]) for r in read_table(layout.pseudo_labels).to_pylist()}
+    calibration = json.load(open(os.path.join(config.output, "calibration.json")))
+    assert_default_instance_choice(calibration)  # at 1.0, following the semantic label, unless an edge step
+    rows = read_table(layout.pseudo_labels).to_pylist()
+    shipped = {r["image_id"]: decode_label_png(r["semantic"]) for r in rows}
     assert set(shipped) == set(train) | set(val)
+    for row in rows:  # their instances tile their label (the walked left half at either cut)
+        if row["image_id"] in val:
+            covered = np.zeros(shipped[row["image_id"]].shape, bool)
+            for instance in row["instances"] or []:
+                covered |= decode_rle(instance["rle"]).astype(bool)
+            assert np.array_equal(covered, shipped[row["image_id"]] > 0), row["image_id"]
     relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
     assert not set(val) & set(relation)
     for row in read_table(layout.scores).to_pylist():
@@ -579,12 +612,16 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
         cut = cut_semantic(scores, bare)
         expected = at_original_size(cut.label, cut.confidence, np.zeros((0, 1, 1), bool), row["height"], row["width"])
         assert np.array_equal(label, expected[0]), image_id
-        # not left empty: a walked score's peak is 1 after normalising, above any candidate (a tiny
-        # run may walk an image to nothing, which no threshold labels)
-        assert label.any() == bool(len(scores.class_ids) and scores.semantic.any()), image_id
+        assert label.any() == bool(row["labels"]), image_id  # not left empty
     for shard in Path(layout.pseudo_labels.path).glob("*.parquet"):
         recorded = json.loads(pq.read_schema(shard).metadata[THRESHOLDS_KEY.encode()])
         assert recorded[SEMANTIC_WITHOUT_RELATION_LABELS]["default"] == bare, recorded
+    # evaluate's sweep at 1.0 cuts those images where cut-labels did: it scores what ships
+    metrics = json.load(open(os.path.join(config.output, "metrics.json")))
+    assert metrics["images"]["semantic"] == len(train) + len(val)
+    assert metrics["sem_miou"] == pytest.approx(metrics["sem_miou_by_threshold"]["1.00"], abs=1e-9)
+    at = f"{calibration['instance']['threshold']['default']:.2f}"
+    assert metrics["ins_map50"] == pytest.approx(metrics["ins_map50_by_threshold"][at], abs=1e-9)
 
 
 def test_the_relation_majority_threshold_is_read_off_the_relation_labels(rerun):

@@ -146,13 +146,21 @@ def test_cut_labels_with_instances_following_the_semantic_label():
         quantise(_maps(12, 3)),
     )
     relation = np.random.default_rng(13).choice(np.array([0, 3, 5, 255], np.uint8), size=(45, 58))
-    semantic, found = cut_labels(scores, 0.3, 0.6, 0.0, relation, follow_semantic=True)
+    semantic, found = cut_labels(scores, 0.3, 0.3, 0.0, relation, follow_semantic=True)
     expected = partition_instances(scores, semantic.label, 0.0)
     assert len(found) == len(expected) and np.array_equal(found.masks, expected.masks)
     for c in (3, 5):  # a class's instances are exactly its shipped pixels, kept relation labels included
         assert np.array_equal(found.masks[found.class_ids == c].any(axis=0), semantic.label == c)
-    _, walk_only = cut_labels(scores, 0.3, 0.6, 0.0, relation)
+    _, walk_only = cut_labels(scores, 0.3, 0.3, 0.0, relation)
     assert not np.array_equal(walk_only.masks.any(axis=0), semantic.label > 0)
+    # another instance threshold: the instances tile the semantic label cut there, the shipped one stays
+    shipped, other = cut_labels(scores, 0.3, 0.6, 0.0, relation, follow_semantic=True)
+    at_instance, _ = cut_labels(scores, 0.6, 0.6, 0.0, relation)
+    assert np.array_equal(shipped.label, semantic.label) and not np.array_equal(at_instance.label, semantic.label)
+    expected = partition_instances(scores, at_instance.label, 0.0)
+    assert len(other) == len(expected) and np.array_equal(other.masks, expected.masks)
+    for c in (3, 5):
+        assert np.array_equal(other.masks[other.class_ids == c].any(axis=0), at_instance.label == c)
 
 
 def test_confidence_is_low_near_the_threshold_and_high_far_from_it():

@@ -294,6 +294,13 @@ WITHOUT_RELATION_LABELS = "without_relation_labels"
 of them."""
 
 
+def without_relation_labels(candidates: Sequence[float]) -> float:
+    """The semantic threshold of images without relation labels when relation-majority records
+    :data:`NOTHING_OPEN`: the rule's choice without kept labels, which is then the highest candidate
+    (no score level is mostly its winner's class)."""
+    return float(max(candidates))
+
+
 def chances_above(probability: np.ndarray, candidates: Sequence[float]) -> np.ndarray:
     """For each candidate, the lowest chance (``probability`` per score bin) among the bins a cut
     there labels; 1.0 where it labels none."""

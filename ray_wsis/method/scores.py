@@ -327,18 +327,27 @@ def cut_labels(
 
     With ``relation`` (``walk.keep_relation_labels``) the semantic label keeps the relation labels'
     confident pixels, at full confidence, and the walk's cut decides only their unlabelled band.
-    With ``follow_semantic`` (``walk.instances_follow_semantic``) the instances tile that semantic
-    label (:func:`partition_instances`) and ``instance_threshold`` is unused."""
-    semantic = cut_semantic(scores, semantic_threshold)
-    if relation is not None and relation.shape == semantic.label.shape:
-        confident = relation != IGNORE
-        semantic = SemanticCut(
-            keep_confident(semantic.label, relation),
-            np.where(confident, LEVELS, semantic.confidence).astype(np.uint8),
-        )
+    With ``follow_semantic`` (``walk.instances_follow_semantic``) the instances tile the semantic
+    label cut at ``instance_threshold`` (:func:`partition_instances`): the shipped one when the two
+    thresholds are equal."""
+    semantic = _kept_cut(scores, semantic_threshold, relation)
     if follow_semantic:
-        return semantic, partition_instances(scores, semantic.label, min_fragment_fraction)
+        tiled = semantic
+        if as_thresholds(instance_threshold) != as_thresholds(semantic_threshold):
+            tiled = _kept_cut(scores, instance_threshold, relation)
+        return semantic, partition_instances(scores, tiled.label, min_fragment_fraction)
     return semantic, cut_instances(scores, instance_threshold, min_fragment_fraction)
+
+
+def _kept_cut(scores: WalkScores, threshold: ThresholdLike, relation: Optional[np.ndarray]) -> SemanticCut:
+    """:func:`cut_semantic`, with the relation labels' confident pixels kept at full confidence."""
+    semantic = cut_semantic(scores, threshold)
+    if relation is None or relation.shape != semantic.label.shape:
+        return semantic
+    confident = relation != IGNORE
+    return SemanticCut(
+        keep_confident(semantic.label, relation), np.where(confident, LEVELS, semantic.confidence).astype(np.uint8)
+    )
 
 
 def encode_scores(

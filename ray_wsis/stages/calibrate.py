@@ -35,6 +35,7 @@ from ray_wsis.method.calibration import (
     choose_semantic,
     expected_ious,
     relation_confusions,
+    without_relation_labels,
 )
 from ray_wsis.method.scores import Thresholds
 from ray_wsis.pipeline.context import StageContext
@@ -198,6 +199,7 @@ def _label_free_stats(ctx: StageContext, ids: list[str], candidates: list[float]
 
 
 AGREEMENT = "mIoU of the united instances against the calibrated semantic labels"
+FOLLOWS = "the semantic threshold: the instances tile the semantic label (walk.instances_follow_semantic)"
 
 
 def _instance_by_agreement(
@@ -284,7 +286,7 @@ def _semantic_by_relation_majority(
     if chosen not in candidates:
         criterion += "; no score level is: the pixels the relation labels leave open are background"
         # an image without relation labels has nothing kept: cut it at the rule's choice without them
-        extra[WITHOUT_RELATION_LABELS] = Thresholds(choose_by_majority(probability, candidates)).as_dict()
+        extra[WITHOUT_RELATION_LABELS] = Thresholds(without_relation_labels(candidates)).as_dict()
     return {
         "threshold": Thresholds(chosen).as_dict(),
         "criterion": criterion,
@@ -328,7 +330,12 @@ def _by_agreement(
     reason: str = "",
     **extra: Any,
 ) -> dict[str, Any]:
-    """The agreement choice as calibration.json records it; ``reason`` says why a rule fell back."""
+    """The agreement choice as calibration.json records it; ``reason`` says why a rule fell back.
+    Instances that follow the semantic label agree with it exactly at the semantic threshold."""
+    if ctx.config.walk.instances_follow_semantic:
+        criterion = f"{reason}, so: {FOLLOWS}" if reason else FOLLOWS
+        curve = {"values": extra["steepness"]} if "steepness" in extra else {}
+        return {"threshold": Thresholds(semantic).as_dict(), "criterion": criterion, **curve, **extra}
     instance, agreement = _instance_by_agreement(ctx, ids, semantic, candidates, progress)
     criterion = f"{reason}, so: {AGREEMENT}" if reason else AGREEMENT
     return {"threshold": instance.as_dict(), "criterion": criterion, "values": agreement, **extra}

@@ -7,7 +7,8 @@ the same name with method/scores.py's ``cut_labels``: the one cut of the pipelin
 ``walk.keep_relation_labels`` the shipped semantic labels keep the relation labels' confident
 pixels (read from the same-named relation-label shard; an image without them is cut at
 calibrate's threshold for such images when the chosen one opens nothing); with
-``walk.instances_follow_semantic`` the instances tile the shipped semantic label. No network
+``walk.instances_follow_semantic`` the instances tile the semantic label cut at the instance
+threshold (the shipped one where calibrate found no instance edge step). No network
 runs: CPU tasks only, one per shard, so re-thresholding costs a few seconds per 1,000 images.
 
 Exactly once: a scores shard and its label shard hold the same ids under the same name, and
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 from ray_wsis.config import config_from_dict
 from ray_wsis.data.records import DatasetError
 from ray_wsis.data.reviewed import HumanLabel, read_human_labels
-from ray_wsis.method.calibration import WITHOUT_RELATION_LABELS
+from ray_wsis.method.calibration import NOTHING_OPEN, WITHOUT_RELATION_LABELS
 from ray_wsis.method.scores import LEVELS, Thresholds, cut_labels
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.faults import maybe_slow_cut
@@ -79,6 +80,7 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
     thresholds = json.loads(metadata[THRESHOLDS_KEY])
     sem, ins = Thresholds.from_dict(thresholds["semantic"]), Thresholds.from_dict(thresholds["instance"])
     bare = Thresholds.from_dict(thresholds.get(SEMANTIC_WITHOUT_RELATION_LABELS, thresholds["semantic"]))
+    bare_ins = bare if ins.default == NOTHING_OPEN else ins  # instances that follow a semantic cut at 1.0
     wanted = set(reviewed)
     out = []
     for path in batch.column("path").to_pylist():
@@ -104,7 +106,7 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             cut, found = cut_labels(
                 walk_scores(row),
                 sem if kept is not None else bare,
-                ins,
+                ins if kept is not None else bare_ins,
                 cfg.walk.min_fragment_fraction,
                 kept,
                 cfg.walk.instances_follow_semantic,

@@ -293,6 +293,7 @@ CALIBRATE = Stage(
         "walk.ins_bg_threshold",
         "walk.min_fragment_fraction",
         "walk.keep_relation_labels",
+        "walk.instances_follow_semantic",
     ),
     consumes=("make-pseudo-labels",),
     body=body("calibrate", "calibrate"),

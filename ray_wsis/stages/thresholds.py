@@ -18,7 +18,7 @@ import pyarrow as pa
 from ray_wsis.config import Config
 from ray_wsis.data.records import DatasetSource
 from ray_wsis.eval.instance import ImageMatches
-from ray_wsis.method.calibration import FewShotStats, ImageCut
+from ray_wsis.method.calibration import NOTHING_OPEN, FewShotStats, ImageCut, without_relation_labels
 from ray_wsis.method.scores import WALKED_BACKGROUND, Thresholds
 from ray_wsis.pipeline.context import StageContext
 from ray_wsis.pipeline.progress import QUIET, Progress
@@ -42,20 +42,26 @@ def eval_sweep(
     min_fragment_fraction: float,
     kept: Optional[dict[str, Any]] = None,
     follow_semantic: bool = False,
+    bare_at_nothing_open: Optional[float] = None,
 ) -> pa.Table:
     """CPU task: semantic confusions and instance matches at every candidate threshold, from the
     scores of the batch's images with ground truth. ``kept`` (relation_labels.kept_from): the
     semantic labels keep the relation labels' confident pixels, as cut-labels ships them;
-    ``follow_semantic``: the instances at a candidate tile the semantic label cut there."""
+    ``follow_semantic``: the instances at a candidate tile the semantic label cut there;
+    ``bare_at_nothing_open``: where the candidate is NOTHING_OPEN, the images without relation labels
+    are cut there instead, as cut-labels cuts them when calibrate chose it."""
     stats = FewShotStats.empty(candidates, num_classes)
     images = 0
     rows = batch.to_pylist()
     relation = kept_relation_labels(kept, [r["image_id"] for r in rows])
+    bare = [t if t != NOTHING_OPEN or bare_at_nothing_open is None else bare_at_nothing_open for t in candidates]
     for row in rows:
         gt = source.ground_truth(row["image_id"])
         if gt is not None and gt.semantic is not None:
-            cut = ImageCut.of(walk_scores(row), relation.get(row["image_id"]), follow_semantic)
-            stats.add(cut, gt, candidates, min_fragment_fraction, num_classes)
+            kept_here = relation.get(row["image_id"])
+            cut = ImageCut.of(walk_scores(row), kept_here, follow_semantic)
+            at = candidates if kept_here is not None else bare  # column k scores candidate k either way
+            stats.add(cut, gt, at, min_fragment_fraction, num_classes)
             images += 1
     matches = [e.matches().as_dict() for e in stats.evaluators]
     return pa.table({"confusions": [stats.confusions.tobytes()], "matches": [json.dumps(matches)], "images": [images]})
@@ -68,6 +74,7 @@ def sweep(
     n = ctx.num_classes
     stats = FewShotStats.empty(candidates, n)
     images = 0
+    kept = kept_from(ctx.config)
     for row in map_rows(
         ctx.layout.scores,
         ids,
@@ -78,8 +85,9 @@ def sweep(
         source=ctx.source,
         num_classes=n,
         min_fragment_fraction=ctx.config.walk.min_fragment_fraction,
-        kept=kept_from(ctx.config),
+        kept=kept,
         follow_semantic=ctx.config.walk.instances_follow_semantic,
+        bare_at_nothing_open=None if kept is None else without_relation_labels(ctx.config.calibration.candidates),
     ):
         stats.confusions += np.frombuffer(row["confusions"], np.int64).reshape(stats.confusions.shape)
         for evaluator, record in zip(stats.evaluators, json.loads(row["matches"])):

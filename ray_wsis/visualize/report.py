@@ -383,8 +383,6 @@ def calibration_chart(calibration: dict[str, Any], metrics: Optional[dict[str, A
         ax.set_xlabel("background threshold")
         ax.set_ylabel("criterion", color="C0")
         chosen = _threshold(part)
-        if name == "instance" and (metrics or {}).get("instances_follow_semantic"):
-            chosen = _threshold(calibration["semantic"])  # the instances tile the semantic label cut there
         if chosen is not None:
             ax.axvline(chosen, color="C2", linestyle="--", linewidth=1, label=f"chosen {chosen:.2f}")
         sx, sy = _curve((metrics or {}).get(sweeps[name]))
