@@ -595,12 +595,10 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
     rows = read_table(layout.pseudo_labels).to_pylist()
     shipped = {r["image_id"]: decode_label_png(r["semantic"]) for r in rows}
     assert set(shipped) == set(train) | set(val)
-    for row in rows:  # their instances tile their label (the walked left half at either cut)
-        if row["image_id"] in val:
-            covered = np.zeros(shipped[row["image_id"]].shape, bool)
-            for instance in row["instances"] or []:
-                covered |= decode_rle(instance["rle"]).astype(bool)
-            assert np.array_equal(covered, shipped[row["image_id"]] > 0), row["image_id"]
+    instances = {r["image_id"]: [decode_rle(i["rle"]).astype(bool) for i in r["instances"] or []] for r in rows}
+    # their instances tile their label cut at the instance threshold (theirs where that opens nothing)
+    tiled_at = calibration["instance"]["threshold"]["default"]
+    tiled_at = bare if tiled_at == 1.0 else tiled_at
     relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
     assert not set(val) & set(relation)
     for row in read_table(layout.scores).to_pylist():
@@ -613,6 +611,9 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
         expected = at_original_size(cut.label, cut.confidence, np.zeros((0, 1, 1), bool), row["height"], row["width"])
         assert np.array_equal(label, expected[0]), image_id
         assert label.any() == bool(row["labels"]), image_id  # not left empty
+        tiled = cut_semantic(scores, tiled_at)
+        tiled_label = at_original_size(tiled.label, tiled.confidence, np.zeros((0, 1, 1), bool), *label.shape)[0]
+        assert np.array_equal(np.any(instances[image_id] or [np.zeros(label.shape, bool)], axis=0), tiled_label > 0)
     for shard in Path(layout.pseudo_labels.path).glob("*.parquet"):
         recorded = json.loads(pq.read_schema(shard).metadata[THRESHOLDS_KEY.encode()])
         assert recorded[SEMANTIC_WITHOUT_RELATION_LABELS]["default"] == bare, recorded
