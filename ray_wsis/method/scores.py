@@ -212,11 +212,22 @@ def confidence(value: np.ndarray, second: np.ndarray, threshold: np.ndarray) -> 
 
 def cut_semantic(scores: WalkScores, thresholds: ThresholdLike) -> SemanticCut:
     """irn's semantic label (and its confidence) from stored walked class maps."""
+    return _cut_semantic(scores, _semantic_winner(scores), thresholds)
+
+
+def _semantic_winner(scores: WalkScores) -> Optional[Winner]:
+    """The winner of the walked class maps (None for an image without classes): threshold-free,
+    so one serves every cut of the image."""
+    if len(scores.class_ids) == 0:
+        return None
+    return winner(scores.semantic, scores.height, scores.width, scores.scale)
+
+
+def _cut_semantic(scores: WalkScores, win: Optional[Winner], thresholds: ThresholdLike) -> SemanticCut:
     t = as_thresholds(thresholds)
     h, w = scores.height, scores.width
-    if len(scores.class_ids) == 0:
+    if win is None:
         return SemanticCut(np.zeros((h, w), np.uint8), np.full((h, w), LEVELS, np.uint8))
-    win = winner(scores.semantic, h, w, scores.scale)
     threshold = _plane(scores, win, t, np.asarray(scores.class_ids))
     keys = np.asarray(scores.class_ids, np.uint8)
     label = np.where(win.value > threshold, keys[win.channel], 0).astype(np.uint8)
@@ -330,18 +341,18 @@ def cut_labels(
     With ``follow_semantic`` (``walk.instances_follow_semantic``) the instances tile the semantic
     label cut at ``instance_threshold`` (:func:`partition_instances`): the shipped one when the two
     thresholds are equal."""
-    semantic = _kept_cut(scores, semantic_threshold, relation)
+    win = _semantic_winner(scores)
+    semantic = _kept_cut(_cut_semantic(scores, win, semantic_threshold), relation)
     if follow_semantic:
         tiled = semantic
         if as_thresholds(instance_threshold) != as_thresholds(semantic_threshold):
-            tiled = _kept_cut(scores, instance_threshold, relation)
+            tiled = _kept_cut(_cut_semantic(scores, win, instance_threshold), relation)
         return semantic, partition_instances(scores, tiled.label, min_fragment_fraction)
     return semantic, cut_instances(scores, instance_threshold, min_fragment_fraction)
 
 
-def _kept_cut(scores: WalkScores, threshold: ThresholdLike, relation: Optional[np.ndarray]) -> SemanticCut:
-    """:func:`cut_semantic`, with the relation labels' confident pixels kept at full confidence."""
-    semantic = cut_semantic(scores, threshold)
+def _kept_cut(semantic: SemanticCut, relation: Optional[np.ndarray]) -> SemanticCut:
+    """A semantic cut with the relation labels' confident pixels kept at full confidence."""
     if relation is None or relation.shape != semantic.label.shape:
         return semantic
     confident = relation != IGNORE

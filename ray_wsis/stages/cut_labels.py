@@ -80,7 +80,8 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
     thresholds = json.loads(metadata[THRESHOLDS_KEY])
     sem, ins = Thresholds.from_dict(thresholds["semantic"]), Thresholds.from_dict(thresholds["instance"])
     bare = Thresholds.from_dict(thresholds.get(SEMANTIC_WITHOUT_RELATION_LABELS, thresholds["semantic"]))
-    bare_ins = bare if ins.default == NOTHING_OPEN else ins  # instances that follow a semantic cut at 1.0
+    # an image without relation labels has nothing kept: where a threshold opens nothing, it gets bare
+    bare_sem, bare_ins = (bare if t.default == NOTHING_OPEN else t for t in (sem, ins))
     wanted = set(reviewed)
     out = []
     for path in batch.column("path").to_pylist():
@@ -105,7 +106,7 @@ def cut_shard_task(batch: pa.Table, config: dict[str, Any], metadata: dict[str, 
             kept = relation.get(row["image_id"])
             cut, found = cut_labels(
                 walk_scores(row),
-                sem if kept is not None else bare,
+                sem if kept is not None else bare_sem,
                 ins if kept is not None else bare_ins,
                 cfg.walk.min_fragment_fraction,
                 kept,
