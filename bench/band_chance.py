@@ -44,8 +44,8 @@ from ray_wsis.method.calibration import (  # noqa: E402
     NOTHING_OPEN,
     PROBABILITY_BINS,
     ImageCut,
+    RelationStats,
     choose_by_majority,
-    isotonic,
 )
 from ray_wsis.method.ir_labels import thresholds_for  # noqa: E402
 from ray_wsis.method.upsample import upsample_cams  # noqa: E402
@@ -55,6 +55,7 @@ from ray_wsis.pipeline.schema import cam_array, walk_scores  # noqa: E402
 from ray_wsis.pipeline.sink import read_table  # noqa: E402
 
 BINS = 20
+"""The curves' bins; each holds PROBABILITY_BINS // BINS of the rule's bins."""
 
 
 def _share(hits: np.ndarray, total: np.ndarray) -> list[float | None]:
@@ -62,7 +63,7 @@ def _share(hits: np.ndarray, total: np.ndarray) -> list[float | None]:
 
 
 def _probability(same: np.ndarray, labelled: np.ndarray) -> np.ndarray:
-    return np.clip(isotonic(same / np.maximum(labelled, 1), labelled.astype(np.float64)), 0.0, 1.0)
+    return RelationStats(labelled, same).probability()
 
 
 def label_shift(same: np.ndarray, labelled: np.ndarray, band: np.ndarray, rounds: int = 200) -> np.ndarray:
@@ -94,8 +95,8 @@ def curves(output: str) -> dict[str, Any]:
     table = read_table(layout.ir_labels)
     relation = {} if table is None else {r["image_id"]: decode_label_png(r["ir_label"]) for r in table.to_pylist()}
     keys = ("confident", "same", "confident_true", "band", "band_true", "outside", "outside_same")
-    counts = {k: np.zeros(BINS, np.int64) for k in keys}
-    fine = {k: np.zeros(PROBABILITY_BINS, np.int64) for k in ("confident", "same", "band", "outside", "outside_same")}
+    rule_keys = ("confident", "same", "band", "outside", "outside_same")
+    counts = {k: np.zeros(PROBABILITY_BINS, np.int64) for k in keys + tuple(f"rule_{k}" for k in rule_keys)}
     cam_table = read_table(layout.cams)
     cams = {} if cam_table is None else {r["image_id"]: r for r in cam_table.to_pylist()}
     images = 0
@@ -108,36 +109,27 @@ def curves(output: str) -> dict[str, Any]:
         if seeds.shape != cut.semantic.value.shape or truth.semantic.shape != seeds.shape:
             continue  # resized for inference: not compared
         winner = np.asarray(cut.scores.class_ids, np.int64)[cut.semantic.channel]
-        bins = np.clip((cut.semantic.value * BINS).astype(np.int64), 0, BINS - 1)
-        fine_bins = np.clip((cut.semantic.value * PROBABILITY_BINS).astype(np.int64), 0, PROBABILITY_BINS - 1)
+        bins = np.clip((cut.semantic.value * PROBABILITY_BINS).astype(np.int64), 0, PROBABILITY_BINS - 1)
         valid = truth.semantic != IGNORE
-        confident, band = valid & (seeds != IGNORE), valid & (seeds == IGNORE)
-        right = truth.semantic == winner
         labelled = seeds != IGNORE  # what the rule reads: every relation-labelled pixel, void or not
+        same, right = labelled & (seeds == winner), truth.semantic == winner
         outside = np.zeros_like(labelled)
         if row["image_id"] in cams:  # the seeds' cores: CAM peak at or above the image's fg threshold
             cam = upsample_cams(cam_array(cams[row["image_id"]]), *seeds.shape)
             outside = labelled & (cam.max(axis=0) < thresholds_for(cam, config.ir_label)[0])
-        rule_masks = {
+        rule = {
             "confident": labelled,
-            "same": labelled & (seeds == winner),
+            "same": same,
             "band": ~labelled,
             "outside": outside,
-            "outside_same": outside & (seeds == winner),
+            "outside_same": outside & same,
         }
-        for key, mask in rule_masks.items():
-            fine[key] += np.bincount(fine_bins[mask], minlength=PROBABILITY_BINS)
-        masks = {
-            "confident": confident,
-            "same": confident & (seeds == winner),
-            "confident_true": confident & right,
-            "band": band,
-            "band_true": band & right,
-            "outside": valid & outside,
-            "outside_same": valid & outside & (seeds == winner),
-        }
+        masks = {f"rule_{k}": mask for k, mask in rule.items()}
+        masks.update({k: valid & mask for k, mask in rule.items()})  # the curves: ground truth not void
+        masks["confident_true"] = valid & labelled & right
+        masks["band_true"] = valid & ~labelled & right
         for key, mask in masks.items():
-            counts[key] += np.bincount(bins[mask], minlength=BINS)
+            counts[key] += np.bincount(bins[mask], minlength=PROBABILITY_BINS)
         images += 1
     candidates = [float(t) for t in config.calibration.candidates]
     metrics_path = os.path.join(output, "metrics.json")
@@ -145,6 +137,8 @@ def curves(output: str) -> dict[str, Any]:
     if os.path.exists(metrics_path):
         with open(metrics_path) as f:
             sweep = {float(k): float(v) for k, v in json.load(f).get("sem_miou_by_threshold", {}).items()}
+    fine = {k: counts[f"rule_{k}"] for k in rule_keys}
+    counts = {k: counts[k].reshape(BINS, -1).sum(axis=1) for k in keys}
     choices = {
         "all": _choice(_probability(fine["same"], fine["confident"]), candidates, sweep),
         "outside_cores": _choice(_probability(fine["outside_same"], fine["outside"]), candidates, sweep),
