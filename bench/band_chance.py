@@ -16,7 +16,10 @@ reads each output's stored walked scores (scores/), relation labels (ir_labels/)
 * ``band_share``: how the band's pixels spread over the bins;
 * ``estimate_outside_cores``: ``estimate`` on the confident pixels outside the seeds' cores only
   (their CAM peak below the image's foreground threshold: pixels the relation labels decide with the
-  CRF, not with the CAM's threshold, as the band's pixels are).
+  CRF, not with the CAM's threshold, as the band's pixels are);
+* ``by_cam``: ``band_truth``, ``band_share`` and ``estimate`` again, per cell of a 5 x 5 grid of the
+  winning class's max-normalised CAM (rows) and its walked score (columns): whether the two
+  scores together tell the band's pixels from the confident ones.
 
 ``choices`` applies the rule (isotonic fit, lowest candidate above which the chance is >= 0.5, else
 1.0) to three estimates, and reads the mIoU of each choice off the output's sweep (share of its
@@ -56,14 +59,24 @@ from ray_wsis.pipeline.sink import read_table  # noqa: E402
 
 BINS = 20
 """The curves' bins; each holds PROBABILITY_BINS // BINS of the rule's bins."""
+CELLS = 5
+"""``by_cam``: bins per axis of the (CAM, walked score) grid."""
 
 
 def _share(hits: np.ndarray, total: np.ndarray) -> list[float | None]:
     return [None if n == 0 else round(float(h / n), 3) for h, n in zip(hits, total)]
 
 
+def _grid(hits: np.ndarray, total: np.ndarray) -> list[list[float | None]]:
+    return [_share(h, n) for h, n in zip(hits.reshape(CELLS, CELLS), total.reshape(CELLS, CELLS))]
+
+
 def _probability(same: np.ndarray, labelled: np.ndarray) -> np.ndarray:
     return RelationStats(labelled, same).probability()
+
+
+def _cell(value: np.ndarray) -> np.ndarray:
+    return np.clip((value * CELLS).astype(np.int64), 0, CELLS - 1)
 
 
 def label_shift(same: np.ndarray, labelled: np.ndarray, band: np.ndarray, rounds: int = 200) -> np.ndarray:
@@ -97,6 +110,7 @@ def curves(output: str) -> dict[str, Any]:
     keys = ("confident", "same", "confident_true", "band", "band_true", "outside", "outside_same")
     rule_keys = ("confident", "same", "band", "outside", "outside_same")
     counts = {k: np.zeros(PROBABILITY_BINS, np.int64) for k in keys + tuple(f"rule_{k}" for k in rule_keys)}
+    grid = {k: np.zeros(CELLS * CELLS, np.int64) for k in ("band", "band_true", "confident", "same")}
     cam_table = read_table(layout.cams)
     cams = {} if cam_table is None else {r["image_id"]: r for r in cam_table.to_pylist()}
     images = 0
@@ -115,8 +129,20 @@ def curves(output: str) -> dict[str, Any]:
         same, right = labelled & (seeds == winner), truth.semantic == winner
         outside = np.zeros_like(labelled)
         if row["image_id"] in cams:  # the seeds' cores: CAM peak at or above the image's fg threshold
+            if list(cams[row["image_id"]]["labels"]) != list(row["labels"]):
+                raise ValueError(f"{row['image_id']}: CAM and walked-score channels differ")
             cam = upsample_cams(cam_array(cams[row["image_id"]]), *seeds.shape)
             outside = labelled & (cam.max(axis=0) < thresholds_for(cam, config.ir_label)[0])
+            winner_cam = np.take_along_axis(cam, cut.semantic.channel[None], axis=0)[0]
+            cells = _cell(winner_cam) * CELLS + _cell(cut.semantic.value)
+            cell_masks = {
+                "band": valid & ~labelled,
+                "band_true": valid & ~labelled & right,
+                "confident": labelled,
+                "same": same,
+            }
+            for key, mask in cell_masks.items():
+                grid[key] += np.bincount(cells[mask], minlength=CELLS * CELLS)
         rule = {
             "confident": labelled,
             "same": same,
@@ -157,6 +183,15 @@ def curves(output: str) -> dict[str, Any]:
         "band_truth": _share(counts["band_true"], counts["band"]),
         "band_share": [round(float(v), 3) for v in counts["band"] / max(1, counts["band"].sum())],
         "estimate_outside_cores": _share(counts["outside_same"], counts["outside"]),
+        "by_cam": {
+            "bins": [round(k / CELLS, 2) for k in range(CELLS)],
+            "band_truth": _grid(grid["band_true"], grid["band"]),
+            "band_share": [
+                [round(float(v), 3) for v in row]
+                for row in grid["band"].reshape(CELLS, CELLS) / max(1, grid["band"].sum())
+            ],
+            "estimate": _grid(grid["same"], grid["confident"]),
+        },
         "choices": choices,
         "best": None if best is None else {"threshold": best, "miou": round(sweep[best], 1)},
     }
