@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import few_shot_draws  # noqa: E402
 from ray_wsis.classes import IGNORE  # noqa: E402
 from ray_wsis.data.sources import build_source  # noqa: E402
 from ray_wsis.eval.semantic import confusion_matrix, mean_iou  # noqa: E402
@@ -43,7 +44,6 @@ from ray_wsis.method.calibration import (  # noqa: E402
     agreement_confusions,
     choose_by_expected_iou,
     choose_by_steepness,
-    choose_few_shot,
     choose_instance,
     choose_semantic,
     expected_ious,
@@ -260,27 +260,7 @@ def main() -> None:
     }
 
     # few-shot: fit on k random images, score on all
-    rng = np.random.default_rng(args.seed)
-    few: dict[str, Any] = {}
-    for k in (5, 10, 20, 50):
-        if k > len(cuts):
-            continue
-        sem_scores, ins_scores = [], []
-        for _ in range(args.draws):
-            pick = sorted(rng.choice(len(cuts), size=k, replace=False).tolist())
-            stats = few_shot(pick)
-            t_s = choose_few_shot(stats.semantic_miou(), candidates)
-            t_i = choose_few_shot(stats.instance_map50(), candidates) or t_s
-            sem_scores.append(score(t_s))
-            ins_scores.append(at[t_i][1])
-        few[str(k)] = {
-            "sem_miou_mean": float(np.mean(sem_scores)),
-            "sem_miou_min": float(np.min(sem_scores)),
-            "sem_of_oracle_mean": float(np.mean(sem_scores) / np.nanmax(sem_curve)),
-            "sem_of_oracle_min": float(np.min(sem_scores) / np.nanmax(sem_curve)),
-            "ins_map50_mean": float(np.mean(ins_scores)),
-            "ins_map50_min": float(np.min(ins_scores)),
-        }
+    few = few_shot_draws(few_shot, len(cuts), candidates, at, args.draws, args.seed)
 
     # re-cut speed and stored bytes
     start = time.perf_counter()

@@ -625,6 +625,46 @@ def test_images_without_relation_labels_are_cut_when_the_band_rule_opens_nothing
     assert metrics["ins_map50"] == pytest.approx(metrics["ins_map50_by_threshold"][at], abs=1e-9)
 
 
+def test_few_shot_calibration_with_kept_relation_labels_may_leave_their_band_to_the_background(rerun):
+    """With kept relation labels, few-shot calibration scores the cut that opens nothing of their
+    band too (1.0), and chooses it where the calibration masks say so: relation labels that are the
+    masks' objects with the masks' background left open, and a walk that floods the left half of
+    every image. It then records the threshold for images without relation labels, as
+    relation-majority does, and the train images ship their relation labels with the band as
+    background."""
+    from ray_wsis.data.sources import build_source
+    from ray_wsis.masks import decode_label_png, encode_label_png
+    from ray_wsis.method.calibration import WITHOUT_RELATION_LABELS
+    from ray_wsis.pipeline.sink import read_table
+
+    config = rerun
+    layout = StageContext(config).layout
+    source = build_source(config.dataset, config.storage)
+    for shard in Path(layout.ir_labels.path).glob("*.parquet"):
+        table = pq.read_table(shard)
+        pngs = []
+        for image_id in table.column("image_id").to_pylist():
+            truth = source.ground_truth(image_id).semantic
+            pngs.append(encode_label_png(np.where((truth > 0) & (truth != 255), truth, 255).astype(np.uint8)))
+        index = table.schema.get_field_index("ir_label")
+        pq.write_table(table.set_column(index, table.schema.field(index), pa.array(pngs, pa.binary())), shard)
+    _store_walked_left_half(layout, set(committed_ids(layout.scores)))
+    lists = Path(config.dataset.root) / "ImageSets" / "Segmentation"
+    train = (lists / "train.txt").read_text().split()
+    (lists / "calib.txt").write_text("\n".join(train[:4]) + "\n")
+    changed, _, logs, _ = _rerun_with(config, "walk.keep_relation_labels=true", "dataset.calibration_split=calib")
+    semantic = json.load(open(os.path.join(config.output, "calibration.json")))["semantic"]
+    values = {float(t): v for t, v in semantic["values"].items()}
+    assert semantic["threshold"]["default"] == 1.0, values
+    assert values[1.0] > max(v for t, v in values.items() if t < 1.0)
+    assert semantic[WITHOUT_RELATION_LABELS]["default"] == max(changed.calibration.candidates)
+    relation = {r["image_id"]: decode_label_png(r["ir_label"]) for r in read_table(layout.ir_labels).to_pylist()}
+    for row in read_table(layout.pseudo_labels).to_pylist():
+        if row["image_id"] in relation:
+            seeds = relation[row["image_id"]]
+            assert np.array_equal(decode_label_png(row["semantic"]), np.where(seeds == 255, 0, seeds)), row["image_id"]
+
+
 def test_the_relation_majority_threshold_is_read_off_the_relation_labels(rerun):
     """calibration.semantic_criterion=relation-majority: calibrate records the lowest candidate
     above which the relation labels' confident pixels are mostly the winning class; only

@@ -50,7 +50,7 @@ from ray_wsis.stages.relation_labels import (
     read_relation_labels,
     relation_labels_of,
 )
-from ray_wsis.stages.thresholds import reference_thresholds, sweep
+from ray_wsis.stages.thresholds import reference_thresholds, sweep, sweep_candidates
 from ray_wsis.stages.whole import map_rows, map_shards
 from ray_wsis.storage import write_bytes_atomic
 
@@ -371,17 +371,23 @@ def _label_free_instance(
 
 
 def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float], progress: Progress) -> dict[str, Any]:
-    stats, images = sweep(ctx, ids, candidates, progress)
+    """The thresholds with the best scores on the calibration images' masks, among the sweep's
+    candidates: with kept relation labels, leaving their band to the background is one of them."""
+    scored = sweep_candidates(ctx.config)
+    stats, images = sweep(ctx, ids, scored, progress)
     if not images:
         raise DatasetError(
             f"dataset.calibration_split {ctx.config.dataset.calibration_split!r} has no image with "
             f"ground truth among the labelled images"
         )
     miou, ap = stats.semantic_miou(), stats.instance_map50()
-    semantic = choose_few_shot(miou, candidates)
+    semantic = choose_few_shot(miou, scored)
     if semantic is None:
         raise DatasetError("the calibration images' masks give no semantic score at any threshold")
-    instance = choose_few_shot(ap, candidates) or semantic
+    instance = choose_few_shot(ap, scored) or semantic
+    extra: dict[str, Any] = {}
+    if semantic not in candidates:  # an image without relation labels has nothing kept: as relation-majority
+        extra[WITHOUT_RELATION_LABELS] = Thresholds(without_relation_labels(candidates)).as_dict()
     return {
         "mode": "few-shot",
         "images": images,
@@ -389,12 +395,13 @@ def _few_shot(ctx: StageContext, ids: list[str], candidates: list[float], progre
         "semantic": {
             "threshold": Thresholds(semantic).as_dict(),
             "criterion": "semantic mIoU on the calibration split, averaged with the neighbouring candidates",
-            "values": dict(zip(map(str, candidates), map(float, miou))),
+            "values": dict(zip(map(str, scored), map(float, miou))),
+            **extra,
         },
         "instance": {
             "threshold": Thresholds(instance).as_dict(),
             "criterion": "instance mAP50 on the calibration split, averaged with the neighbouring candidates",
-            "values": dict(zip(map(str, candidates), map(float, ap))),
+            "values": dict(zip(map(str, scored), map(float, ap))),
         },
     }
 

@@ -23,7 +23,6 @@ from ray_wsis.data.records import DatasetSource
 from ray_wsis.eval.instance import ImageMatches, InstanceEvaluator, match_image
 from ray_wsis.eval.semantic import SemanticEvaluator, cam_to_label, confusion_matrix, precision_of_ir_labels
 from ray_wsis.masks import decode_label_png, decode_rle
-from ray_wsis.method.calibration import NOTHING_OPEN
 from ray_wsis.method.scores import Thresholds, cut_labels
 from ray_wsis.method.upsample import upsample_cams
 from ray_wsis.pipeline.context import StageContext
@@ -32,7 +31,7 @@ from ray_wsis.pipeline.schema import at_original_size, cam_array, walk_scores
 from ray_wsis.stages.base import StageRun
 from ray_wsis.stages.registry import scored_ids
 from ray_wsis.stages.relation_labels import relation_labels_of
-from ray_wsis.stages.thresholds import reference_thresholds, sweep
+from ray_wsis.stages.thresholds import reference_thresholds, sweep, sweep_candidates
 from ray_wsis.stages.whole import map_rows
 from ray_wsis.storage import exists, read_bytes, write_bytes_atomic
 
@@ -150,12 +149,8 @@ def _confusion(rows: list[dict[str, Any]], n: int, index: int = 0) -> SemanticEv
 
 
 def _sweep(ctx: StageContext, ids: list[str], progress: Progress) -> dict[str, dict[str, Optional[float]]]:
-    """sem_miou_by_threshold and ins_map50_by_threshold over the calibration candidates (and,
-    with kept relation labels, the cut that labels nothing from the walk, which relation-majority
-    may choose)."""
-    candidates = [float(t) for t in ctx.config.calibration.candidates]
-    if ctx.config.walk.keep_relation_labels and NOTHING_OPEN not in candidates:
-        candidates.append(NOTHING_OPEN)
+    """sem_miou_by_threshold and ins_map50_by_threshold over the sweep's candidates."""
+    candidates = sweep_candidates(ctx.config)
     stats, _ = sweep(ctx, ids, candidates, progress)
     keys = [f"{t:.2f}" for t in candidates]
     clean = [None if not np.isfinite(v) else float(v) for v in stats.instance_map50()]

@@ -34,6 +34,16 @@ def reference_thresholds(config: Config) -> tuple[Thresholds, Thresholds]:
     return Thresholds(config.walk.sem_bg_threshold), Thresholds(config.walk.ins_bg_threshold)
 
 
+def sweep_candidates(config: Config) -> list[float]:
+    """The thresholds a ground-truth sweep scores: the calibration candidates and, with kept
+    relation labels, the cut that labels nothing from the walk (:data:`NOTHING_OPEN`), which
+    relation-majority and few-shot calibration may choose."""
+    candidates = [float(t) for t in config.calibration.candidates]
+    if config.walk.keep_relation_labels and NOTHING_OPEN not in candidates:
+        candidates.append(NOTHING_OPEN)
+    return candidates
+
+
 def eval_sweep(
     batch: pa.Table,
     candidates: list[float],
