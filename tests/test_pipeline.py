@@ -652,7 +652,7 @@ def test_few_shot_calibration_with_kept_relation_labels_may_leave_their_band_to_
     lists = Path(config.dataset.root) / "ImageSets" / "Segmentation"
     train = (lists / "train.txt").read_text().split()
     (lists / "calib.txt").write_text("\n".join(train[:4]) + "\n")
-    changed, _, logs, _ = _rerun_with(config, "walk.keep_relation_labels=true", "dataset.calibration_split=calib")
+    changed, _, _, _ = _rerun_with(config, "walk.keep_relation_labels=true", "dataset.calibration_split=calib")
     semantic = json.load(open(os.path.join(config.output, "calibration.json")))["semantic"]
     values = {float(t): v for t, v in semantic["values"].items()}
     assert semantic["threshold"]["default"] == 1.0, values
