@@ -128,21 +128,12 @@ def curves(output: str) -> dict[str, Any]:
         labelled = seeds != IGNORE  # what the rule reads: every relation-labelled pixel, void or not
         same, right = labelled & (seeds == winner), truth.semantic == winner
         outside = np.zeros_like(labelled)
+        cam = None
         if row["image_id"] in cams:  # the seeds' cores: CAM peak at or above the image's fg threshold
             if list(cams[row["image_id"]]["labels"]) != list(row["labels"]):
                 raise ValueError(f"{row['image_id']}: CAM and walked-score channels differ")
             cam = upsample_cams(cam_array(cams[row["image_id"]]), *seeds.shape)
             outside = labelled & (cam.max(axis=0) < thresholds_for(cam, config.ir_label)[0])
-            winner_cam = np.take_along_axis(cam, cut.semantic.channel[None], axis=0)[0]
-            cells = _cell(winner_cam) * CELLS + _cell(cut.semantic.value)
-            cell_masks = {
-                "band": valid & ~labelled,
-                "band_true": valid & ~labelled & right,
-                "confident": labelled,
-                "same": same,
-            }
-            for key, mask in cell_masks.items():
-                grid[key] += np.bincount(cells[mask], minlength=CELLS * CELLS)
         rule = {
             "confident": labelled,
             "same": same,
@@ -154,6 +145,16 @@ def curves(output: str) -> dict[str, Any]:
         masks.update({k: valid & mask for k, mask in rule.items()})  # the curves: ground truth not void
         masks["confident_true"] = valid & labelled & right
         masks["band_true"] = valid & ~labelled & right
+        if cam is not None:
+            winner_cam = np.take_along_axis(cam, cut.semantic.channel[None], axis=0)[0]
+            cells = _cell(winner_cam) * CELLS + _cell(cut.semantic.value)
+            for key, mask in (
+                ("band", "band"),
+                ("band_true", "band_true"),
+                ("confident", "rule_confident"),
+                ("same", "rule_same"),
+            ):
+                grid[key] += np.bincount(cells[masks[mask]], minlength=CELLS * CELLS)
         for key, mask in masks.items():
             counts[key] += np.bincount(bins[mask], minlength=PROBABILITY_BINS)
         images += 1

@@ -11,10 +11,9 @@ relation labels and ground truth (no network), and prints one JSON object per ou
 * ``best``: the semantic threshold with the best mIoU over all its images, and that mIoU;
 * ``label_free``: the threshold calibrate chose (calibration.json) and its mIoU and share of the best;
 * ``few_shot``: per k = 5, 10, 20, 50, the threshold fitted on k random images (as
-  ``dataset.calibration_split`` fits it: best mIoU, averaged with the neighbouring candidates,
-  among evaluate's candidates),
-  drawn ``--draws`` times and scored on all images: mean and worst mIoU and share of the best,
-  and the mAP50 at the instance threshold fitted the same way.
+  ``dataset.calibration_split`` fits it among evaluate's candidates: best mIoU, averaged with the
+  neighbouring candidates), drawn ``--draws`` times and scored on all images: mean and worst mIoU
+  and share of the best, and the mAP50 at the instance threshold fitted the same way.
 
 The k images stay in the score, as in bench/calibration.py; evaluate leaves them out.
 """
@@ -31,12 +30,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import few_shot_draws  # noqa: E402
 from ray_wsis.data.sources import build_source  # noqa: E402
-from ray_wsis.masks import decode_label_png  # noqa: E402
 from ray_wsis.method.calibration import FewShotStats, ImageCut  # noqa: E402
 from ray_wsis.pipeline.layout import Layout  # noqa: E402
 from ray_wsis.pipeline.output_config import load_output_config  # noqa: E402
 from ray_wsis.pipeline.schema import walk_scores  # noqa: E402
 from ray_wsis.pipeline.sink import read_table  # noqa: E402
+from ray_wsis.stages.relation_labels import kept_from, kept_relation_labels  # noqa: E402
 from ray_wsis.stages.thresholds import sweep_candidates  # noqa: E402
 
 
@@ -46,13 +45,11 @@ def few_shot(output: str, draws: int, seed: int) -> dict[str, Any]:
     source = build_source(config.dataset, config.storage)
     n = len(source.class_names)
     candidates = sweep_candidates(config)  # with kept relation labels: 1.0, their band left to the background
-    relation: dict[str, Any] = {}
-    if config.walk.keep_relation_labels:
-        table = read_table(layout.ir_labels)
-        relation = {} if table is None else {r["image_id"]: decode_label_png(r["ir_label"]) for r in table.to_pylist()}
     scores = read_table(layout.scores)
+    rows = [] if scores is None else scores.to_pylist()
+    relation = kept_relation_labels(kept_from(config), [r["image_id"] for r in rows])  # as cut-labels keeps them
     per_image: list[FewShotStats] = []
-    for row in [] if scores is None else scores.to_pylist():
+    for row in rows:
         truth = source.ground_truth(row["image_id"])
         if truth is None or truth.semantic is None:
             continue
